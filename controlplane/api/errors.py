@@ -1,0 +1,62 @@
+"""Maps domain and validation errors to HTTP, as ``{"error": ..., "detail": ...}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from controlplane.domain.errors import Conflict, InvalidInput, NotFound, TurnoutError
+
+__all__ = ["error_response", "install_error_handlers"]
+
+log = logging.getLogger(__name__)
+
+_STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422}
+
+
+def error_response(status: int, error: str, detail: Any = None) -> JSONResponse:
+    """Return the standard error body with ``status``."""
+    return JSONResponse(
+        status_code=status, content=jsonable_encoder({"error": error, "detail": detail})
+    )
+
+
+async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TurnoutError)
+    return error_response(_STATUS.get(type(exc), 400), exc.code, exc.detail)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+        for e in exc.errors()
+    ]
+    return error_response(422, "validation_error", detail)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, exc.detail)
+
+
+async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:
+    # A race the service's own checks could not see (two creates at once).
+    log.info("api.integrity_conflict", extra={"error": str(exc.__cause__ or exc)[:200]})
+    return error_response(409, "conflict", "the change conflicts with a concurrent change")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register every error mapping on ``app``."""
+    app.add_exception_handler(TurnoutError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(IntegrityError, _integrity_error)

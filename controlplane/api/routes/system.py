@@ -1,0 +1,90 @@
+"""Health, readiness, connected proxies and the audit log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from controlplane.api.deps import RuntimeDep, SessionDep
+from controlplane.api.errors import error_response
+from controlplane.api.schemas import AuditEventOut, AuditPage, ErrorBody, ProxyOut, TypeStatusOut
+from controlplane.db.repositories import AuditRepository
+from controlplane.xds.resources import SHORT_NAMES
+from controlplane.xds.status import ProxyRegistry
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["health"])
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    tags=["health"],
+    responses={503: {"model": ErrorBody, "description": "not ready"}},
+)
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """Readiness: the database answers and the xDS state is loaded."""
+    try:
+        async with runtime.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        return error_response(503, "database_unavailable", str(exc)[:200])
+    if not runtime.sync.loaded.is_set():
+        return error_response(503, "state_not_loaded", "the xDS state has not been loaded yet")
+    return JSONResponse({"status": "ready", "revision": runtime.sync.revision})
+
+
+@router.get("/v1/proxies", tags=["proxies"])
+async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
+    """Every Envoy connected to this replica, with what it was sent and ACKed per type."""
+    snapshot = runtime.cache.snapshot
+    proxies: list[ProxyOut] = []
+    for connection in runtime.registry.connections():
+        types = {}
+        for type_url, (state, status) in ProxyRegistry.statuses(connection, snapshot).items():
+            types[SHORT_NAMES[type_url]] = TypeStatusOut(
+                status=status.value,
+                sent_version=state.sent_version,
+                acked_version=state.acked_version,
+                current_version=snapshot.version(type_url) if snapshot else None,
+                error=state.error,
+                sent_at=state.sent_at,
+                acked_at=state.acked_at,
+            )
+        proxies.append(
+            ProxyOut(
+                node_id=connection.node_id,
+                cluster=connection.cluster,
+                connected_at=connection.connected_at,
+                types=types,
+            )
+        )
+    return proxies
+
+
+@router.get(
+    "/v1/audit/events",
+    tags=["audit"],
+    responses={422: {"model": ErrorBody, "description": "bad cursor or limit"}},
+)
+async def list_audit_events(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$")] = None,
+) -> AuditPage:
+    """Audit events, newest first. Pass the returned ``next_cursor`` to page on."""
+    rows = await AuditRepository(session).page(
+        before_id=int(cursor) if cursor else None, limit=limit + 1
+    )
+    items = [AuditEventOut.model_validate(row) for row in rows[:limit]]
+    next_cursor = str(items[-1].id) if len(rows) > limit else None
+    return AuditPage(items=items, next_cursor=next_cursor)

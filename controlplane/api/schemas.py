@@ -1,0 +1,195 @@
+"""Request and response bodies of the admin API (separate from the ORM models)."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from controlplane.domain.state import EndpointSpec
+
+__all__ = [
+    "AuditEventOut",
+    "AuditPage",
+    "EndpointIn",
+    "EndpointOut",
+    "ErrorBody",
+    "ModelCreate",
+    "ModelOut",
+    "ModelPatch",
+    "Name",
+    "ProxyOut",
+    "TrafficIn",
+    "TrafficOut",
+    "VersionCreate",
+    "VersionOut",
+    "VersionPatch",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+Protocol = Literal["openai", "kserve-v2", "http"]
+
+
+def _ip_literal(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(
+            "address must be an IP address (Envoy's EDS takes no host names); "
+            "resolve the host name first"
+        ) from None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    """Every error response: a machine-readable code and the details."""
+
+    error: str
+    detail: Any = None
+
+
+class ModelCreate(_Strict):
+    """POST /v1/models."""
+
+    name: Name
+    protocol: Protocol
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class ModelPatch(_Strict):
+    """PATCH /v1/models/{model}: the fields to change."""
+
+    protocol: Protocol | None = None
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class ModelOut(BaseModel):
+    """A model."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    protocol: str
+    description: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class EndpointIn(_Strict):
+    """A model-server replica."""
+
+    address: Annotated[str, AfterValidator(_ip_literal)]
+    port: int = Field(ge=1, le=65535)
+    zone: Label | None = None
+    accelerator: Label | None = None
+    weight: int = Field(default=1, ge=1, le=128)
+
+    def to_spec(self) -> EndpointSpec:
+        """Return the domain value of this endpoint."""
+        return EndpointSpec(
+            address=self.address,
+            port=self.port,
+            zone=self.zone,
+            accelerator=self.accelerator,
+            weight=self.weight,
+        )
+
+
+class EndpointOut(BaseModel):
+    """A model-server replica, as stored."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    address: str
+    port: int
+    zone: str | None
+    accelerator: str | None
+    weight: int
+
+
+class VersionCreate(_Strict):
+    """POST /v1/models/{model}/versions."""
+
+    version: Name
+    endpoints: list[EndpointIn] = Field(default_factory=list, max_length=1000)
+
+
+class VersionPatch(_Strict):
+    """PATCH /v1/models/{model}/versions/{version}: replaces the endpoint list."""
+
+    endpoints: list[EndpointIn] = Field(max_length=1000)
+
+
+class VersionOut(BaseModel):
+    """A version of a model and its endpoints."""
+
+    model: str
+    version: str
+    endpoints: list[EndpointOut]
+    created_at: datetime
+    updated_at: datetime
+
+
+class TrafficIn(_Strict):
+    """PUT /v1/models/{model}/traffic: percentages that add up to 100."""
+
+    weights: dict[Name, int] = Field(min_length=1)
+
+
+class TrafficOut(BaseModel):
+    """The traffic split of a model: every version with its weight."""
+
+    model: str
+    weights: dict[str, int]
+
+
+class TypeStatusOut(BaseModel):
+    """One resource type on one proxy."""
+
+    status: str
+    sent_version: str | None
+    acked_version: str | None
+    current_version: str | None
+    error: str | None
+    sent_at: datetime | None
+    acked_at: datetime | None
+
+
+class ProxyOut(BaseModel):
+    """A connected Envoy and its sync state per resource type."""
+
+    node_id: str
+    cluster: str
+    connected_at: datetime
+    types: dict[str, TypeStatusOut]
+
+
+class AuditEventOut(BaseModel):
+    """One audit event."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: datetime
+    actor: str
+    action: str
+    resource_type: str
+    resource_id: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    request_id: str | None
+    revision: int | None
+
+
+class AuditPage(BaseModel):
+    """A page of audit events, newest first; pass ``next_cursor`` to get the next."""
+
+    items: list[AuditEventOut]
+    next_cursor: str | None

@@ -1,0 +1,176 @@
+"""``turnout serve`` and ``turnout up``: run the control plane, Envoy and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import typer
+
+from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
+from controlplane.db.migrate import upgrade
+from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
+from controlplane.runtime import ControlPlane, SchemaNotReady
+from controlplane.settings import Settings
+
+__all__ = ["DEMO_PORTS", "run_control_plane", "run_mesh"]
+
+DEMO_MODEL = "demo"
+DEMO_PORTS = {"v1": 9001, "v2": 9002}
+DEMO_WEIGHTS = {"v1": 90, "v2": 10}
+RUN_DIR = Path(".turnout")
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def run_control_plane(settings: Settings) -> None:
+    """Serve the API and xDS until SIGINT or SIGTERM."""
+    control_plane = ControlPlane(settings)
+    try:
+        await control_plane.start()
+    except SchemaNotReady as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        await control_plane.stop()
+        raise typer.Exit(code=2) from exc
+    typer.echo(
+        f"admin API on http://{settings.api_host}:{control_plane.api_port}, "
+        f"xDS on {settings.xds_host}:{control_plane.xds_port}"
+    )
+    try:
+        await _stop_event().wait()
+    finally:
+        await control_plane.stop()
+
+
+async def run_mesh(settings: Settings, *, demo: bool) -> int:
+    """Run the whole local mesh until SIGINT or SIGTERM; return an exit code."""
+    RUN_DIR.mkdir(exist_ok=True)
+    typer.echo("applying database migrations ...")
+    await asyncio.to_thread(upgrade, settings.database_url)
+    control_plane = ControlPlane(settings)
+    children: list[ChildProcess] = []
+    stop = _stop_event()
+    try:
+        await control_plane.start()
+        api = f"http://{settings.api_host}:{control_plane.api_port}"
+        typer.echo(f"admin API on {api} (docs at {api}/docs)")
+        if demo:
+            children += await _start_demo_servers()
+        children.append(await _start_envoy(settings, control_plane.xds_port))
+        await wait_for_port(settings.listener_host, settings.listener_port, timeout=30)
+        if demo:
+            await _register_demo(api)
+            base = f"http://{settings.listener_host}:{settings.listener_port}"
+            typer.echo(
+                "\nThe demo mesh is up: model 'demo', versions v1 (90%) and v2 (10%).\n"
+                f"Try:  curl -i {base}/models/{DEMO_MODEL}/predict -d '{{\"x\": 1}}'\n"
+                f"Shift traffic:  curl -X PUT {api}/v1/models/{DEMO_MODEL}/traffic "
+                "-H 'content-type: application/json' -d '{\"weights\": {\"v1\": 0, \"v2\": 100}}'\n"
+            )
+        typer.echo(f"Envoy serves on {settings.listener_host}:{settings.listener_port}. "
+                   "Press Ctrl-C to stop.")
+        await _wait_until_stopped(stop, children)
+        return 0
+    except (SchemaNotReady, TimeoutError, FileNotFoundError, OSError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        return 1
+    finally:
+        typer.echo("stopping ...")
+        for child in reversed(children):
+            await child.stop()
+        await control_plane.stop()
+        typer.echo("stopped")
+
+
+async def _wait_until_stopped(stop: asyncio.Event, children: list[ChildProcess]) -> None:
+    async def child_exit(child: ChildProcess) -> None:
+        assert child.process is not None
+        code = await child.process.wait()
+        typer.secho(
+            f"{child.name} exited with code {code}; see {child.log_path}",
+            err=True,
+            fg=typer.colors.RED,
+        )
+
+    waiters = [asyncio.create_task(stop.wait())] + [
+        asyncio.create_task(child_exit(c)) for c in children
+    ]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+
+
+async def _start_envoy(settings: Settings, xds_port: int) -> ChildProcess:
+    bootstrap = render_bootstrap(
+        "turnout-local",
+        [XdsAddress(settings.xds_host, xds_port)],
+        admin_port=settings.envoy_admin_port,
+    )
+    path = RUN_DIR / "envoy-bootstrap.yaml"
+    path.write_text(dump_bootstrap(bootstrap))
+    child = ChildProcess(
+        "envoy",
+        [
+            envoy_binary(settings.envoy_binary),
+            "-c",
+            str(path),
+            "--disable-hot-restart",
+            "--log-level",
+            "warn",
+        ],
+        log_path=RUN_DIR / "envoy.log",
+    )
+    await child.start()
+    typer.echo(f"started Envoy (log: {child.log_path})")
+    return child
+
+
+async def _start_demo_servers() -> list[ChildProcess]:
+    children = []
+    for version, port in DEMO_PORTS.items():
+        child = ChildProcess(
+            f"model server {version}",
+            [sys.executable, "-m", "examples.model_server", "--version", version,
+             "--port", str(port)],
+            log_path=RUN_DIR / f"model-{version}.log",
+        )
+        await child.start()
+        children.append(child)
+    for port in DEMO_PORTS.values():
+        await wait_for_port("127.0.0.1", port, timeout=15)
+    typer.echo(f"started example model servers on ports {sorted(DEMO_PORTS.values())}")
+    return children
+
+
+async def _register_demo(api: str) -> None:
+    """Create the demo model through the admin API; leave it alone if it exists."""
+    async with httpx.AsyncClient(base_url=api, timeout=10) as client:
+        response = await client.post("/v1/models", json={"name": DEMO_MODEL, "protocol": "http"})
+        if response.status_code == 409:
+            typer.echo("demo model already registered; keeping its current traffic split")
+            return
+        response.raise_for_status()
+        for version, port in DEMO_PORTS.items():
+            response = await client.post(
+                f"/v1/models/{DEMO_MODEL}/versions",
+                json={"version": version, "endpoints": [{"address": "127.0.0.1", "port": port}]},
+            )
+            response.raise_for_status()
+        response = await client.put(
+            f"/v1/models/{DEMO_MODEL}/traffic", json={"weights": DEMO_WEIGHTS}
+        )
+        response.raise_for_status()

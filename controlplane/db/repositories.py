@@ -1,0 +1,275 @@
+"""Repositories: the only code that writes SQL. They flush, never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from controlplane.db.models import (
+    AuditEvent,
+    ConfigHead,
+    ConfigRevision,
+    Endpoint,
+    Model,
+    ModelVersion,
+    TrafficSplit,
+)
+from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
+from controlplane.notify import CHANNEL as NOTIFY_CHANNEL
+
+__all__ = [
+    "AuditRepository",
+    "ModelRepository",
+    "RevisionRepository",
+    "StateRepository",
+    "TrafficRepository",
+    "VersionRepository",
+]
+
+
+class ModelRepository:
+    """Models by name."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get(self, name: str) -> Model | None:
+        """Return the model called ``name``, or None."""
+        return await self._session.scalar(select(Model).where(Model.name == name))
+
+    async def list(self) -> Sequence[Model]:
+        """Return every model, sorted by name."""
+        return (await self._session.scalars(select(Model).order_by(Model.name))).all()
+
+    async def add(self, model: Model) -> Model:
+        """Insert ``model`` and flush, so a duplicate name raises here."""
+        self._session.add(model)
+        await self._session.flush()
+        return model
+
+    async def delete(self, model: Model) -> None:
+        """Delete ``model``; its versions, endpoints and splits go with it."""
+        await self._session.execute(delete(Model).where(Model.id == model.id))
+
+    async def flush(self) -> None:
+        """Flush pending changes to the database."""
+        await self._session.flush()
+
+
+class VersionRepository:
+    """Versions of one model, with their endpoints loaded."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get(self, model: Model, name: str) -> ModelVersion | None:
+        """Return version ``name`` of ``model`` with its endpoints, or None."""
+        return await self._session.scalar(
+            select(ModelVersion)
+            .where(ModelVersion.model_id == model.id, ModelVersion.name == name)
+            .options(selectinload(ModelVersion.endpoints))
+        )
+
+    async def list(self, model: Model) -> Sequence[ModelVersion]:
+        """Return the versions of ``model`` sorted by name, endpoints loaded."""
+        return (
+            await self._session.scalars(
+                select(ModelVersion)
+                .where(ModelVersion.model_id == model.id)
+                .order_by(ModelVersion.name)
+                .options(selectinload(ModelVersion.endpoints))
+            )
+        ).all()
+
+    async def add(self, version: ModelVersion) -> ModelVersion:
+        """Insert ``version`` (with its endpoints) and flush."""
+        self._session.add(version)
+        await self._session.flush()
+        return version
+
+    async def replace_endpoints(self, version: ModelVersion, endpoints: list[Endpoint]) -> None:
+        """Replace every endpoint of ``version`` with ``endpoints``."""
+        await self._session.execute(delete(Endpoint).where(Endpoint.version_id == version.id))
+        for endpoint in endpoints:
+            endpoint.version_id = version.id
+        self._session.add_all(endpoints)
+        await self._session.flush()
+        self._session.expire(version, ["endpoints"])
+        await self._session.refresh(version, ["endpoints", "updated_at"])
+
+    async def delete(self, version: ModelVersion) -> None:
+        """Delete ``version`` and its endpoints and split rows."""
+        await self._session.execute(delete(ModelVersion).where(ModelVersion.id == version.id))
+
+
+class TrafficRepository:
+    """Traffic weights of a model's versions."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def weights(self, model: Model) -> dict[str, int]:
+        """Return ``{version name: weight}`` for every version of ``model`` (0 if unset)."""
+        rows = await self._session.execute(
+            select(ModelVersion.name, TrafficSplit.weight)
+            .select_from(ModelVersion)
+            .outerjoin(TrafficSplit, TrafficSplit.version_id == ModelVersion.id)
+            .where(ModelVersion.model_id == model.id)
+            .order_by(ModelVersion.name)
+        )
+        return {name: weight or 0 for name, weight in rows}
+
+    async def set(self, model: Model, weights_by_version_id: dict[int, int]) -> None:
+        """Replace the split of ``model``: one row per version with a weight above 0."""
+        await self._session.execute(delete(TrafficSplit).where(TrafficSplit.model_id == model.id))
+        self._session.add_all(
+            TrafficSplit(model_id=model.id, version_id=version_id, weight=weight)
+            for version_id, weight in weights_by_version_id.items()
+            if weight > 0
+        )
+        await self._session.flush()
+
+
+class RevisionRepository:
+    """The monotonic config revision."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def bump(self, *, actor: str, action: str, request_id: str | None) -> int:
+        """Increment the revision and record it; return the new number.
+
+        The ``UPDATE`` takes the head row's lock, so concurrent writers commit
+        in revision order.
+        """
+        revision = await self._session.scalar(
+            update(ConfigHead)
+            .where(ConfigHead.id == 1)
+            .values(revision=ConfigHead.revision + 1)
+            .returning(ConfigHead.revision)
+        )
+        if revision is None:
+            raise RuntimeError("config_head is empty: run `turnout db upgrade`")
+        self._session.add(
+            ConfigRevision(revision=revision, actor=actor, action=action, request_id=request_id)
+        )
+        await self._session.flush()
+        if self._session.bind.dialect.name == "postgresql":
+            # Delivered to every LISTENing replica when (and only if) this commits.
+            await self._session.execute(
+                text("SELECT pg_notify(:channel, :revision)"),
+                {"channel": NOTIFY_CHANNEL, "revision": str(revision)},
+            )
+        return int(revision)
+
+    async def current(self) -> int:
+        """Return the latest committed revision."""
+        revision = await self._session.scalar(
+            select(ConfigHead.revision).where(ConfigHead.id == 1)
+        )
+        return int(revision or 0)
+
+
+class AuditRepository:
+    """The append-only audit log."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def append(self, event: AuditEvent) -> AuditEvent:
+        """Append ``event`` and flush."""
+        self._session.add(event)
+        await self._session.flush()
+        return event
+
+    async def page(self, *, before_id: int | None, limit: int) -> Sequence[AuditEvent]:
+        """Return up to ``limit`` events, newest first, with ids below ``before_id``."""
+        query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+        if before_id is not None:
+            query = query.where(AuditEvent.id < before_id)
+        return (await self._session.scalars(query)).all()
+
+
+class StateRepository:
+    """Reads the whole desired state, for the xDS translator."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def load(self) -> DesiredState:
+        """Return the desired state as of the current revision.
+
+        Call inside one transaction (REPEATABLE READ on Postgres) so the
+        revision and the rows come from the same snapshot.
+        """
+        revision = await RevisionRepository(self._session).current()
+        models = (
+            await self._session.scalars(
+                select(Model)
+                .order_by(Model.name)
+                .options(
+                    selectinload(Model.versions).selectinload(ModelVersion.endpoints),
+                    selectinload(Model.splits),
+                )
+            )
+        ).all()
+        return DesiredState(revision=revision, models=tuple(_model_spec(m) for m in models))
+
+
+def _model_spec(model: Model) -> ModelSpec:
+    names_by_id = {version.id: version.name for version in model.versions}
+    weights = sorted(
+        (names_by_id[split.version_id], split.weight)
+        for split in model.splits
+        if split.version_id in names_by_id
+    )
+    return ModelSpec(
+        name=model.name,
+        protocol=model.protocol,
+        versions=tuple(
+            VersionSpec(
+                name=version.name,
+                endpoints=tuple(_endpoint_spec(e) for e in version.endpoints),
+            )
+            for version in model.versions
+        ),
+        weights=tuple(weights),
+    )
+
+
+def _endpoint_spec(endpoint: Endpoint) -> EndpointSpec:
+    return EndpointSpec(
+        address=endpoint.address,
+        port=endpoint.port,
+        zone=endpoint.zone,
+        accelerator=endpoint.accelerator,
+        weight=endpoint.weight,
+    )
+
+
+def audit_event(
+    *,
+    actor: str,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    request_id: str | None,
+    revision: int | None,
+) -> AuditEvent:
+    """Build an audit event row (not yet added to a session)."""
+    return AuditEvent(
+        actor=actor,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        before=before,
+        after=after,
+        request_id=request_id,
+        revision=revision,
+    )

@@ -1,0 +1,1 @@
+"""Domain layer: errors, desired-state types and the services that change state."""

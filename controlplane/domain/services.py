@@ -1,0 +1,285 @@
+"""Services: the operations on desired state that the admin API exposes.
+
+Every mutation runs inside the caller's transaction and does three things:
+changes the state, appends exactly one audit event and bumps the config
+revision. The caller commits once, at the request boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.db.models import Endpoint, Model, ModelVersion
+from controlplane.db.repositories import (
+    AuditRepository,
+    ModelRepository,
+    RevisionRepository,
+    TrafficRepository,
+    VersionRepository,
+    audit_event,
+)
+from controlplane.domain.errors import Conflict, InvalidInput, NotFound
+from controlplane.domain.state import EndpointSpec
+
+__all__ = ["ActionContext", "ModelService", "TOTAL_WEIGHT"]
+
+TOTAL_WEIGHT = 100
+REVISION_KEY = "turnout.revision"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionContext:
+    """Who asked for a change, and the request it came with."""
+
+    actor: str = "anonymous"
+    request_id: str | None = None
+
+
+class ModelService:
+    """Models, their versions and their traffic split."""
+
+    def __init__(self, session: AsyncSession, context: ActionContext) -> None:
+        self._session = session
+        self._context = context
+        self._models = ModelRepository(session)
+        self._versions = VersionRepository(session)
+        self._traffic = TrafficRepository(session)
+
+    # -- models -----------------------------------------------------------------
+
+    async def list_models(self) -> Sequence[Model]:
+        """Return every model, sorted by name."""
+        return await self._models.list()
+
+    async def get_model(self, name: str) -> Model:
+        """Return model ``name``; raise NotFound if there is none."""
+        model = await self._models.get(name)
+        if model is None:
+            raise NotFound(f"model {name!r} does not exist")
+        return model
+
+    async def create_model(self, name: str, protocol: str, description: str | None) -> Model:
+        """Create a model; raise Conflict if the name is taken."""
+        if await self._models.get(name) is not None:
+            raise Conflict(f"model {name!r} already exists")
+        model = Model(name=name, protocol=protocol, description=description)
+        try:
+            async with self._session.begin_nested():
+                await self._models.add(model)
+        except IntegrityError as exc:
+            raise Conflict(f"model {name!r} already exists") from exc
+        await self._record("model.create", "model", name, None, model_document(model))
+        return model
+
+    async def update_model(self, name: str, changes: Mapping[str, Any]) -> Model:
+        """Apply ``changes`` (protocol, description) to model ``name``."""
+        model = await self.get_model(name)
+        before = model_document(model)
+        for field, value in changes.items():
+            setattr(model, field, value)
+        await self._models.flush()
+        await self._record("model.update", "model", name, before, model_document(model))
+        return model
+
+    async def delete_model(self, name: str) -> None:
+        """Delete model ``name`` with its versions, endpoints and split."""
+        model = await self.get_model(name)
+        before = model_document(model)
+        await self._models.delete(model)
+        await self._record("model.delete", "model", name, before, None)
+
+    # -- versions ---------------------------------------------------------------
+
+    async def list_versions(self, model_name: str) -> Sequence[ModelVersion]:
+        """Return the versions of a model, sorted by name."""
+        return await self._versions.list(await self.get_model(model_name))
+
+    async def get_version(self, model_name: str, version: str) -> ModelVersion:
+        """Return one version; raise NotFound for an unknown model or version."""
+        return await self._require_version(await self.get_model(model_name), version)
+
+    async def create_version(
+        self, model_name: str, version: str, endpoints: Sequence[EndpointSpec]
+    ) -> ModelVersion:
+        """Add a version. The first version of a model takes all its traffic;
+        later ones start at weight 0 until the split is changed."""
+        model = await self.get_model(model_name)
+        _check_unique_endpoints(endpoints)
+        if await self._versions.get(model, version) is not None:
+            raise Conflict(f"version {version!r} of model {model_name!r} already exists")
+        is_first = not await self._versions.list(model)
+        row = ModelVersion(model_id=model.id, name=version, endpoints=_endpoint_rows(endpoints))
+        try:
+            async with self._session.begin_nested():
+                await self._versions.add(row)
+        except IntegrityError as exc:
+            raise Conflict(f"version {version!r} of model {model_name!r} already exists") from exc
+        if is_first:
+            await self._traffic.set(model, {row.id: TOTAL_WEIGHT})
+        after = version_document(model_name, row)
+        after["weight"] = TOTAL_WEIGHT if is_first else 0
+        await self._record(
+            "version.create", "version", f"{model_name}/{version}", None, after
+        )
+        return row
+
+    async def update_version(
+        self, model_name: str, version: str, endpoints: Sequence[EndpointSpec]
+    ) -> ModelVersion:
+        """Replace the endpoints of a version."""
+        model = await self.get_model(model_name)
+        row = await self._require_version(model, version)
+        _check_unique_endpoints(endpoints)
+        before = version_document(model_name, row)
+        await self._versions.replace_endpoints(row, _endpoint_rows(endpoints))
+        await self._record(
+            "version.update",
+            "version",
+            f"{model_name}/{version}",
+            before,
+            version_document(model_name, row),
+        )
+        return row
+
+    async def delete_version(self, model_name: str, version: str) -> None:
+        """Delete a version; raise Conflict while it still receives traffic."""
+        model = await self.get_model(model_name)
+        row = await self._require_version(model, version)
+        weight = (await self._traffic.weights(model)).get(version, 0)
+        if weight > 0:
+            raise Conflict(
+                f"version {version!r} still receives {weight}% of {model_name!r}'s traffic; "
+                "move its traffic to another version first (PUT /v1/models/{model}/traffic)"
+            )
+        before = version_document(model_name, row)
+        await self._versions.delete(row)
+        await self._record("version.delete", "version", f"{model_name}/{version}", before, None)
+
+    # -- traffic ----------------------------------------------------------------
+
+    async def get_traffic(self, model_name: str) -> dict[str, int]:
+        """Return ``{version: weight}`` for every version of a model."""
+        return await self._traffic.weights(await self.get_model(model_name))
+
+    async def set_traffic(self, model_name: str, weights: Mapping[str, int]) -> dict[str, int]:
+        """Replace the traffic split of a model; versions left out get 0.
+
+        Raise InvalidInput for unknown versions, negative weights, or weights
+        that do not add up to 100.
+        """
+        model = await self.get_model(model_name)
+        versions = {v.name: v for v in await self._versions.list(model)}
+        unknown = sorted(set(weights) - set(versions))
+        if unknown:
+            raise InvalidInput(
+                {"message": f"model {model_name!r} has no version(s) {unknown}",
+                 "unknown_versions": unknown}
+            )
+        negative = sorted(name for name, weight in weights.items() if weight < 0)
+        if negative:
+            raise InvalidInput({"message": "weights must not be negative", "versions": negative})
+        total = sum(weights.values())
+        if total != TOTAL_WEIGHT:
+            raise InvalidInput(
+                {"message": f"weights must add up to {TOTAL_WEIGHT}, not {total}", "total": total}
+            )
+        before = await self._traffic.weights(model)
+        await self._traffic.set(model, {versions[name].id: w for name, w in weights.items()})
+        after = {name: weights.get(name, 0) for name in sorted(versions)}
+        await self._record(
+            "traffic.update",
+            "traffic",
+            model_name,
+            {"model": model_name, "weights": before},
+            {"model": model_name, "weights": after},
+        )
+        return after
+
+    # -- helpers ----------------------------------------------------------------
+
+    async def _require_version(self, model: Model, version: str) -> ModelVersion:
+        row = await self._versions.get(model, version)
+        if row is None:
+            raise NotFound(f"model {model.name!r} has no version {version!r}")
+        return row
+
+    async def _record(
+        self,
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> None:
+        revision = await RevisionRepository(self._session).bump(
+            actor=self._context.actor, action=action, request_id=self._context.request_id
+        )
+        await AuditRepository(self._session).append(
+            audit_event(
+                actor=self._context.actor,
+                action=action,
+                resource_type=resource_type,
+                resource_id=resource_id,
+                before=before,
+                after=after,
+                request_id=self._context.request_id,
+                revision=revision,
+            )
+        )
+        self._session.info[REVISION_KEY] = revision
+
+
+def committed_revision(session: AsyncSession) -> int | None:
+    """Return the revision this session's transaction bumped to, if any."""
+    value = session.info.get(REVISION_KEY)
+    return int(value) if value is not None else None
+
+
+def model_document(model: Model) -> dict[str, Any]:
+    """Return the audit-log JSON of a model."""
+    return {"name": model.name, "protocol": model.protocol, "description": model.description}
+
+
+def version_document(model_name: str, version: ModelVersion) -> dict[str, Any]:
+    """Return the audit-log JSON of a version and its endpoints."""
+    return {
+        "model": model_name,
+        "version": version.name,
+        "endpoints": [
+            {
+                "address": e.address,
+                "port": e.port,
+                "zone": e.zone,
+                "accelerator": e.accelerator,
+                "weight": e.weight,
+            }
+            for e in version.endpoints
+        ],
+    }
+
+
+def _endpoint_rows(endpoints: Sequence[EndpointSpec]) -> list[Endpoint]:
+    return [
+        Endpoint(
+            address=e.address,
+            port=e.port,
+            zone=e.zone,
+            accelerator=e.accelerator,
+            weight=e.weight,
+        )
+        for e in endpoints
+    ]
+
+
+def _check_unique_endpoints(endpoints: Sequence[EndpointSpec]) -> None:
+    seen: set[tuple[str, int]] = set()
+    for endpoint in endpoints:
+        key = (endpoint.address, endpoint.port)
+        if key in seen:
+            raise InvalidInput(f"endpoint {endpoint.address}:{endpoint.port} is listed twice")
+        seen.add(key)

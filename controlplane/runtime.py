@@ -1,0 +1,134 @@
+"""The control-plane process: database, snapshot sync, xDS server and admin API.
+
+``ControlPlane`` wires the pieces together and runs them on one event loop;
+``turnout serve`` and ``turnout up`` use it, and so do the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+
+import uvicorn
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from controlplane.db.engine import create_engine, create_sessionmaker, is_sqlite
+from controlplane.db.migrate import current_revision, head_revision
+from controlplane.notify import Notifier, PostgresListener
+from controlplane.settings import Settings
+from controlplane.sync import StateSync
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.server import XdsServer
+from controlplane.xds.status import ProxyRegistry
+from controlplane.xds.translate import ListenerOptions
+
+__all__ = ["ControlPlane", "SchemaNotReady"]
+
+log = logging.getLogger(__name__)
+
+
+class SchemaNotReady(RuntimeError):
+    """The database schema is missing or older than this code expects."""
+
+
+@dataclass
+class _Tasks:
+    sync: asyncio.Task[None] | None = None
+    api: asyncio.Task[None] | None = None
+
+
+class ControlPlane:
+    """One control-plane replica: call :meth:`start`, then :meth:`stop`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: AsyncEngine = create_engine(settings.database_url)
+        self.sessionmaker: async_sessionmaker[AsyncSession] = create_sessionmaker(self.engine)
+        self.notifier = Notifier()
+        self.cache = SnapshotCache()
+        self.registry = ProxyRegistry()
+        self.sync = StateSync(
+            self.sessionmaker,
+            self.cache,
+            self.notifier,
+            listener=ListenerOptions(host=settings.listener_host, port=settings.listener_port),
+            poll_interval_s=settings.poll_interval_s,
+        )
+        self.xds = XdsServer(self.cache, self.registry)
+        self._listener: PostgresListener | None = None
+        self._api_server: uvicorn.Server | None = None
+        self._tasks = _Tasks()
+        self.api_port = 0
+        self.xds_port = 0
+
+    async def check_schema(self) -> None:
+        """Raise SchemaNotReady unless the database is migrated to this code's head."""
+        try:
+            current = await current_revision(self.engine)
+        except Exception as exc:
+            raise SchemaNotReady(
+                f"cannot read the database at {self._safe_url()}: {exc}"
+            ) from exc
+        head = head_revision(self.settings.database_url)
+        if current != head:
+            raise SchemaNotReady(
+                f"database schema is at {current or 'nothing'}, this code needs {head}: "
+                "run `turnout db upgrade`"
+            )
+
+    async def start(self, *, serve_api: bool = True) -> None:
+        """Check the schema, load the state, then start the xDS server and the API."""
+        from controlplane.api.app import create_app
+
+        await self.check_schema()
+        if not is_sqlite(self.settings.database_url):
+            self._listener = PostgresListener(self.settings.database_url, self.notifier)
+            await self._listener.start()
+        # Load state before serving xDS: a replica without state answers no stream.
+        await self.sync.sync_once()
+        self._tasks.sync = asyncio.create_task(self.sync.run(), name="turnout-sync")
+        self.xds_port = await self.xds.start(self.settings.xds_host, self.settings.xds_port)
+        if serve_api:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.settings.api_host, self.settings.api_port))
+            self.api_port = sock.getsockname()[1]
+            config = uvicorn.Config(
+                create_app(self), log_config=None, access_log=False, lifespan="off"
+            )
+            self._api_server = uvicorn.Server(config)
+            self._tasks.api = asyncio.create_task(
+                self._api_server.serve(sockets=[sock]), name="turnout-api"
+            )
+            while not self._api_server.started and not self._tasks.api.done():
+                await asyncio.sleep(0.01)
+            if self._tasks.api.done():
+                self._tasks.api.result()
+        log.info(
+            "controlplane.started",
+            extra={"api_port": self.api_port, "xds_port": self.xds_port},
+        )
+
+    async def stop(self) -> None:
+        """Stop serving and release every resource; safe to call twice."""
+        if self._api_server is not None:
+            self._api_server.should_exit = True
+        if self._tasks.api is not None:
+            with contextlib.suppress(Exception):
+                await self._tasks.api
+            self._tasks.api = None
+        await self.xds.stop(grace=0.5)
+        if self._tasks.sync is not None:
+            self._tasks.sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tasks.sync
+            self._tasks.sync = None
+        if self._listener is not None:
+            await self._listener.stop()
+        await self.engine.dispose()
+
+    def _safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)

@@ -1,0 +1,47 @@
+"""Settings: the one place that reads the environment.
+
+Every option is an environment variable prefixed ``TURNOUT_`` (for example
+``TURNOUT_DATABASE_URL``). Nothing else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_DATABASE_URL", "Settings", "get_settings"]
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///turnout.db"
+
+
+class Settings(BaseSettings):
+    """Control-plane configuration, from ``TURNOUT_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="TURNOUT_", extra="ignore")
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL; SQLite (embedded) by default, postgresql+asyncpg://... for Postgres",
+    )
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    xds_host: str = "127.0.0.1"
+    xds_port: int = Field(default=18000, ge=0, le=65535)
+    listener_host: str = Field(default="127.0.0.1", description="data-plane listener address")
+    listener_port: int = Field(default=10000, ge=1, le=65535, description="data-plane port")
+    envoy_admin_port: int = Field(default=9901, ge=0, le=65535)
+    poll_interval_s: float = Field(
+        default=2.0, gt=0, description="re-read the state this often even without a notification"
+    )
+    log_level: str = "INFO"
+    envoy_binary: str | None = Field(
+        default=None, description="path to envoy; by default the one next to the Python interpreter"
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once from the environment."""
+    return Settings()

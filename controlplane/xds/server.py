@@ -1,0 +1,90 @@
+"""The gRPC face of the xDS server: a thin ADS servicer over the cache.
+
+gRPC status codes appear only here, at the stream edge.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.sotw import SotwStream
+from controlplane.xds.status import ProxyRegistry
+
+__all__ = ["AggregatedDiscoveryService", "XdsServer"]
+
+log = logging.getLogger(__name__)
+
+
+class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    """ADS over one gRPC service: state-of-the-world streams."""
+
+    def __init__(self, cache: SnapshotCache, registry: ProxyRegistry) -> None:
+        self._cache = cache
+        self._registry = registry
+
+    async def StreamAggregatedResources(  # noqa: N802  (gRPC method name)
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext[
+            discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse
+        ],
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        connection = self._registry.connect()
+        log.info("xds.stream_open", extra={"stream": connection.stream_id, "peer": context.peer()})
+        try:
+            async for response in SotwStream(self._cache, connection).responses(request_iterator):
+                yield response
+        finally:
+            self._registry.disconnect(connection)
+            log.info(
+                "xds.stream_closed",
+                extra={"stream": connection.stream_id, "node": connection.node_id},
+            )
+
+    async def DeltaAggregatedResources(  # noqa: N802  (gRPC method name)
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[
+            discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse
+        ],
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "incremental (delta) ADS is not served yet; use state-of-the-world ADS (GRPC)",
+        )
+        yield discovery_pb2.DeltaDiscoveryResponse()  # pragma: no cover  (abort raises)
+
+
+class XdsServer:
+    """A grpc.aio server carrying the ADS service."""
+
+    def __init__(self, cache: SnapshotCache, registry: ProxyRegistry) -> None:
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ]
+        )
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            AggregatedDiscoveryService(cache, registry), self._server
+        )
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind and start serving; return the bound port (useful with port 0)."""
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind the xDS server to {host}:{port}")
+        await self._server.start()
+        return self.port
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop accepting streams and close the open ones after ``grace`` seconds."""
+        await self._server.stop(grace)

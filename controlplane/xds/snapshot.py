@@ -1,0 +1,132 @@
+"""Immutable snapshots of Envoy resources, versioned by content.
+
+A snapshot's version for a type is a hash of that type's resources, so the
+same state yields the same version on every replica and after every restart,
+different content never shares a version, and a change that leaves a type
+untouched leaves its version (and so its stream) alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
+
+__all__ = ["InconsistentSnapshot", "Snapshot", "UnknownTypeUrl"]
+
+
+class UnknownTypeUrl(ValueError):
+    """A snapshot was given resources of a type Turnout does not serve."""
+
+
+class InconsistentSnapshot(ValueError):
+    """A snapshot references names it does not define; it must not be published."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Resources by type URL and name, packed once, with a version per type.
+
+    Build with :meth:`from_resources`; do not construct directly.
+    """
+
+    revision: int
+    resources: Mapping[str, Mapping[str, any_pb2.Any]]
+    versions: Mapping[str, str]
+
+    @classmethod
+    def from_resources(
+        cls, revision: int, resources: Mapping[str, Mapping[str, Message]]
+    ) -> Snapshot:
+        """Pack ``resources`` and version them; reject unknown type URLs."""
+        unknown = sorted(set(resources) - set(PUSH_ORDER))
+        if unknown:
+            raise UnknownTypeUrl(f"unknown type URLs: {unknown}")
+        packed: dict[str, Mapping[str, any_pb2.Any]] = {}
+        versions: dict[str, str] = {}
+        for type_url in PUSH_ORDER:
+            by_name = {name: _pack(m) for name, m in sorted(resources.get(type_url, {}).items())}
+            packed[type_url] = MappingProxyType(by_name)
+            versions[type_url] = _version(by_name)
+        return cls(revision, MappingProxyType(packed), MappingProxyType(versions))
+
+    def version(self, type_url: str) -> str:
+        """Return the version string of ``type_url``'s resources."""
+        return self.versions[type_url]
+
+    def select(self, type_url: str, names: frozenset[str]) -> list[any_pb2.Any]:
+        """Return the resources of a type, all of them for an empty (wildcard) ``names``."""
+        by_name = self.resources[type_url]
+        if not names:
+            return list(by_name.values())
+        return [by_name[name] for name in sorted(names) if name in by_name]
+
+    def inconsistencies(self) -> list[str]:
+        """Return every dangling reference: an empty list means consistent.
+
+        Every EDS cluster needs a ClusterLoadAssignment, and every RDS name a
+        listener refers to needs a RouteConfiguration.
+        """
+        problems: list[str] = []
+        assignments = self.resources[ENDPOINT]
+        for name, packed in self.resources[CLUSTER].items():
+            cluster = cluster_pb2.Cluster()
+            packed.Unpack(cluster)
+            if cluster.type == cluster_pb2.Cluster.EDS:
+                service = cluster.eds_cluster_config.service_name or name
+                if service not in assignments:
+                    problems.append(f"cluster {name!r} has no ClusterLoadAssignment {service!r}")
+        routes = self.resources[ROUTE]
+        for name, packed in self.resources[LISTENER].items():
+            for route_name in _rds_names(packed):
+                if route_name not in routes:
+                    problems.append(f"listener {name!r} needs RouteConfiguration {route_name!r}")
+        return problems
+
+    def check_consistent(self) -> Snapshot:
+        """Return self, or raise InconsistentSnapshot listing the dangling references."""
+        problems = self.inconsistencies()
+        if problems:
+            raise InconsistentSnapshot("; ".join(problems))
+        return self
+
+
+def _pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message, deterministic=True)
+    return packed
+
+
+def _version(by_name: Mapping[str, any_pb2.Any]) -> str:
+    digest = hashlib.sha256()
+    for name, packed in by_name.items():
+        digest.update(name.encode())
+        digest.update(b"\0")
+        digest.update(packed.value)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _rds_names(packed_listener: any_pb2.Any) -> list[str]:
+    listener = listener_pb2.Listener()
+    packed_listener.Unpack(listener)
+    names: list[str] = []
+    for chain in listener.filter_chains:
+        for network_filter in chain.filters:
+            if network_filter.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
+                manager = hcm_pb2.HttpConnectionManager()
+                network_filter.typed_config.Unpack(manager)
+                if manager.HasField("rds"):
+                    names.append(manager.rds.route_config_name)
+    return names

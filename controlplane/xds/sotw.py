@@ -1,0 +1,202 @@
+"""State-of-the-world aggregated discovery (ADS) for one stream, without gRPC.
+
+Protocol rules followed here, from
+https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol :
+
+- A request whose ``response_nonce`` is not the latest nonce sent for its type
+  is stale and ignored.
+- A request answering the latest nonce is an ACK (no ``error_detail``) or a
+  NACK. After a NACK the rejected version is not sent again; the proxy keeps
+  its last good config until a new version exists.
+- At most one response per type is outstanding (not yet ACKed or NACKed).
+- Nothing is sent when nothing changed, but newly requested names are always
+  answered.
+- Types go out in the order CDS, EDS, LDS, RDS, and listeners and routes are
+  held back until clusters and every cluster's endpoints are ACKed at the
+  current version ("make before break": a route never points at a cluster
+  still warming). Endpoints are answered at once: Envoy ACKs new clusters
+  only after they warm, which needs their endpoints.
+- Nothing is sent before the state has been loaded (no empty push).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from controlplane.db.base import utcnow
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
+from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.status import ProxyConnection, TypeState
+
+__all__ = ["SotwStream", "plan_types"]
+
+log = logging.getLogger(__name__)
+
+_DEPENDS_ON: dict[str, tuple[str, ...]] = {
+    CLUSTER: (),
+    # Envoy asks for endpoints while it warms new clusters and ACKs the clusters
+    # only once they are warm, so endpoints must not wait for that ACK.
+    ENDPOINT: (),
+    LISTENER: (CLUSTER, ENDPOINT),
+    ROUTE: (CLUSTER, ENDPOINT, LISTENER),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    request: discovery_pb2.DiscoveryRequest
+
+
+@dataclass(frozen=True, slots=True)
+class _NewSnapshot:
+    snapshot: Snapshot
+
+
+class _Closed:
+    pass
+
+
+def _settled(state: TypeState, type_url: str, snapshot: Snapshot) -> bool:
+    """Whether the proxy has ACKed ``type_url`` at the snapshot's version."""
+    if type_url == ENDPOINT and not snapshot.resources[ENDPOINT]:
+        return True
+    if not state.subscribed:
+        return False
+    if state.pending or state.acked_version != snapshot.version(type_url):
+        return False
+    if type_url == ENDPOINT:
+        # Every cluster's endpoints must have been delivered, not only ACKed.
+        return set(snapshot.resources[ENDPOINT]) <= state.sent_names
+    return True
+
+
+def _needs_send(state: TypeState, type_url: str, snapshot: Snapshot) -> bool:
+    target = snapshot.version(type_url)
+    if state.client_version() != target and state.nacked_version != target:
+        return True
+    # Newly requested names are answered even when the version is unchanged.
+    return bool(state.names) and not state.names <= state.sent_names
+
+
+def plan_types(types: dict[str, TypeState], snapshot: Snapshot | None) -> list[str]:
+    """Return the type URLs to send now, in push order. Pure: changes nothing."""
+    if snapshot is None:
+        return []
+    plan: list[str] = []
+    for type_url in PUSH_ORDER:
+        state = types[type_url]
+        if not state.subscribed or state.pending:
+            continue
+        if not _needs_send(state, type_url, snapshot):
+            continue
+        if all(_settled(types[dep], dep, snapshot) for dep in _DEPENDS_ON[type_url]):
+            plan.append(type_url)
+    return plan
+
+
+class SotwStream:
+    """Serves one state-of-the-world ADS stream from a snapshot cache."""
+
+    def __init__(self, cache: SnapshotCache, connection: ProxyConnection) -> None:
+        self._cache = cache
+        self._connection = connection
+        self._nonces = 0
+        self._events: asyncio.Queue[_Request | _NewSnapshot | _Closed] = asyncio.Queue()
+
+    async def responses(
+        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        """Consume ``requests`` and yield the responses the protocol calls for."""
+        reader = asyncio.create_task(self._read(requests))
+        watcher = asyncio.create_task(self._watch())
+        snapshot: Snapshot | None = None
+        try:
+            while True:
+                event = await self._events.get()
+                if isinstance(event, _Closed):
+                    return
+                if isinstance(event, _NewSnapshot):
+                    snapshot = event.snapshot
+                else:
+                    self._on_request(event.request)
+                for type_url in plan_types(self._connection.types, snapshot):
+                    assert snapshot is not None
+                    yield self._response(type_url, snapshot)
+        finally:
+            for task in (reader, watcher):
+                task.cancel()
+            for task in (reader, watcher):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _read(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> None:
+        try:
+            async for request in requests:
+                await self._events.put(_Request(request))
+        finally:
+            await self._events.put(_Closed())
+
+    async def _watch(self) -> None:
+        seen: Snapshot | None = None
+        while True:
+            seen = await self._cache.next_snapshot(seen)
+            await self._events.put(_NewSnapshot(seen))
+
+    def _on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        connection = self._connection
+        if request.HasField("node") and request.node.id:
+            connection.node_id = request.node.id
+            connection.cluster = request.node.cluster
+        state = connection.types.get(request.type_url)
+        if state is None:
+            log.warning("xds.unknown_type", extra={"type_url": request.type_url})
+            return
+        if request.response_nonce:
+            if request.response_nonce != state.sent_nonce:
+                return  # stale: answers a response that has been superseded
+            state.pending = False
+            if request.HasField("error_detail"):
+                state.nacked_version = state.sent_version
+                state.error = request.error_detail.message
+                log.warning(
+                    "xds.nack",
+                    extra={
+                        "node": connection.node_id,
+                        "type_url": request.type_url,
+                        "version": state.sent_version,
+                        "error": request.error_detail.message,
+                    },
+                )
+            else:
+                state.acked_version = request.version_info
+                state.acked_at = utcnow()
+                state.nacked_version = None
+                state.error = None
+        else:
+            state.subscribed = True
+            state.acked_version = request.version_info or None
+        state.names = frozenset(request.resource_names)
+
+    def _response(self, type_url: str, snapshot: Snapshot) -> discovery_pb2.DiscoveryResponse:
+        state = self._connection.types[type_url]
+        self._nonces += 1
+        nonce = str(self._nonces)
+        resources = snapshot.select(type_url, state.names)
+        state.sent_version = snapshot.version(type_url)
+        state.sent_nonce = nonce
+        state.sent_names = state.names if state.names else frozenset(snapshot.resources[type_url])
+        state.pending = True
+        state.sent_at = utcnow()
+        return discovery_pb2.DiscoveryResponse(
+            version_info=state.sent_version,
+            resources=resources,
+            type_url=type_url,
+            nonce=nonce,
+        )

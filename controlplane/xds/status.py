@@ -1,0 +1,107 @@
+"""What each connected proxy was sent, acknowledged or rejected, per resource type.
+
+Like ``istioctl proxy-status``: for each type a proxy is SYNCED (it ACKed the
+current version), STALE (it has not yet ACKed the current version), NACKED
+(it rejected the last version sent; ``error`` says why) or NOT SENT.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from controlplane.db.base import utcnow
+from controlplane.xds.resources import PUSH_ORDER
+from controlplane.xds.snapshot import Snapshot
+
+__all__ = ["ProxyConnection", "ProxyRegistry", "SyncStatus", "TypeState"]
+
+
+class SyncStatus(StrEnum):
+    """Where one proxy stands on one resource type."""
+
+    SYNCED = "SYNCED"
+    STALE = "STALE"
+    NACKED = "NACKED"
+    NOT_SENT = "NOT SENT"
+
+
+@dataclass
+class TypeState:
+    """Protocol state of one resource type on one stream."""
+
+    subscribed: bool = False
+    names: frozenset[str] = frozenset()
+    sent_version: str | None = None
+    sent_nonce: str | None = None
+    sent_names: frozenset[str] = frozenset()
+    pending: bool = False
+    acked_version: str | None = None
+    nacked_version: str | None = None
+    error: str | None = None
+    sent_at: datetime | None = None
+    acked_at: datetime | None = None
+
+    def client_version(self) -> str | None:
+        """The version the proxy has or is about to have for this type."""
+        return self.sent_version if self.sent_version is not None else self.acked_version
+
+    def status(self, current_version: str | None) -> SyncStatus:
+        """Return this type's sync status against the snapshot's ``current_version``."""
+        if self.nacked_version is not None:
+            return SyncStatus.NACKED
+        if self.sent_version is None and self.acked_version is None:
+            return SyncStatus.NOT_SENT
+        if self.acked_version == current_version and not self.pending:
+            return SyncStatus.SYNCED
+        return SyncStatus.STALE
+
+
+@dataclass
+class ProxyConnection:
+    """One ADS stream from one Envoy."""
+
+    stream_id: int
+    node_id: str = ""
+    cluster: str = ""
+    connected_at: datetime = field(default_factory=utcnow)
+    types: dict[str, TypeState] = field(
+        default_factory=lambda: {type_url: TypeState() for type_url in PUSH_ORDER}
+    )
+
+
+class ProxyRegistry:
+    """The live ADS streams of this control-plane replica."""
+
+    def __init__(self) -> None:
+        self._connections: dict[int, ProxyConnection] = {}
+        self._ids = itertools.count(1)
+
+    def connect(self) -> ProxyConnection:
+        """Register a new stream and return its state holder."""
+        connection = ProxyConnection(stream_id=next(self._ids))
+        self._connections[connection.stream_id] = connection
+        return connection
+
+    def disconnect(self, connection: ProxyConnection) -> None:
+        """Forget a stream that has closed."""
+        self._connections.pop(connection.stream_id, None)
+
+    def connections(self) -> list[ProxyConnection]:
+        """Return the streams that have identified their node, oldest first."""
+        return [c for c in self._connections.values() if c.node_id]
+
+    @staticmethod
+    def statuses(
+        connection: ProxyConnection, snapshot: Snapshot | None
+    ) -> dict[str, tuple[TypeState, SyncStatus]]:
+        """Return each type's state and status for ``connection`` against ``snapshot``."""
+        return {
+            type_url: (
+                state,
+                state.status(snapshot.version(type_url) if snapshot is not None else None),
+            )
+            for type_url, state in connection.types.items()
+        }

@@ -1,0 +1,267 @@
+"""Desired state -> Envoy resources: a pure function.
+
+Same state in, same resources out, on every replica: nothing here reads the
+clock, the environment or the database.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+from google.protobuf.message import Message
+
+from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec
+from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
+
+__all__ = [
+    "LISTENER_NAME",
+    "MODEL_HEADER",
+    "ROUTE_CONFIG_NAME",
+    "VERSION_HEADER",
+    "ListenerOptions",
+    "translate",
+]
+
+LISTENER_NAME = "turnout_http"
+ROUTE_CONFIG_NAME = "turnout_routes"
+MODEL_HEADER = "x-turnout-model"
+VERSION_HEADER = "x-turnout-version"
+DEFAULT_ROUTE_TIMEOUT_S = 60
+
+NOT_FOUND_BODY = json.dumps(
+    {
+        "error": "model_not_found",
+        "detail": "no model matches the path /models/{model}/... or the x-turnout-model header",
+    }
+)
+NO_TRAFFIC_BODY = json.dumps(
+    {"error": "no_serving_version", "detail": "no version of this model has traffic weight"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerOptions:
+    """Where the data-plane listener binds."""
+
+    host: str = "127.0.0.1"
+    port: int = 10000
+
+
+def translate(
+    state: DesiredState, listener: ListenerOptions = ListenerOptions()
+) -> dict[str, dict[str, Message]]:
+    """Return ``{type_url: {resource name: message}}`` for ``state``."""
+    clusters: dict[str, Message] = {}
+    assignments: dict[str, Message] = {}
+    for model in state.models:
+        for version in model.versions:
+            name = cluster_name(model.name, version.name)
+            clusters[name] = _cluster(name)
+            assignments[name] = _load_assignment(name, version.endpoints)
+    return {
+        CLUSTER: clusters,
+        ENDPOINT: assignments,
+        LISTENER: {LISTENER_NAME: _listener(listener)},
+        ROUTE: {ROUTE_CONFIG_NAME: _route_configuration(state.models)},
+    }
+
+
+def _ads() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.ApiVersion.V3,
+    )
+
+
+def _packed(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _cluster(name: str) -> cluster_pb2.Cluster:
+    return cluster_pb2.Cluster(
+        name=name,
+        alt_stat_name=re.sub(r"[^A-Za-z0-9_-]", "_", name),
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
+            eds_config=_ads(), service_name=name
+        ),
+        connect_timeout=duration_pb2.Duration(seconds=1),
+        lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+    )
+
+
+def _load_assignment(
+    name: str, endpoints: Iterable[EndpointSpec]
+) -> endpoint_pb2.ClusterLoadAssignment:
+    by_zone: dict[str, list[EndpointSpec]] = {}
+    for endpoint in endpoints:
+        by_zone.setdefault(endpoint.zone or "", []).append(endpoint)
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=name,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                locality=base_pb2.Locality(zone=zone),
+                lb_endpoints=[_lb_endpoint(e) for e in by_zone[zone]],
+            )
+            for zone in sorted(by_zone)
+        ],
+    )
+
+
+def _lb_endpoint(endpoint: EndpointSpec) -> endpoint_components_pb2.LbEndpoint:
+    lb_endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=address_pb2.Address(
+                socket_address=address_pb2.SocketAddress(
+                    address=endpoint.address, port_value=endpoint.port
+                )
+            )
+        ),
+        load_balancing_weight=wrappers_pb2.UInt32Value(value=endpoint.weight),
+    )
+    if endpoint.accelerator:
+        labels = struct_pb2.Struct()
+        labels.update({"accelerator": endpoint.accelerator})
+        lb_endpoint.metadata.filter_metadata["turnout"].CopyFrom(labels)
+    return lb_endpoint
+
+
+def _listener(options: ListenerOptions) -> listener_pb2.Listener:
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix="turnout",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG_NAME),
+        http_filters=[
+            hcm_pb2.HttpFilter(
+                name="envoy.filters.http.router", typed_config=_packed(router_pb2.Router())
+            )
+        ],
+        # Edge defaults, after Envoy's "configuring Envoy as an edge proxy" guide.
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+        normalize_path=wrappers_pb2.BoolValue(value=True),
+        merge_slashes=True,
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            idle_timeout=duration_pb2.Duration(seconds=3600),
+            headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
+        ),
+        http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
+            max_concurrent_streams=wrappers_pb2.UInt32Value(value=100),
+            initial_stream_window_size=wrappers_pb2.UInt32Value(value=65536),
+            initial_connection_window_size=wrappers_pb2.UInt32Value(value=1048576),
+        ),
+        stream_idle_timeout=duration_pb2.Duration(seconds=300),
+        request_headers_timeout=duration_pb2.Duration(seconds=10),
+    )
+    return listener_pb2.Listener(
+        name=LISTENER_NAME,
+        address=address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(address=options.host, port_value=options.port)
+        ),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=_packed(manager),
+                    )
+                ]
+            )
+        ],
+    )
+
+
+def _route_configuration(models: Iterable[ModelSpec]) -> route_pb2.RouteConfiguration:
+    routes: list[route_components_pb2.Route] = []
+    header_routes: list[route_components_pb2.Route] = []
+    for model in models:
+        by_path = route_components_pb2.RouteMatch(path_separated_prefix=f"/models/{model.name}")
+        by_header = route_components_pb2.RouteMatch(
+            prefix="/",
+            headers=[
+                route_components_pb2.HeaderMatcher(
+                    name=MODEL_HEADER,
+                    string_match=string_pb2.StringMatcher(exact=model.name),
+                )
+            ],
+        )
+        path_rewrite = regex_pb2.RegexMatchAndSubstitute(
+            pattern=regex_pb2.RegexMatcher(regex=f"^/models/{re.escape(model.name)}/?"),
+            substitution="/",
+        )
+        routes.append(_model_route(model, by_path, path_rewrite))
+        header_routes.append(_model_route(model, by_header, None))
+    routes.extend(header_routes)
+    routes.append(
+        route_components_pb2.Route(
+            name="unknown-model",
+            match=route_components_pb2.RouteMatch(prefix="/"),
+            direct_response=_json_response(404, NOT_FOUND_BODY),
+            response_headers_to_add=[_header("content-type", "application/json")],
+        )
+    )
+    return route_pb2.RouteConfiguration(
+        name=ROUTE_CONFIG_NAME,
+        virtual_hosts=[route_components_pb2.VirtualHost(name="models", domains=["*"], routes=routes)],
+    )
+
+
+def _model_route(
+    model: ModelSpec,
+    match: route_components_pb2.RouteMatch,
+    rewrite: regex_pb2.RegexMatchAndSubstitute | None,
+) -> route_components_pb2.Route:
+    kind = "path" if rewrite is not None else "header"
+    weighted = [(v.name, model.weight_of(v.name)) for v in model.versions]
+    weighted = [(name, weight) for name, weight in weighted if weight > 0]
+    if not weighted:
+        return route_components_pb2.Route(
+            name=f"{model.name}/{kind}",
+            match=match,
+            direct_response=_json_response(503, NO_TRAFFIC_BODY),
+            response_headers_to_add=[_header("content-type", "application/json")],
+        )
+    action = route_components_pb2.RouteAction(
+        weighted_clusters=route_components_pb2.WeightedCluster(
+            clusters=[
+                route_components_pb2.WeightedCluster.ClusterWeight(
+                    name=cluster_name(model.name, version),
+                    weight=wrappers_pb2.UInt32Value(value=weight),
+                    response_headers_to_add=[_header(VERSION_HEADER, version)],
+                )
+                for version, weight in weighted
+            ]
+        ),
+        timeout=duration_pb2.Duration(seconds=DEFAULT_ROUTE_TIMEOUT_S),
+    )
+    if rewrite is not None:
+        action.regex_rewrite.CopyFrom(rewrite)
+    return route_components_pb2.Route(name=f"{model.name}/{kind}", match=match, route=action)
+
+
+def _json_response(status: int, body: str) -> route_components_pb2.DirectResponseAction:
+    return route_components_pb2.DirectResponseAction(
+        status=status, body=base_pb2.DataSource(inline_string=body)
+    )
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
