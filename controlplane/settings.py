@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     listener_host: str = Field(default="127.0.0.1", description="data-plane listener address")
     listener_port: int = Field(default=10000, ge=1, le=65535, description="data-plane port")
     envoy_admin_port: int = Field(default=9901, ge=0, le=65535)
+    demo_base_port: int = Field(
+        default=9001, ge=1, le=65000, description="first port of the demo model servers"
+    )
     poll_interval_s: float = Field(
         default=2.0, gt=0, description="re-read the state this often even without a notification"
     )

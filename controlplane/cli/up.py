@@ -17,10 +17,10 @@ from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
 from controlplane.runtime import ControlPlane, SchemaNotReady
 from controlplane.settings import Settings
 
-__all__ = ["DEMO_PORTS", "run_control_plane", "run_mesh"]
+__all__ = ["run_control_plane", "run_mesh"]
 
 DEMO_MODEL = "demo"
-DEMO_PORTS = {"v1": 9001, "v2": 9002}
+DEMO_VERSIONS = ("v1", "v2")
 DEMO_WEIGHTS = {"v1": 90, "v2": 10}
 RUN_DIR = Path(".turnout")
 
@@ -64,12 +64,13 @@ async def run_mesh(settings: Settings, *, demo: bool) -> int:
         await control_plane.start()
         api = f"http://{settings.api_host}:{control_plane.api_port}"
         typer.echo(f"admin API on {api} (docs at {api}/docs)")
+        demo_ports = {v: settings.demo_base_port + i for i, v in enumerate(DEMO_VERSIONS)}
         if demo:
-            children += await _start_demo_servers()
+            children += await _start_demo_servers(demo_ports)
         children.append(await _start_envoy(settings, control_plane.xds_port))
         await wait_for_port(settings.listener_host, settings.listener_port, timeout=30)
         if demo:
-            await _register_demo(api)
+            await _register_demo(api, demo_ports)
             base = f"http://{settings.listener_host}:{settings.listener_port}"
             typer.echo(
                 "\nThe demo mesh is up: model 'demo', versions v1 (90%) and v2 (10%).\n"
@@ -139,9 +140,9 @@ async def _start_envoy(settings: Settings, xds_port: int) -> ChildProcess:
     return child
 
 
-async def _start_demo_servers() -> list[ChildProcess]:
+async def _start_demo_servers(ports: dict[str, int]) -> list[ChildProcess]:
     children = []
-    for version, port in DEMO_PORTS.items():
+    for version, port in ports.items():
         child = ChildProcess(
             f"model server {version}",
             [sys.executable, "-m", "examples.model_server", "--version", version,
@@ -150,27 +151,35 @@ async def _start_demo_servers() -> list[ChildProcess]:
         )
         await child.start()
         children.append(child)
-    for port in DEMO_PORTS.values():
+    for port in ports.values():
         await wait_for_port("127.0.0.1", port, timeout=15)
-    typer.echo(f"started example model servers on ports {sorted(DEMO_PORTS.values())}")
+    typer.echo(f"started example model servers on ports {sorted(ports.values())}")
     return children
 
 
-async def _register_demo(api: str) -> None:
-    """Create the demo model through the admin API; leave it alone if it exists."""
+async def _register_demo(api: str, ports: dict[str, int]) -> None:
+    """Create the demo model through the admin API. When it exists already, point its
+    versions at this run's servers and keep its traffic split."""
     async with httpx.AsyncClient(base_url=api, timeout=10) as client:
         response = await client.post("/v1/models", json={"name": DEMO_MODEL, "protocol": "http"})
-        if response.status_code == 409:
-            typer.echo("demo model already registered; keeping its current traffic split")
-            return
-        response.raise_for_status()
-        for version, port in DEMO_PORTS.items():
+        created = response.status_code != 409
+        if created:
+            response.raise_for_status()
+        for version, port in ports.items():
+            endpoints = [{"address": "127.0.0.1", "port": port}]
             response = await client.post(
                 f"/v1/models/{DEMO_MODEL}/versions",
-                json={"version": version, "endpoints": [{"address": "127.0.0.1", "port": port}]},
+                json={"version": version, "endpoints": endpoints},
+            )
+            if response.status_code == 409:
+                response = await client.patch(
+                    f"/v1/models/{DEMO_MODEL}/versions/{version}", json={"endpoints": endpoints}
+                )
+            response.raise_for_status()
+        if created:
+            response = await client.put(
+                f"/v1/models/{DEMO_MODEL}/traffic", json={"weights": DEMO_WEIGHTS}
             )
             response.raise_for_status()
-        response = await client.put(
-            f"/v1/models/{DEMO_MODEL}/traffic", json={"weights": DEMO_WEIGHTS}
-        )
-        response.raise_for_status()
+        else:
+            typer.echo("demo model already registered; keeping its traffic split")

@@ -1,0 +1,186 @@
+"""Shared fixtures: databases (SQLite and Postgres), a running control plane, Envoy.
+
+Postgres: TURNOUT_TEST_DATABASE_URL if set, else the server on 127.0.0.1:5432 if
+it answers (a database is created for the run and dropped after). Without
+one the Postgres tests are skipped with the reason, except under CI=true,
+where that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import shutil
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from controlplane.db.engine import create_engine
+from controlplane.db.migrate import upgrade
+from controlplane.runtime import ControlPlane
+from controlplane.settings import Settings
+from tests.support import EnvoyProcess
+
+DATA_TABLES = (
+    "audit_events",
+    "config_revisions",
+    "traffic_splits",
+    "endpoints",
+    "model_versions",
+    "models",
+)
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _postgres_admin_url() -> str | None:
+    configured = os.environ.get("TURNOUT_TEST_DATABASE_URL")
+    if configured:
+        return configured
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    except OSError:
+        return None
+
+
+async def _run_admin(url: str, statement: str) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def _in_thread(function: Callable[[], object]) -> None:
+    """Run ``function`` in a fresh thread (it may call asyncio.run) and wait for it."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            function()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A migrated Postgres database for this test run."""
+    admin_url = _postgres_admin_url()
+    if admin_url is None:
+        reason = "no Postgres: set TURNOUT_TEST_DATABASE_URL or run one on 127.0.0.1:5432"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (skipping Postgres tests is not allowed under CI=true)")
+        pytest.skip(reason)
+    name = f"turnout_test_{uuid.uuid4().hex[:10]}"
+    _in_thread(lambda: asyncio.run(_run_admin(admin_url, f'CREATE DATABASE "{name}"')))
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    _in_thread(lambda: upgrade(url))
+    yield url
+    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    _in_thread(lambda: asyncio.run(_run_admin(admin_url, drop)))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file that each test copies."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    _in_thread(lambda: upgrade(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+async def _reset_postgres(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+            )
+            await connection.execute(text("UPDATE config_head SET revision = 0"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> str:
+    """A migrated, empty database: SQLite, then Postgres."""
+    if request.param == "sqlite":
+        path = tmp_path / "turnout.db"
+        shutil.copyfile(sqlite_template, path)
+        return f"sqlite+aiosqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    await _reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Settings for a control plane on free ports and a fresh database."""
+    return Settings(
+        database_url=database_url,
+        api_port=0,
+        xds_port=0,
+        listener_port=free_port(),
+        envoy_admin_port=free_port(),
+        poll_interval_s=0.5,
+    )
+
+
+@pytest.fixture
+async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
+    """A running control plane (admin API and xDS)."""
+    plane = ControlPlane(settings)
+    await plane.start()
+    try:
+        yield plane
+    finally:
+        await plane.stop()
+
+
+@pytest.fixture
+async def api(control_plane: ControlPlane) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the running admin API."""
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{control_plane.api_port}", timeout=10
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def envoy(
+    control_plane: ControlPlane, settings: Settings, tmp_path: Path
+) -> AsyncIterator[EnvoyProcess]:
+    """A real Envoy, connected to the control plane, with its listener ready."""
+    process = EnvoyProcess(
+        node_id=f"test-{uuid.uuid4().hex[:6]}",
+        xds_port=control_plane.xds_port,
+        admin_port=settings.envoy_admin_port,
+        listener_port=settings.listener_port,
+        workdir=tmp_path,
+    )
+    await process.start()
+    try:
+        yield process
+    finally:
+        await process.stop()

