@@ -60,7 +60,7 @@ class ChildProcess:
 
     async def start(self) -> None:
         """Start the process, its output going to ``log_path`` (or inherited)."""
-        output = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
+        output = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115, ASYNC230
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv,

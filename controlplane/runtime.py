@@ -69,9 +69,7 @@ class ControlPlane:
         try:
             current = await current_revision(self.engine)
         except Exception as exc:
-            raise SchemaNotReady(
-                f"cannot read the database at {self._safe_url()}: {exc}"
-            ) from exc
+            raise SchemaNotReady(f"cannot read the database at {self._safe_url()}: {exc}") from exc
         head = head_revision(self.settings.database_url)
         if current != head:
             raise SchemaNotReady(
@@ -103,7 +101,8 @@ class ControlPlane:
             self._tasks.api = asyncio.create_task(
                 self._api_server.serve(sockets=[sock]), name="turnout-api"
             )
-            while not self._api_server.started and not self._tasks.api.done():
+            # uvicorn offers no start event; its `started` flag flips once it listens.
+            while not self._api_server.started and not self._tasks.api.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             if self._tasks.api.done():
                 self._tasks.api.result()

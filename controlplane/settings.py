@@ -23,7 +23,7 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL,
-        description="SQLAlchemy URL; SQLite (embedded) by default, postgresql+asyncpg://... for Postgres",
+        description="SQLAlchemy URL: SQLite (embedded) by default, or postgresql+asyncpg://...",
     )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)

@@ -55,9 +55,7 @@ class StateSync:
         async with self._sessionmaker() as session:
             connection = await session.connection()
             if connection.dialect.name == "postgresql":
-                await connection.exec_driver_sql(
-                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
-                )
+                await connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             state = await StateRepository(session).load()
         snapshot = Snapshot.from_resources(state.revision, translate(state, self._listener))
         await self._cache.publish(snapshot)

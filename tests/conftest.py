@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import shutil
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path

@@ -59,9 +59,11 @@ def envoy_bootstrap(
     """Print an Envoy bootstrap that points at the xDS server(s)."""
     settings = get_settings()
     try:
-        addresses = [XdsAddress.parse(a) for a in xds] if xds else [
-            XdsAddress(settings.xds_host, settings.xds_port)
-        ]
+        addresses = (
+            [XdsAddress.parse(a) for a in xds]
+            if xds
+            else [XdsAddress(settings.xds_host, settings.xds_port)]
+        )
         bootstrap = render_bootstrap(node_id, addresses, admin_port=admin_port)
     except ValueError as exc:
         raise _fail(str(exc)) from exc

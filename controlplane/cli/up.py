@@ -54,7 +54,7 @@ async def run_control_plane(settings: Settings) -> None:
 
 async def run_mesh(settings: Settings, *, demo: bool) -> int:
     """Run the whole local mesh until SIGINT or SIGTERM; return an exit code."""
-    RUN_DIR.mkdir(exist_ok=True)
+    RUN_DIR.mkdir(exist_ok=True)  # noqa: ASYNC240  (once, before anything runs)
     typer.echo("applying database migrations ...")
     await asyncio.to_thread(upgrade, settings.database_url)
     control_plane = ControlPlane(settings)
@@ -76,10 +76,12 @@ async def run_mesh(settings: Settings, *, demo: bool) -> int:
                 "\nThe demo mesh is up: model 'demo', versions v1 (90%) and v2 (10%).\n"
                 f"Try:  curl -i {base}/models/{DEMO_MODEL}/predict -d '{{\"x\": 1}}'\n"
                 f"Shift traffic:  curl -X PUT {api}/v1/models/{DEMO_MODEL}/traffic "
-                "-H 'content-type: application/json' -d '{\"weights\": {\"v1\": 0, \"v2\": 100}}'\n"
+                '-H \'content-type: application/json\' -d \'{"weights": {"v1": 0, "v2": 100}}\'\n'
             )
-        typer.echo(f"Envoy serves on {settings.listener_host}:{settings.listener_port}. "
-                   "Press Ctrl-C to stop.")
+        typer.echo(
+            f"Envoy serves on {settings.listener_host}:{settings.listener_port}. "
+            "Press Ctrl-C to stop."
+        )
         await _wait_until_stopped(stop, children)
         return 0
     except (SchemaNotReady, TimeoutError, FileNotFoundError, OSError) as exc:
@@ -145,8 +147,15 @@ async def _start_demo_servers(ports: dict[str, int]) -> list[ChildProcess]:
     for version, port in ports.items():
         child = ChildProcess(
             f"model server {version}",
-            [sys.executable, "-m", "examples.model_server", "--version", version,
-             "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "examples.model_server",
+                "--version",
+                version,
+                "--port",
+                str(port),
+            ],
             log_path=RUN_DIR / f"model-{version}.log",
         )
         await child.start()

@@ -41,7 +41,7 @@ class ModelRepository:
         """Return the model called ``name``, or None."""
         return await self._session.scalar(select(Model).where(Model.name == name))
 
-    async def list(self) -> Sequence[Model]:
+    async def all(self) -> Sequence[Model]:
         """Return every model, sorted by name."""
         return (await self._session.scalars(select(Model).order_by(Model.name))).all()
 
@@ -74,7 +74,7 @@ class VersionRepository:
             .options(selectinload(ModelVersion.endpoints))
         )
 
-    async def list(self, model: Model) -> Sequence[ModelVersion]:
+    async def of_model(self, model: Model) -> Sequence[ModelVersion]:
         """Return the versions of ``model`` sorted by name, endpoints loaded."""
         return (
             await self._session.scalars(
@@ -158,7 +158,7 @@ class RevisionRepository:
             ConfigRevision(revision=revision, actor=actor, action=action, request_id=request_id)
         )
         await self._session.flush()
-        if self._session.bind.dialect.name == "postgresql":
+        if self._session.get_bind().dialect.name == "postgresql":
             # Delivered to every LISTENing replica when (and only if) this commits.
             await self._session.execute(
                 text("SELECT pg_notify(:channel, :revision)"),
@@ -168,9 +168,7 @@ class RevisionRepository:
 
     async def current(self) -> int:
         """Return the latest committed revision."""
-        revision = await self._session.scalar(
-            select(ConfigHead.revision).where(ConfigHead.id == 1)
-        )
+        revision = await self._session.scalar(select(ConfigHead.revision).where(ConfigHead.id == 1))
         return int(revision or 0)
 
 

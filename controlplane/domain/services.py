@@ -26,7 +26,7 @@ from controlplane.db.repositories import (
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
 from controlplane.domain.state import EndpointSpec
 
-__all__ = ["ActionContext", "ModelService", "TOTAL_WEIGHT"]
+__all__ = ["TOTAL_WEIGHT", "ActionContext", "ModelService"]
 
 TOTAL_WEIGHT = 100
 REVISION_KEY = "turnout.revision"
@@ -54,7 +54,7 @@ class ModelService:
 
     async def list_models(self) -> Sequence[Model]:
         """Return every model, sorted by name."""
-        return await self._models.list()
+        return await self._models.all()
 
     async def get_model(self, name: str) -> Model:
         """Return model ``name``; raise NotFound if there is none."""
@@ -97,7 +97,7 @@ class ModelService:
 
     async def list_versions(self, model_name: str) -> Sequence[ModelVersion]:
         """Return the versions of a model, sorted by name."""
-        return await self._versions.list(await self.get_model(model_name))
+        return await self._versions.of_model(await self.get_model(model_name))
 
     async def get_version(self, model_name: str, version: str) -> ModelVersion:
         """Return one version; raise NotFound for an unknown model or version."""
@@ -112,7 +112,7 @@ class ModelService:
         _check_unique_endpoints(endpoints)
         if await self._versions.get(model, version) is not None:
             raise Conflict(f"version {version!r} of model {model_name!r} already exists")
-        is_first = not await self._versions.list(model)
+        is_first = not await self._versions.of_model(model)
         row = ModelVersion(model_id=model.id, name=version, endpoints=_endpoint_rows(endpoints))
         try:
             async with self._session.begin_nested():
@@ -123,9 +123,7 @@ class ModelService:
             await self._traffic.set(model, {row.id: TOTAL_WEIGHT})
         after = version_document(model_name, row)
         after["weight"] = TOTAL_WEIGHT if is_first else 0
-        await self._record(
-            "version.create", "version", f"{model_name}/{version}", None, after
-        )
+        await self._record("version.create", "version", f"{model_name}/{version}", None, after)
         return row
 
     async def update_version(
@@ -173,12 +171,14 @@ class ModelService:
         that do not add up to 100.
         """
         model = await self.get_model(model_name)
-        versions = {v.name: v for v in await self._versions.list(model)}
+        versions = {v.name: v for v in await self._versions.of_model(model)}
         unknown = sorted(set(weights) - set(versions))
         if unknown:
             raise InvalidInput(
-                {"message": f"model {model_name!r} has no version(s) {unknown}",
-                 "unknown_versions": unknown}
+                {
+                    "message": f"model {model_name!r} has no version(s) {unknown}",
+                    "unknown_versions": unknown,
+                }
             )
         negative = sorted(name for name, weight in weights.items() if weight < 0)
         if negative:

@@ -25,7 +25,12 @@ ROUTE: Final = _PREFIX + "route.v3.RouteConfiguration"
 # https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#eventual-consistency-considerations
 PUSH_ORDER: Final = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 
-SHORT_NAMES: Final = {CLUSTER: "clusters", ENDPOINT: "endpoints", LISTENER: "listeners", ROUTE: "routes"}
+SHORT_NAMES: Final = {
+    CLUSTER: "clusters",
+    ENDPOINT: "endpoints",
+    LISTENER: "listeners",
+    ROUTE: "routes",
+}
 
 
 def cluster_name(model: str, version: str) -> str:

@@ -27,7 +27,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self._cache = cache
         self._registry = registry
 
-    async def StreamAggregatedResources(  # noqa: N802  (gRPC method name)
+    async def StreamAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[
@@ -46,7 +46,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                 extra={"stream": connection.stream_id, "node": connection.node_id},
             )
 
-    async def DeltaAggregatedResources(  # noqa: N802  (gRPC method name)
+    async def DeltaAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext[

@@ -217,7 +217,9 @@ def _route_configuration(models: Iterable[ModelSpec]) -> route_pb2.RouteConfigur
     )
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
-        virtual_hosts=[route_components_pb2.VirtualHost(name="models", domains=["*"], routes=routes)],
+        virtual_hosts=[
+            route_components_pb2.VirtualHost(name="models", domains=["*"], routes=routes)
+        ],
     )
 
 

@@ -89,9 +89,7 @@ async def delete_model(model: Name, service: ModelServiceDep) -> Response:
 async def create_version(model: Name, body: VersionCreate, service: ModelServiceDep) -> VersionOut:
     """Add a version. The first version of a model takes all its traffic; later
     versions start at weight 0 until the split is changed."""
-    row = await service.create_version(
-        model, body.version, [e.to_spec() for e in body.endpoints]
-    )
+    row = await service.create_version(model, body.version, [e.to_spec() for e in body.endpoints])
     return _version_out(model, row)
 
 
