@@ -102,3 +102,7 @@ def up(
 def main() -> None:
     """Entry point of the ``turnout`` script."""
     app()
+
+
+if __name__ == "__main__":
+    main()
