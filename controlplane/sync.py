@@ -17,8 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from controlplane.db.repositories import RevisionRepository, StateRepository
 from controlplane.notify import Notifier
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.resources import ENDPOINT
 from controlplane.xds.snapshot import Snapshot
-from controlplane.xds.translate import ListenerOptions, translate
+from controlplane.xds.translate import (
+    ListenerOptions,
+    endpoint_zones,
+    translate,
+    translate_endpoints,
+)
 
 __all__ = ["StateSync"]
 
@@ -57,8 +63,15 @@ class StateSync:
             if connection.dialect.name == "postgresql":
                 await connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             state = await StateRepository(session).load()
-        snapshot = Snapshot.from_resources(state.revision, translate(state, self._listener))
-        await self._cache.publish(snapshot)
+        resources = translate(state, self._listener)
+        snapshot = Snapshot.from_resources(state.revision, resources)
+        by_zone = {
+            zone: Snapshot.from_resources(
+                state.revision, {**resources, ENDPOINT: translate_endpoints(state, zone)}
+            )
+            for zone in endpoint_zones(state)
+        }
+        await self._cache.publish(snapshot, by_zone)
         self.revision = state.revision
         self.loaded.set()
         log.info(

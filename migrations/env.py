@@ -7,9 +7,9 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from controlplane.db import models as _models  # noqa: F401  (registers the tables)
 from controlplane.db.base import Base
 from controlplane.db.engine import create_engine, is_sqlite
-from controlplane.db import models as _models  # noqa: F401  (registers the tables)
 from controlplane.settings import get_settings
 
 config = context.config

@@ -1,12 +1,15 @@
-"""The snapshot cache: the current snapshot and a way to wait for the next one.
+"""The snapshot cache: the current snapshots and a way to wait for the next ones.
 
-It knows nothing about gRPC; the servers watch it. Every proxy receives the
-same snapshot (Turnout's config does not vary by node).
+It knows nothing about gRPC; the servers watch it. Proxies get the default
+snapshot, or the one made for their zone (which orders endpoints so that the
+proxy's own zone comes first) when the state has endpoints in that zone.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from controlplane.xds.snapshot import Snapshot
 
@@ -14,33 +17,44 @@ __all__ = ["SnapshotCache"]
 
 
 class SnapshotCache:
-    """Holds the latest consistent snapshot; watchers wait for changes."""
+    """Holds the latest consistent snapshots; watchers wait for changes."""
 
     def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
+        self._by_zone: Mapping[str, Snapshot] = MappingProxyType({})
         self._changed = asyncio.Condition()
 
     @property
     def snapshot(self) -> Snapshot | None:
-        """The current snapshot, or None before the state has been loaded."""
+        """The default snapshot, or None before the state has been loaded."""
         return self._snapshot
 
-    async def publish(self, snapshot: Snapshot) -> None:
-        """Check ``snapshot`` for consistency, make it current and wake every watcher.
+    def snapshot_for(self, zone: str) -> Snapshot | None:
+        """The snapshot for a proxy in ``zone`` ("" for none): its zone's, else the default."""
+        return self._by_zone.get(zone, self._snapshot) if zone else self._snapshot
 
-        Raises InconsistentSnapshot (and publishes nothing) when it is not
+    async def publish(
+        self, snapshot: Snapshot, by_zone: Mapping[str, Snapshot] | None = None
+    ) -> None:
+        """Check every snapshot for consistency, make them current and wake every watcher.
+
+        Raises InconsistentSnapshot (and publishes nothing) when one is not
         consistent.
         """
-        snapshot.check_consistent()
+        zones = dict(by_zone or {})
+        for candidate in (snapshot, *zones.values()):
+            candidate.check_consistent()
         async with self._changed:
             self._snapshot = snapshot
+            self._by_zone = MappingProxyType(zones)
             self._changed.notify_all()
 
-    async def next_snapshot(self, seen: Snapshot | None) -> Snapshot:
-        """Wait until the current snapshot is not ``seen`` and return it."""
+    async def next_snapshot(self, seen: Snapshot | None, zone: str = "") -> Snapshot:
+        """Wait until the snapshot for ``zone`` is not ``seen`` and return it."""
         async with self._changed:
             await self._changed.wait_for(
-                lambda: self._snapshot is not None and self._snapshot is not seen
+                lambda: self.snapshot_for(zone) is not None and self.snapshot_for(zone) is not seen
             )
-            assert self._snapshot is not None
-            return self._snapshot
+            current = self.snapshot_for(zone)
+            assert current is not None
+            return current

@@ -54,9 +54,8 @@ class _Request:
     request: discovery_pb2.DiscoveryRequest
 
 
-@dataclass(frozen=True, slots=True)
-class _NewSnapshot:
-    snapshot: Snapshot
+class _Wake:
+    """A new snapshot was published."""
 
 
 class _Closed:
@@ -108,7 +107,7 @@ class SotwStream:
         self._cache = cache
         self._connection = connection
         self._nonces = 0
-        self._events: asyncio.Queue[_Request | _NewSnapshot | _Closed] = asyncio.Queue()
+        self._events: asyncio.Queue[_Request | _Wake | _Closed] = asyncio.Queue()
 
     async def responses(
         self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]
@@ -116,16 +115,16 @@ class SotwStream:
         """Consume ``requests`` and yield the responses the protocol calls for."""
         reader = asyncio.create_task(self._read(requests))
         watcher = asyncio.create_task(self._watch())
-        snapshot: Snapshot | None = None
         try:
             while True:
                 event = await self._events.get()
                 if isinstance(event, _Closed):
                     return
-                if isinstance(event, _NewSnapshot):
-                    snapshot = event.snapshot
-                else:
+                if isinstance(event, _Request):
                     self._on_request(event.request)
+                # Always the current snapshot for this proxy's zone: a wake-up may
+                # be older than the latest publish, and the zone arrives with the node.
+                snapshot = self._cache.snapshot_for(self._connection.zone)
                 for type_url in plan_types(self._connection.types, snapshot):
                     assert snapshot is not None
                     yield self._response(type_url, snapshot)
@@ -146,14 +145,15 @@ class SotwStream:
     async def _watch(self) -> None:
         seen: Snapshot | None = None
         while True:
-            seen = await self._cache.next_snapshot(seen)
-            await self._events.put(_NewSnapshot(seen))
+            seen = await self._cache.next_snapshot(seen, self._connection.zone)
+            await self._events.put(_Wake())
 
     def _on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
         connection = self._connection
         if request.HasField("node") and request.node.id:
             connection.node_id = request.node.id
             connection.cluster = request.node.cluster
+            connection.zone = request.node.locality.zone
         state = connection.types.get(request.type_url)
         if state is None:
             log.warning("xds.unknown_type", extra={"type_url": request.type_url})

@@ -66,6 +66,7 @@ class ProxyConnection:
     stream_id: int
     node_id: str = ""
     cluster: str = ""
+    zone: str = ""
     connected_at: datetime = field(default_factory=utcnow)
     types: dict[str, TypeState] = field(
         default_factory=lambda: {type_url: TypeState() for type_url in PUSH_ORDER}

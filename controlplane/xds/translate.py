@@ -33,7 +33,9 @@ __all__ = [
     "ROUTE_CONFIG_NAME",
     "VERSION_HEADER",
     "ListenerOptions",
+    "endpoint_zones",
     "translate",
+    "translate_endpoints",
 ]
 
 LISTENER_NAME = "turnout_http"
@@ -62,22 +64,50 @@ class ListenerOptions:
 
 
 def translate(
-    state: DesiredState, listener: ListenerOptions = ListenerOptions()
+    state: DesiredState,
+    listener: ListenerOptions = ListenerOptions(),
+    local_zone: str | None = None,
 ) -> dict[str, dict[str, Message]]:
-    """Return ``{type_url: {resource name: message}}`` for ``state``."""
+    """Return ``{type_url: {resource name: message}}`` for ``state``.
+
+    With ``local_zone``, endpoints in that zone get priority 0 and the others
+    priority 1, so Envoy prefers its own zone and fails over when it is unhealthy.
+    """
     clusters: dict[str, Message] = {}
-    assignments: dict[str, Message] = {}
     for model in state.models:
         for version in model.versions:
             name = cluster_name(model.name, version.name)
             clusters[name] = _cluster(name)
-            assignments[name] = _load_assignment(name, version.endpoints)
     return {
         CLUSTER: clusters,
-        ENDPOINT: assignments,
+        ENDPOINT: translate_endpoints(state, local_zone),
         LISTENER: {LISTENER_NAME: _listener(listener)},
         ROUTE: {ROUTE_CONFIG_NAME: _route_configuration(state.models)},
     }
+
+
+def translate_endpoints(state: DesiredState, local_zone: str | None) -> dict[str, Message]:
+    """Return the ClusterLoadAssignments of ``state`` as seen from ``local_zone``."""
+    return {
+        cluster_name(model.name, version.name): _load_assignment(
+            cluster_name(model.name, version.name), version.endpoints, local_zone
+        )
+        for model in state.models
+        for version in model.versions
+    }
+
+
+def endpoint_zones(state: DesiredState) -> list[str]:
+    """Return every zone that an endpoint of ``state`` is labelled with, sorted."""
+    return sorted(
+        {
+            endpoint.zone
+            for model in state.models
+            for version in model.versions
+            for endpoint in version.endpoints
+            if endpoint.zone
+        }
+    )
 
 
 def _ads() -> config_source_pb2.ConfigSource:
@@ -107,17 +137,19 @@ def _cluster(name: str) -> cluster_pb2.Cluster:
 
 
 def _load_assignment(
-    name: str, endpoints: Iterable[EndpointSpec]
+    name: str, endpoints: Iterable[EndpointSpec], local_zone: str | None
 ) -> endpoint_pb2.ClusterLoadAssignment:
     by_zone: dict[str, list[EndpointSpec]] = {}
     for endpoint in endpoints:
         by_zone.setdefault(endpoint.zone or "", []).append(endpoint)
+    has_local = local_zone is not None and local_zone in by_zone
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=name,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
                 locality=base_pb2.Locality(zone=zone),
                 lb_endpoints=[_lb_endpoint(e) for e in by_zone[zone]],
+                priority=1 if has_local and zone != local_zone else 0,
             )
             for zone in sorted(by_zone)
         ],

@@ -46,9 +46,9 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 @router.get("/v1/proxies", tags=["proxies"])
 async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
     """Every Envoy connected to this replica, with what it was sent and ACKed per type."""
-    snapshot = runtime.cache.snapshot
     proxies: list[ProxyOut] = []
     for connection in runtime.registry.connections():
+        snapshot = runtime.cache.snapshot_for(connection.zone)
         types = {}
         for type_url, (state, status) in ProxyRegistry.statuses(connection, snapshot).items():
             types[SHORT_NAMES[type_url]] = TypeStatusOut(
