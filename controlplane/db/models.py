@@ -135,6 +135,7 @@ class ConfigRevision(Base):
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
 
 
 class AuditEvent(Base):

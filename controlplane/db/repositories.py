@@ -18,7 +18,13 @@ from controlplane.db.models import (
     ModelVersion,
     TrafficSplit,
 )
-from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
+from controlplane.domain.state import (
+    DesiredState,
+    EndpointSpec,
+    ModelSpec,
+    VersionSpec,
+    state_document,
+)
 from controlplane.notify import CHANNEL as NOTIFY_CHANNEL
 
 __all__ = [
@@ -154,9 +160,11 @@ class RevisionRepository:
         )
         if revision is None:
             raise RuntimeError("config_head is empty: run `turnout db upgrade`")
-        self._session.add(
-            ConfigRevision(revision=revision, actor=actor, action=action, request_id=request_id)
-        )
+        row = ConfigRevision(revision=revision, actor=actor, action=action, request_id=request_id)
+        self._session.add(row)
+        await self._session.flush()
+        # The desired state as of this revision, for history, diffs and rollback.
+        row.state = state_document(await StateRepository(self._session).load())
         await self._session.flush()
         if self._session.get_bind().dialect.name == "postgresql":
             # Delivered to every LISTENing replica when (and only if) this commits.
@@ -213,6 +221,8 @@ class StateRepository:
                     selectinload(Model.versions).selectinload(ModelVersion.endpoints),
                     selectinload(Model.splits),
                 )
+                # Rows this session already holds may predate its own changes.
+                .execution_options(populate_existing=True)
             )
         ).all()
         return DesiredState(revision=revision, models=tuple(_model_spec(m) for m in models))

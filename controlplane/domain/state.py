@@ -6,9 +6,17 @@ translator stays a pure function of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
-__all__ = ["DesiredState", "EndpointSpec", "ModelSpec", "VersionSpec"]
+__all__ = [
+    "DesiredState",
+    "EndpointSpec",
+    "ModelSpec",
+    "VersionSpec",
+    "state_document",
+    "state_from_document",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +58,30 @@ class DesiredState:
 
     revision: int
     models: tuple[ModelSpec, ...] = ()
+
+
+def state_document(state: DesiredState) -> dict[str, Any]:
+    """Return ``state`` as JSON-compatible data (stored with each config revision)."""
+    return asdict(state)
+
+
+def state_from_document(document: dict[str, Any]) -> DesiredState:
+    """Rebuild a DesiredState from :func:`state_document`'s output."""
+    return DesiredState(
+        revision=int(document["revision"]),
+        models=tuple(
+            ModelSpec(
+                name=m["name"],
+                protocol=m["protocol"],
+                versions=tuple(
+                    VersionSpec(
+                        name=v["name"],
+                        endpoints=tuple(EndpointSpec(**e) for e in v["endpoints"]),
+                    )
+                    for v in m["versions"]
+                ),
+                weights=tuple((name, int(weight)) for name, weight in m["weights"]),
+            )
+            for m in document["models"]
+        ),
+    )
