@@ -53,11 +53,15 @@ def render_bootstrap(
     *,
     admin_port: int = 9901,
     node_cluster: str = "turnout",
+    delta: bool = False,
+    zone: str | None = None,
 ) -> dict[str, Any]:
     """Return the bootstrap of one Envoy as a dict (dump it as YAML or JSON).
 
     Every address in ``xds`` is an endpoint of the ``turnout_xds`` cluster, so
-    Envoy fails over between control-plane replicas.
+    Envoy fails over between control-plane replicas. ``delta`` picks incremental
+    ADS instead of state-of-the-world; ``zone`` is the Envoy's own zone, whose
+    endpoints it then prefers.
     """
     if not node_id:
         raise ValueError("node id must not be empty")
@@ -65,6 +69,10 @@ def render_bootstrap(
         raise ValueError("at least one xDS address is needed")
     bootstrap = copy.deepcopy(_template())
     bootstrap["node"] = {"id": node_id, "cluster": node_cluster}
+    if zone:
+        bootstrap["node"]["locality"] = {"zone": zone}
+    if delta:
+        bootstrap["dynamic_resources"]["ads_config"]["api_type"] = "DELTA_GRPC"
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
     cluster = bootstrap["static_resources"]["clusters"][0]
     if not all(_is_ip(a.host) for a in xds):

@@ -167,17 +167,19 @@ async def api(control_plane: ControlPlane) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.fixture
+@pytest.fixture(params=["sotw", "delta"])
 async def envoy(
-    control_plane: ControlPlane, settings: Settings, tmp_path: Path
+    request: pytest.FixtureRequest, control_plane: ControlPlane, settings: Settings, tmp_path: Path
 ) -> AsyncIterator[EnvoyProcess]:
-    """A real Envoy, connected to the control plane, with its listener ready."""
+    """A real Envoy connected to the control plane, with its listener ready; once over
+    state-of-the-world ADS and once over incremental (delta) ADS."""
     process = EnvoyProcess(
         node_id=f"test-{uuid.uuid4().hex[:6]}",
         xds_port=control_plane.xds_port,
         admin_port=settings.envoy_admin_port,
         listener_port=settings.listener_port,
         workdir=tmp_path,
+        delta=request.param == "delta",
     )
     await process.start()
     try:

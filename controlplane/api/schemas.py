@@ -167,6 +167,8 @@ class ProxyOut(BaseModel):
 
     node_id: str
     cluster: str
+    zone: str
+    xds: str = Field(description="sotw (state of the world) or delta (incremental)")
     connected_at: datetime
     types: dict[str, TypeStatusOut]
 

@@ -54,6 +54,12 @@ def envoy_bootstrap(
         typer.Option("--xds", help="xDS server host:port; repeat for every replica"),
     ] = None,
     admin_port: Annotated[int, typer.Option(help="Envoy admin port (on 127.0.0.1)")] = 9901,
+    delta: Annotated[
+        bool, typer.Option("--delta", help="incremental (delta) ADS instead of state-of-the-world")
+    ] = False,
+    zone: Annotated[
+        str | None, typer.Option(help="this Envoy's zone; its endpoints come first")
+    ] = None,
     output: Annotated[str, typer.Option(help="yaml or json")] = "yaml",
 ) -> None:
     """Print an Envoy bootstrap that points at the xDS server(s)."""
@@ -64,7 +70,9 @@ def envoy_bootstrap(
             if xds
             else [XdsAddress(settings.xds_host, settings.xds_port)]
         )
-        bootstrap = render_bootstrap(node_id, addresses, admin_port=admin_port)
+        bootstrap = render_bootstrap(
+            node_id, addresses, admin_port=admin_port, delta=delta, zone=zone
+        )
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     if output == "json":

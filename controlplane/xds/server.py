@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.delta import DeltaStream
 from controlplane.xds.sotw import SotwStream
 from controlplane.xds.status import ProxyRegistry
+from controlplane.xds.stream import StreamLoop
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
 
 __all__ = ["AggregatedDiscoveryService", "XdsServer"]
 
@@ -21,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    """ADS over one gRPC service: state-of-the-world streams."""
+    """ADS over one gRPC service: state-of-the-world and incremental (delta) streams."""
 
     def __init__(self, cache: SnapshotCache, registry: ProxyRegistry) -> None:
         self._cache = cache
@@ -34,10 +40,23 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse
         ],
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        connection = self._registry.connect()
-        log.info("xds.stream_open", extra={"stream": connection.stream_id, "peer": context.peer()})
+        async for response in self._serve(SotwStream, request_iterator, context, "sotw"):
+            yield response
+
+    async def _serve(
+        self,
+        stream_class: type[StreamLoop[RequestT, ResponseT]],
+        requests: AsyncIterator[RequestT],
+        context: grpc.aio.ServicerContext[RequestT, ResponseT],
+        variant: str,
+    ) -> AsyncIterator[ResponseT]:
+        connection = self._registry.connect(variant)
+        log.info(
+            "xds.stream_open",
+            extra={"stream": connection.stream_id, "variant": variant, "peer": context.peer()},
+        )
         try:
-            async for response in SotwStream(self._cache, connection).responses(request_iterator):
+            async for response in stream_class(self._cache, connection).responses(requests):
                 yield response
         finally:
             self._registry.disconnect(connection)
@@ -53,11 +72,8 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse
         ],
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "incremental (delta) ADS is not served yet; use state-of-the-world ADS (GRPC)",
-        )
-        yield discovery_pb2.DeltaDiscoveryResponse()  # pragma: no cover  (abort raises)
+        async for response in self._serve(DeltaStream, request_iterator, context, "delta"):
+            yield response
 
 
 class XdsServer:

@@ -44,6 +44,7 @@ class Snapshot:
     revision: int
     resources: Mapping[str, Mapping[str, any_pb2.Any]]
     versions: Mapping[str, str]
+    resource_versions: Mapping[str, Mapping[str, str]]
 
     @classmethod
     def from_resources(
@@ -55,11 +56,20 @@ class Snapshot:
             raise UnknownTypeUrl(f"unknown type URLs: {unknown}")
         packed: dict[str, Mapping[str, any_pb2.Any]] = {}
         versions: dict[str, str] = {}
+        resource_versions: dict[str, Mapping[str, str]] = {}
         for type_url in PUSH_ORDER:
             by_name = {name: _pack(m) for name, m in sorted(resources.get(type_url, {}).items())}
             packed[type_url] = MappingProxyType(by_name)
             versions[type_url] = _version(by_name)
-        return cls(revision, MappingProxyType(packed), MappingProxyType(versions))
+            resource_versions[type_url] = MappingProxyType(
+                {name: hashlib.sha256(p.value).hexdigest()[:16] for name, p in by_name.items()}
+            )
+        return cls(
+            revision,
+            MappingProxyType(packed),
+            MappingProxyType(versions),
+            MappingProxyType(resource_versions),
+        )
 
     def version(self, type_url: str) -> str:
         """Return the version string of ``type_url``'s resources."""

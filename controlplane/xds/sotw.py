@@ -21,25 +21,21 @@ https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol :
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.db.base import utcnow
-from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
 from controlplane.xds.snapshot import Snapshot
-from controlplane.xds.status import ProxyConnection, TypeState
+from controlplane.xds.status import TypeState
+from controlplane.xds.stream import StreamLoop
 
-__all__ = ["SotwStream", "plan_types"]
+__all__ = ["DEPENDS_ON", "SotwStream", "plan_types"]
 
 log = logging.getLogger(__name__)
 
-_DEPENDS_ON: dict[str, tuple[str, ...]] = {
+DEPENDS_ON: dict[str, tuple[str, ...]] = {
     CLUSTER: (),
     # Envoy asks for endpoints while it warms new clusters and ACKs the clusters
     # only once they are warm, so endpoints must not wait for that ACK.
@@ -47,19 +43,6 @@ _DEPENDS_ON: dict[str, tuple[str, ...]] = {
     LISTENER: (CLUSTER, ENDPOINT),
     ROUTE: (CLUSTER, ENDPOINT, LISTENER),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    request: discovery_pb2.DiscoveryRequest
-
-
-class _Wake:
-    """A new snapshot was published."""
-
-
-class _Closed:
-    pass
 
 
 def _settled(state: TypeState, type_url: str, snapshot: Snapshot) -> bool:
@@ -95,65 +78,24 @@ def plan_types(types: dict[str, TypeState], snapshot: Snapshot | None) -> list[s
             continue
         if not _needs_send(state, type_url, snapshot):
             continue
-        if all(_settled(types[dep], dep, snapshot) for dep in _DEPENDS_ON[type_url]):
+        if all(_settled(types[dep], dep, snapshot) for dep in DEPENDS_ON[type_url]):
             plan.append(type_url)
     return plan
 
 
-class SotwStream:
+class SotwStream(StreamLoop[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]):
     """Serves one state-of-the-world ADS stream from a snapshot cache."""
 
-    def __init__(self, cache: SnapshotCache, connection: ProxyConnection) -> None:
-        self._cache = cache
-        self._connection = connection
-        self._nonces = 0
-        self._events: asyncio.Queue[_Request | _Wake | _Closed] = asyncio.Queue()
-
-    async def responses(
-        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        """Consume ``requests`` and yield the responses the protocol calls for."""
-        reader = asyncio.create_task(self._read(requests))
-        watcher = asyncio.create_task(self._watch())
-        try:
-            while True:
-                event = await self._events.get()
-                if isinstance(event, _Closed):
-                    return
-                if isinstance(event, _Request):
-                    self._on_request(event.request)
-                # Always the current snapshot for this proxy's zone: a wake-up may
-                # be older than the latest publish, and the zone arrives with the node.
-                snapshot = self._cache.snapshot_for(self._connection.zone)
-                for type_url in plan_types(self._connection.types, snapshot):
-                    assert snapshot is not None
-                    yield self._response(type_url, snapshot)
-        finally:
-            for task in (reader, watcher):
-                task.cancel()
-            for task in (reader, watcher):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-    async def _read(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> None:
-        try:
-            async for request in requests:
-                await self._events.put(_Request(request))
-        finally:
-            await self._events.put(_Closed())
-
-    async def _watch(self) -> None:
-        seen: Snapshot | None = None
-        while True:
-            seen = await self._cache.next_snapshot(seen, self._connection.zone)
-            await self._events.put(_Wake())
+    def _respond(self, snapshot: Snapshot) -> list[discovery_pb2.DiscoveryResponse]:
+        return [
+            self._response(type_url, snapshot)
+            for type_url in plan_types(self._connection.types, snapshot)
+        ]
 
     def _on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
         connection = self._connection
-        if request.HasField("node") and request.node.id:
-            connection.node_id = request.node.id
-            connection.cluster = request.node.cluster
-            connection.zone = request.node.locality.zone
+        if request.HasField("node"):
+            self._identify(request.node)
         state = connection.types.get(request.type_url)
         if state is None:
             log.warning("xds.unknown_type", extra={"type_url": request.type_url})
@@ -163,22 +105,11 @@ class SotwStream:
                 return  # stale: answers a response that has been superseded
             state.pending = False
             if request.HasField("error_detail"):
-                state.nacked_version = state.sent_version
-                state.error = request.error_detail.message
-                log.warning(
-                    "xds.nack",
-                    extra={
-                        "node": connection.node_id,
-                        "type_url": request.type_url,
-                        "version": state.sent_version,
-                        "error": request.error_detail.message,
-                    },
+                state.record_nack(
+                    request.error_detail.message, connection.node_id, request.type_url
                 )
             else:
-                state.acked_version = request.version_info
-                state.acked_at = utcnow()
-                state.nacked_version = None
-                state.error = None
+                state.record_ack(request.version_info)
         else:
             state.subscribed = True
             state.acked_version = request.version_info or None
@@ -186,8 +117,7 @@ class SotwStream:
 
     def _response(self, type_url: str, snapshot: Snapshot) -> discovery_pb2.DiscoveryResponse:
         state = self._connection.types[type_url]
-        self._nonces += 1
-        nonce = str(self._nonces)
+        nonce = self._next_nonce()
         resources = snapshot.select(type_url, state.names)
         state.sent_version = snapshot.version(type_url)
         state.sent_nonce = nonce

@@ -8,6 +8,7 @@ current version), STALE (it has not yet ACKed the current version), NACKED
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -17,6 +18,8 @@ from controlplane.xds.resources import PUSH_ORDER
 from controlplane.xds.snapshot import Snapshot
 
 __all__ = ["ProxyConnection", "ProxyRegistry", "SyncStatus", "TypeState"]
+
+log = logging.getLogger(__name__)
 
 
 class SyncStatus(StrEnum):
@@ -44,6 +47,27 @@ class TypeState:
     sent_at: datetime | None = None
     acked_at: datetime | None = None
 
+    def record_ack(self, version: str | None) -> None:
+        """The proxy accepted the last response, now at ``version``."""
+        self.acked_version = version
+        self.acked_at = utcnow()
+        self.nacked_version = None
+        self.error = None
+
+    def record_nack(self, error: str, node_id: str, type_url: str) -> None:
+        """The proxy rejected the last response; it keeps its previous config."""
+        self.nacked_version = self.sent_version
+        self.error = error
+        log.warning(
+            "xds.nack",
+            extra={
+                "node": node_id,
+                "type_url": type_url,
+                "version": self.sent_version,
+                "error": error,
+            },
+        )
+
     def client_version(self) -> str | None:
         """The version the proxy has or is about to have for this type."""
         return self.sent_version if self.sent_version is not None else self.acked_version
@@ -64,6 +88,7 @@ class ProxyConnection:
     """One ADS stream from one Envoy."""
 
     stream_id: int
+    variant: str = "sotw"
     node_id: str = ""
     cluster: str = ""
     zone: str = ""
@@ -80,9 +105,9 @@ class ProxyRegistry:
         self._connections: dict[int, ProxyConnection] = {}
         self._ids = itertools.count(1)
 
-    def connect(self) -> ProxyConnection:
-        """Register a new stream and return its state holder."""
-        connection = ProxyConnection(stream_id=next(self._ids))
+    def connect(self, variant: str = "sotw") -> ProxyConnection:
+        """Register a new stream ("sotw" or "delta") and return its state holder."""
+        connection = ProxyConnection(stream_id=next(self._ids), variant=variant)
         self._connections[connection.stream_id] = connection
         return connection
 

@@ -64,6 +64,8 @@ async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
             ProxyOut(
                 node_id=connection.node_id,
                 cluster=connection.cluster,
+                zone=connection.zone,
+                xds=connection.variant,
                 connected_at=connection.connected_at,
                 types=types,
             )

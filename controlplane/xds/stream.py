@@ -1,0 +1,107 @@
+"""The event loop shared by both ADS variants, without gRPC.
+
+A stream reacts to two things: a request from the proxy, and a new snapshot
+in the cache. Both become events on one queue, handled one at a time, so the
+per-stream protocol state needs no locks. After each event the variant plans
+what to send against the current snapshot for the proxy's zone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from envoy.config.core.v3 import base_pb2
+
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.status import ProxyConnection
+
+__all__ = ["StreamLoop"]
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+
+
+@dataclass(frozen=True, slots=True)
+class _Request(Generic[RequestT]):
+    request: RequestT
+
+
+class _Wake:
+    """A new snapshot was published."""
+
+
+class _Closed:
+    """The proxy closed its side of the stream."""
+
+
+class StreamLoop(ABC, Generic[RequestT, ResponseT]):
+    """Serves one ADS stream: subclasses say how to take a request and what to send."""
+
+    def __init__(self, cache: SnapshotCache, connection: ProxyConnection) -> None:
+        self._cache = cache
+        self._connection = connection
+        self._nonces = 0
+        self._events: asyncio.Queue[_Request[RequestT] | _Wake | _Closed] = asyncio.Queue()
+
+    async def responses(self, requests: AsyncIterator[RequestT]) -> AsyncIterator[ResponseT]:
+        """Consume ``requests`` and yield the responses the protocol calls for."""
+        reader = asyncio.create_task(self._read(requests))
+        watcher = asyncio.create_task(self._watch())
+        try:
+            while True:
+                event = await self._events.get()
+                if isinstance(event, _Closed):
+                    return
+                if isinstance(event, _Request):
+                    self._on_request(event.request)
+                # Always the current snapshot for this proxy's zone: a wake-up may
+                # be older than the latest publish, and the zone arrives with the node.
+                snapshot = self._cache.snapshot_for(self._connection.zone)
+                if snapshot is None:
+                    continue  # state not loaded yet: answer nothing (no empty push)
+                for response in self._respond(snapshot):
+                    yield response
+        finally:
+            for task in (reader, watcher):
+                task.cancel()
+            for task in (reader, watcher):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _identify(self, node: base_pb2.Node) -> None:
+        """Record the proxy's identity from the first request that carries it."""
+        if node.id:
+            self._connection.node_id = node.id
+            self._connection.cluster = node.cluster
+            self._connection.zone = node.locality.zone
+
+    def _next_nonce(self) -> str:
+        self._nonces += 1
+        return str(self._nonces)
+
+    @abstractmethod
+    def _on_request(self, request: RequestT) -> None:
+        """Fold one request from the proxy into the stream's protocol state."""
+
+    @abstractmethod
+    def _respond(self, snapshot: Snapshot) -> list[ResponseT]:
+        """Return what to send now, in push order, updating the protocol state."""
+
+    async def _read(self, requests: AsyncIterator[RequestT]) -> None:
+        try:
+            async for request in requests:
+                await self._events.put(_Request(request))
+        finally:
+            await self._events.put(_Closed())
+
+    async def _watch(self) -> None:
+        seen: Snapshot | None = None
+        while True:
+            seen = await self._cache.next_snapshot(seen, self._connection.zone)
+            await self._events.put(_Wake())
