@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from controlplane import __version__
 from controlplane.api.errors import install_error_handlers
-from controlplane.api.routes import models, system
+from controlplane.api.routes import models, revisions, system
 
 if TYPE_CHECKING:
     from controlplane.runtime import ControlPlane
@@ -43,4 +43,5 @@ def create_app(runtime: ControlPlane) -> FastAPI:
 
     app.include_router(system.router)
     app.include_router(models.router)
+    app.include_router(revisions.router)
     return app

@@ -13,6 +13,7 @@ from controlplane.domain.state import EndpointSpec
 __all__ = [
     "AuditEventOut",
     "AuditPage",
+    "DryRunOut",
     "EndpointIn",
     "EndpointOut",
     "ErrorBody",
@@ -21,6 +22,11 @@ __all__ = [
     "ModelPatch",
     "Name",
     "ProxyOut",
+    "RevisionDetail",
+    "RevisionDiff",
+    "RevisionOut",
+    "RevisionPage",
+    "RollbackOut",
     "TrafficIn",
     "TrafficOut",
     "VersionCreate",
@@ -195,3 +201,71 @@ class AuditPage(BaseModel):
 
     items: list[AuditEventOut]
     next_cursor: str | None
+
+
+class RevisionOut(BaseModel):
+    """One committed config revision."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    revision: int
+    created_at: datetime
+    actor: str
+    action: str
+    request_id: str | None
+
+
+class RevisionDetail(RevisionOut):
+    """A revision with the desired state it left behind."""
+
+    state: dict[str, Any] | None
+
+
+class RevisionPage(BaseModel):
+    """Revisions, newest first; pass ``next_cursor`` to get the next page."""
+
+    items: list[RevisionOut]
+    next_cursor: str | None
+
+
+class ResourceChanges(BaseModel):
+    """Envoy resources of one type that a change adds, removes or alters."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
+class StateChanges(BaseModel):
+    """Models that a change adds, removes or alters (with both sides)."""
+
+    added: list[str]
+    removed: list[str]
+    changed: dict[str, dict[str, Any]]
+
+
+class RevisionDiff(BaseModel):
+    """What changed from one revision to another, in desired state and in Envoy."""
+
+    from_revision: int = Field(alias="from")
+    to_revision: int = Field(alias="to")
+    state: StateChanges
+    resources: dict[str, ResourceChanges]
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class DryRunOut(BaseModel):
+    """What a mutating call would do, without doing it (``?dry_run=true``)."""
+
+    dry_run: bool = True
+    revision: int = Field(description="the revision the change would have created")
+    state: StateChanges
+    resources: dict[str, ResourceChanges]
+
+
+class RollbackOut(BaseModel):
+    """The new revision that restores an earlier one's state."""
+
+    revision: int
+    restored: int

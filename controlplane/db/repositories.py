@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import selectinload, undefer
 
 from controlplane.db.models import (
     AuditEvent,
@@ -173,6 +173,21 @@ class RevisionRepository:
                 {"channel": NOTIFY_CHANNEL, "revision": str(revision)},
             )
         return int(revision)
+
+    async def page(self, *, before: int | None, limit: int) -> Sequence[ConfigRevision]:
+        """Return up to ``limit`` revisions (without states), newest first, below ``before``."""
+        query = select(ConfigRevision).order_by(ConfigRevision.revision.desc()).limit(limit)
+        if before is not None:
+            query = query.where(ConfigRevision.revision < before)
+        return (await self._session.scalars(query)).all()
+
+    async def get(self, revision: int) -> ConfigRevision | None:
+        """Return one revision with its stored state, or None."""
+        return await self._session.scalar(
+            select(ConfigRevision)
+            .where(ConfigRevision.revision == revision)
+            .options(undefer(ConfigRevision.state))
+        )
 
     async def current(self) -> int:
         """Return the latest committed revision."""

@@ -26,7 +26,7 @@ from controlplane.db.repositories import (
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
 from controlplane.domain.state import EndpointSpec
 
-__all__ = ["TOTAL_WEIGHT", "ActionContext", "ModelService"]
+__all__ = ["TOTAL_WEIGHT", "ActionContext", "ModelService", "record_change"]
 
 TOTAL_WEIGHT = 100
 REVISION_KEY = "turnout.revision"
@@ -113,7 +113,7 @@ class ModelService:
         if await self._versions.get(model, version) is not None:
             raise Conflict(f"version {version!r} of model {model_name!r} already exists")
         is_first = not await self._versions.of_model(model)
-        row = ModelVersion(model_id=model.id, name=version, endpoints=_endpoint_rows(endpoints))
+        row = ModelVersion(model_id=model.id, name=version, endpoints=endpoint_rows(endpoints))
         try:
             async with self._session.begin_nested():
                 await self._versions.add(row)
@@ -134,7 +134,7 @@ class ModelService:
         row = await self._require_version(model, version)
         _check_unique_endpoints(endpoints)
         before = version_document(model_name, row)
-        await self._versions.replace_endpoints(row, _endpoint_rows(endpoints))
+        await self._versions.replace_endpoints(row, endpoint_rows(endpoints))
         await self._record(
             "version.update",
             "version",
@@ -216,22 +216,46 @@ class ModelService:
         before: dict[str, Any] | None,
         after: dict[str, Any] | None,
     ) -> None:
-        revision = await RevisionRepository(self._session).bump(
-            actor=self._context.actor, action=action, request_id=self._context.request_id
+        await record_change(
+            self._session,
+            self._context,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            before=before,
+            after=after,
         )
-        await AuditRepository(self._session).append(
-            audit_event(
-                actor=self._context.actor,
-                action=action,
-                resource_type=resource_type,
-                resource_id=resource_id,
-                before=before,
-                after=after,
-                request_id=self._context.request_id,
-                revision=revision,
-            )
+
+
+async def record_change(
+    session: AsyncSession,
+    context: ActionContext,
+    *,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> int:
+    """Bump the config revision and append the audit event of one change; return the
+    new revision. Call once per mutation, inside its transaction."""
+    revision = await RevisionRepository(session).bump(
+        actor=context.actor, action=action, request_id=context.request_id
+    )
+    await AuditRepository(session).append(
+        audit_event(
+            actor=context.actor,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            before=before,
+            after=after,
+            request_id=context.request_id,
+            revision=revision,
         )
-        self._session.info[REVISION_KEY] = revision
+    )
+    session.info[REVISION_KEY] = revision
+    return revision
 
 
 def committed_revision(session: AsyncSession) -> int | None:
@@ -263,7 +287,8 @@ def version_document(model_name: str, version: ModelVersion) -> dict[str, Any]:
     }
 
 
-def _endpoint_rows(endpoints: Sequence[EndpointSpec]) -> list[Endpoint]:
+def endpoint_rows(endpoints: Sequence[EndpointSpec]) -> list[Endpoint]:
+    """Return new (unsaved) endpoint rows for ``endpoints``."""
     return [
         Endpoint(
             address=e.address,

@@ -1,0 +1,86 @@
+"""/v1/revisions: the history of the desired state, diffs and rollback."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from controlplane.api.deps import ContextDep, RuntimeDep, SessionDep
+from controlplane.api.schemas import (
+    ErrorBody,
+    RevisionDetail,
+    RevisionDiff,
+    RevisionOut,
+    RevisionPage,
+    RollbackOut,
+)
+from controlplane.domain.revisions import RevisionService
+from controlplane.xds.translate import ListenerOptions
+
+__all__ = ["router"]
+
+router = APIRouter(
+    prefix="/v1/revisions",
+    tags=["revisions"],
+    responses={
+        404: {"model": ErrorBody, "description": "unknown revision"},
+        422: {"model": ErrorBody, "description": "invalid input"},
+    },
+)
+
+RevisionNumber = Annotated[int, Path(ge=0, le=2**62)]
+
+
+@router.get("")
+async def list_revisions(
+    session: SessionDep,
+    context: ContextDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
+) -> RevisionPage:
+    """Committed revisions, newest first. Pass the returned ``next_cursor`` to page on."""
+    rows = await RevisionService(session, context).page(
+        before=int(cursor) if cursor else None, limit=limit + 1
+    )
+    items = [RevisionOut.model_validate(row) for row in rows[:limit]]
+    next_cursor = str(items[-1].revision) if len(rows) > limit else None
+    return RevisionPage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{revision}")
+async def get_revision(
+    revision: RevisionNumber, session: SessionDep, context: ContextDep
+) -> RevisionDetail:
+    """One revision and the desired state it left behind."""
+    return RevisionDetail.model_validate(await RevisionService(session, context).get(revision))
+
+
+@router.get("/{revision}/diff")
+async def diff_revision(
+    revision: RevisionNumber,
+    session: SessionDep,
+    context: ContextDep,
+    runtime: RuntimeDep,
+    against: Annotated[
+        int | None,
+        Query(ge=0, description="the revision to compare with; the previous one if unset"),
+    ] = None,
+) -> RevisionDiff:
+    """What changed from ``against`` (by default the revision before) to ``revision``:
+    models, and the Envoy resources that differ."""
+    listener = ListenerOptions(
+        host=runtime.settings.listener_host, port=runtime.settings.listener_port
+    )
+    base = against if against is not None else max(revision - 1, 0)
+    diff = await RevisionService(session, context).diff(base, revision, listener)
+    return RevisionDiff.model_validate(diff)
+
+
+@router.post("/{revision}/rollback")
+async def rollback_revision(
+    revision: RevisionNumber, session: SessionDep, context: ContextDep
+) -> RollbackOut:
+    """Make an earlier revision's desired state current again, as a new revision."""
+    new_revision = await RevisionService(session, context).rollback(revision)
+    return RollbackOut(revision=new_revision, restored=revision)

@@ -1,0 +1,108 @@
+"""Revision history, diffs, rollback and dry runs, on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import httpx
+
+EP = {"address": "127.0.0.1", "port": 9001}
+
+
+async def _setup(api: httpx.AsyncClient) -> None:
+    assert (await api.post("/v1/models", json={"name": "m", "protocol": "http"})).status_code == 201
+    for i, version in enumerate(("v1", "v2")):
+        body = {"version": version, "endpoints": [{**EP, "port": 9001 + i}]}
+        assert (await api.post("/v1/models/m/versions", json=body)).status_code == 201
+    response = await api.put("/v1/models/m/traffic", json={"weights": {"v1": 70, "v2": 30}})
+    assert response.status_code == 200  # revision 4
+
+
+async def test_history_lists_every_revision_newest_first(api: httpx.AsyncClient) -> None:
+    await _setup(api)
+    page = (await api.get("/v1/revisions", params={"limit": 3})).json()
+    assert [r["revision"] for r in page["items"]] == [4, 3, 2]
+    assert page["items"][0]["action"] == "traffic.update"
+    rest = (await api.get("/v1/revisions", params={"cursor": page["next_cursor"]})).json()
+    assert [r["revision"] for r in rest["items"]] == [1]
+    assert rest["next_cursor"] is None
+
+    detail = (await api.get("/v1/revisions/4")).json()
+    assert detail["state"]["models"][0]["weights"] == [["v1", 70], ["v2", 30]]
+    assert (await api.get("/v1/revisions/99")).status_code == 404
+
+
+async def test_diff_names_model_and_envoy_changes(api: httpx.AsyncClient) -> None:
+    await _setup(api)
+    diff = (await api.get("/v1/revisions/4/diff")).json()
+    assert (diff["from"], diff["to"]) == (3, 4)
+    assert list(diff["state"]["changed"]) == ["m"]
+    assert diff["resources"] == {
+        "routes": {"added": [], "removed": [], "changed": ["turnout_routes"]}
+    }
+    created = (await api.get("/v1/revisions/3/diff", params={"against": 0})).json()
+    assert created["state"]["added"] == ["m"]
+    assert created["resources"]["clusters"]["added"] == ["m/v1", "m/v2"]
+
+
+async def test_rollback_restores_an_earlier_state_as_a_new_revision(
+    api: httpx.AsyncClient,
+) -> None:
+    await _setup(api)
+    await api.patch("/v1/models/m/versions/v2", json={"endpoints": [{**EP, "port": 9555}]})
+    await api.post("/v1/models", json={"name": "other", "protocol": "openai"})  # revision 6
+
+    response = await api.post("/v1/revisions/3/rollback")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"revision": 7, "restored": 3}
+
+    assert [m["name"] for m in (await api.get("/v1/models")).json()] == ["m"]
+    assert (await api.get("/v1/models/m/traffic")).json()["weights"] == {"v1": 100, "v2": 0}
+    v2 = (await api.get("/v1/models/m/versions/v2")).json()
+    assert v2["endpoints"][0]["port"] == 9002
+    # The new revision's state equals the restored one.
+    same = (await api.get("/v1/revisions/7/diff", params={"against": 3})).json()
+    assert same["state"] == {"added": [], "removed": [], "changed": {}}
+    assert same["resources"] == {}
+    event = (await api.get("/v1/audit/events", params={"limit": 1})).json()["items"][0]
+    assert (event["action"], event["resource_id"], event["revision"]) == (
+        "revision.rollback",
+        "3",
+        7,
+    )
+
+
+async def test_dry_run_reports_the_envoy_diff_and_changes_nothing(api: httpx.AsyncClient) -> None:
+    await _setup(api)
+    response = await api.put(
+        "/v1/models/m/traffic", params={"dry_run": "true"}, json={"weights": {"v2": 100}}
+    )
+    assert response.status_code == 200, response.text
+    outcome = response.json()
+    assert outcome["dry_run"] is True
+    assert outcome["revision"] == 5
+    assert outcome["resources"] == {
+        "routes": {"added": [], "removed": [], "changed": ["turnout_routes"]}
+    }
+    assert (await api.get("/v1/models/m/traffic")).json()["weights"] == {"v1": 70, "v2": 30}
+    assert next(r["revision"] for r in (await api.get("/v1/revisions")).json()["items"]) == 4
+
+    added = await api.post(
+        "/v1/models/m/versions",
+        params={"dry_run": "true"},
+        json={"version": "v3", "endpoints": [{**EP, "port": 9003}]},
+    )
+    assert added.json()["resources"]["clusters"]["added"] == ["m/v3"]
+    assert added.json()["resources"]["endpoints"]["added"] == ["m/v3"]
+    assert (await api.get("/v1/models/m/versions/v3")).status_code == 404
+
+    rollback = await api.post("/v1/revisions/1/rollback", params={"dry_run": "true"})
+    assert rollback.json()["state"]["changed"]["m"]["after"]["versions"] == []
+    assert len((await api.get("/v1/models/m/versions")).json()) == 2
+
+
+async def test_dry_run_of_bad_input_is_still_an_error(api: httpx.AsyncClient) -> None:
+    await _setup(api)
+    response = await api.put(
+        "/v1/models/m/traffic", params={"dry_run": "true"}, json={"weights": {"v9": 100}}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_input"
