@@ -27,10 +27,22 @@ class XdsAddress:
     @classmethod
     def parse(cls, value: str) -> XdsAddress:
         """Parse ``host:port``; raise ValueError with a hint on a bad value."""
+        problem = ValueError(
+            f"{value!r} is not host:port (for example 127.0.0.1:18000 or [::1]:18000)"
+        )
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not host:port (for example 127.0.0.1:18000)")
-        return cls(host.strip("[]"), int(port))
+            raise problem
+        if ":" in host:
+            # Only a bracketed IPv6 literal may contain colons.
+            if not (host.startswith("[") and host.endswith("]")):
+                raise problem
+            host = host[1:-1]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise problem from None
+        return cls(host, int(port))
 
 
 @lru_cache(maxsize=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -105,6 +105,49 @@ def up(
     settings = get_settings()
     configure_logging(settings.log_level)
     raise typer.Exit(code=asyncio.run(run_mesh(settings, demo=demo)))
+
+
+@app.command("proxy-status")
+def proxy_status(
+    api: Annotated[
+        str | None, typer.Option(help="admin API base URL; by default from TURNOUT_API_*")
+    ] = None,
+) -> None:
+    """Show each connected Envoy: per resource type SYNCED, STALE, NACKED or NOT SENT."""
+    import httpx
+
+    settings = get_settings()
+    base = api or f"http://{settings.api_host}:{settings.api_port}"
+    try:
+        response = httpx.get(f"{base}/v1/proxies", timeout=10)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot read {base}/v1/proxies ({exc}); is `turnout serve` running?") from exc
+    typer.echo(format_proxy_status(response.json()), nl=False)
+
+
+def format_proxy_status(proxies: list[dict[str, Any]]) -> str:
+    """Return a table of proxies and their per-type status, NACK errors below it."""
+    columns = ("clusters", "endpoints", "listeners", "routes")
+    rows = [("NODE", "XDS", "ZONE", *(c.upper() for c in columns))]
+    errors: list[str] = []
+    for proxy in proxies:
+        statuses = []
+        for column in columns:
+            entry = proxy["types"][column]
+            statuses.append(entry["status"])
+            if entry["error"]:
+                errors.append(f"{proxy['node_id']} {column}: {entry['error']}")
+        rows.append((proxy["node_id"], proxy["xds"], proxy["zone"] or "-", *statuses))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    if len(rows) == 1:
+        lines.append("(no proxies connected)")
+    lines += [f"NACK {error}" for error in errors]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

@@ -150,6 +150,8 @@ class DeltaStream(
         state.sent_version = snapshot.version(type_url)
         state.sent_nonce = nonce
         state.sent_names = frozenset(updates)
+        state.sent_snapshot = snapshot
+        state.holding = frozenset((set(tracked.has) | set(updates)) - set(removals))
         state.pending = True
         state.sent_at = utcnow()
         return discovery_pb2.DeltaDiscoveryResponse(

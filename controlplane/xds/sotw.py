@@ -122,6 +122,8 @@ class SotwStream(StreamLoop[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
         state.sent_version = snapshot.version(type_url)
         state.sent_nonce = nonce
         state.sent_names = state.names if state.names else frozenset(snapshot.resources[type_url])
+        state.sent_snapshot = snapshot
+        state.holding = state.sent_names
         state.pending = True
         state.sent_at = utcnow()
         return discovery_pb2.DiscoveryResponse(

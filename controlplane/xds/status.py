@@ -46,6 +46,9 @@ class TypeState:
     error: str | None = None
     sent_at: datetime | None = None
     acked_at: datetime | None = None
+    # What the proxy holds as of the last response: names, in that response's snapshot.
+    sent_snapshot: Snapshot | None = None
+    holding: frozenset[str] = frozenset()
 
     def record_ack(self, version: str | None) -> None:
         """The proxy accepted the last response, now at ``version``."""
@@ -118,6 +121,11 @@ class ProxyRegistry:
     def connections(self) -> list[ProxyConnection]:
         """Return the streams that have identified their node, oldest first."""
         return [c for c in self._connections.values() if c.node_id]
+
+    def find(self, node_id: str) -> ProxyConnection | None:
+        """Return the newest stream of ``node_id``, or None."""
+        matches = [c for c in self._connections.values() if c.node_id == node_id]
+        return matches[-1] if matches else None
 
     @staticmethod
     def statuses(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -160,13 +159,27 @@ async def test_closed_stream_leaves_the_registry(xds: Running) -> None:
     await asyncio.wait_for(gone(), TIMEOUT_S)
 
 
-async def test_delta_ads_answers_unimplemented(xds: Running) -> None:
+async def test_delta_cds_subscription_gets_the_clusters_and_the_ack_shows_synced(
+    xds: Running,
+) -> None:
+    snapshot = _snapshot()
+    await xds.cache.publish(snapshot)
     call = xds.stub.DeltaAggregatedResources()
-    # The server aborts without reading, so this write may already see the status.
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        await call.write(
-            discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, node=base_pb2.Node(id="envoy-it"))
-        )
 
-    assert await asyncio.wait_for(call.code(), TIMEOUT_S) == grpc.StatusCode.UNIMPLEMENTED
-    assert "delta" in await call.details()
+    await call.write(
+        discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, node=base_pb2.Node(id="envoy-it"))
+    )
+    response = await asyncio.wait_for(call.read(), TIMEOUT_S)
+
+    assert isinstance(response, discovery_pb2.DeltaDiscoveryResponse), response
+    assert response.type_url == CLUSTER
+    assert {r.name: r.version for r in response.resources} == dict(
+        snapshot.resource_versions[CLUSTER]
+    )
+    assert not response.removed_resources
+    await call.write(
+        discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=response.nonce)
+    )
+    connection = await xds.until_connection(lambda c: _cluster_status(xds, c) is SyncStatus.SYNCED)
+    assert connection.variant == "delta"
+    await call.done_writing()

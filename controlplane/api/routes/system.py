@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
+from google.protobuf import json_format
 from sqlalchemy import text
 
 from controlplane.api.deps import RuntimeDep, SessionDep
 from controlplane.api.errors import error_response
 from controlplane.api.schemas import AuditEventOut, AuditPage, ErrorBody, ProxyOut, TypeStatusOut
 from controlplane.db.repositories import AuditRepository
+from controlplane.domain.errors import NotFound
 from controlplane.xds.resources import SHORT_NAMES
 from controlplane.xds.status import ProxyRegistry
 
@@ -71,6 +73,28 @@ async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
             )
         )
     return proxies
+
+
+@router.get(
+    "/v1/proxies/{node_id}/config",
+    tags=["proxies"],
+    responses={404: {"model": ErrorBody, "description": "no such proxy is connected"}},
+)
+async def proxy_config(node_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    """What this replica last sent the proxy: per type, the version and the resources
+    the proxy holds, as JSON (Envoy's own field names)."""
+    connection = runtime.registry.find(node_id)
+    if connection is None:
+        raise NotFound(f"no proxy with node id {node_id!r} is connected to this replica")
+    config: dict[str, Any] = {"node_id": node_id, "xds": connection.variant}
+    for type_url, state in connection.types.items():
+        snapshot = state.sent_snapshot
+        resources = snapshot.select(type_url, state.holding) if snapshot and state.holding else []
+        config[SHORT_NAMES[type_url]] = {
+            "version": state.sent_version,
+            "resources": [json_format.MessageToDict(r) for r in resources],
+        }
+    return config
 
 
 @router.get(

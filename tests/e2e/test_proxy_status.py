@@ -1,0 +1,117 @@
+"""What each proxy was sent: /v1/proxies/{node}/config and `turnout proxy-status`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controlplane.cli.main import format_proxy_status
+from tests.support import EnvoyProcess, eventually
+
+pytestmark = pytest.mark.envoy
+
+
+async def _synced(api: httpx.AsyncClient, node_id: str) -> dict[str, object] | None:
+    for proxy in (await api.get("/v1/proxies")).json():
+        if proxy["node_id"] == node_id and all(
+            t["status"] == "SYNCED" for t in proxy["types"].values()
+        ):
+            return dict(proxy)
+    return None
+
+
+async def test_config_shows_what_the_proxy_holds(
+    api: httpx.AsyncClient, envoy: EnvoyProcess
+) -> None:
+    await api.post("/v1/models", json={"name": "m", "protocol": "http"})
+    await api.post(
+        "/v1/models/m/versions",
+        json={"version": "v1", "endpoints": [{"address": "127.0.0.1", "port": 9001}]},
+    )
+
+    async def holds_cluster() -> dict[str, object] | None:
+        response = await api.get(f"/v1/proxies/{envoy.node_id}/config")
+        if response.status_code != 200:
+            return None
+        config = response.json()
+        names = [r["name"] for r in config["clusters"]["resources"]]
+        return dict(config) if names == ["m/v1"] else None
+
+    config = await eventually(holds_cluster, timeout=10)
+    assert config["endpoints"]["resources"][0]["clusterName"] == "m/v1"  # type: ignore[index]
+    assert config["listeners"]["resources"][0]["name"] == "turnout_http"  # type: ignore[index]
+    assert (await api.get("/v1/proxies/nobody/config")).status_code == 404
+
+
+async def test_proxy_status_command(api: httpx.AsyncClient, envoy: EnvoyProcess) -> None:
+    await api.post("/v1/models", json={"name": "m", "protocol": "http"})
+    await api.post(
+        "/v1/models/m/versions",
+        json={"version": "v1", "endpoints": [{"address": "127.0.0.1", "port": 9001}]},
+    )
+    await eventually(lambda: _synced(api, envoy.node_id), timeout=10)
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "turnout"),
+        "proxy-status",
+        "--api",
+        str(api.base_url).rstrip("/"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ),
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[0].split() == [
+        "NODE",
+        "XDS",
+        "ZONE",
+        "CLUSTERS",
+        "ENDPOINTS",
+        "LISTENERS",
+        "ROUTES",
+    ]
+    mine = next(line.split() for line in lines if line.startswith(envoy.node_id))
+    assert mine[3:] == ["SYNCED"] * 4
+
+
+def test_proxy_status_lists_nacks_and_an_empty_mesh() -> None:
+    entry = {"status": "SYNCED", "error": None}
+    nacked = {"status": "NACKED", "error": "bad route"}
+    table = format_proxy_status(
+        [
+            {
+                "node_id": "edge-1",
+                "xds": "delta",
+                "zone": "",
+                "types": {
+                    "clusters": entry,
+                    "endpoints": entry,
+                    "listeners": entry,
+                    "routes": nacked,
+                },
+            }
+        ]
+    )
+    assert "edge-1  delta  -     SYNCED" in table
+    assert "NACK edge-1 routes: bad route" in table
+    assert "(no proxies connected)" in format_proxy_status([])
+
+
+async def test_proxy_status_without_an_api_says_what_to_do() -> None:
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "turnout"),
+        "proxy-status",
+        "--api",
+        "http://127.0.0.1:1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await process.communicate()
+    assert process.returncode == 2
+    assert "is `turnout serve` running?" in err.decode()
