@@ -8,7 +8,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["ChildProcess", "envoy_binary", "wait_for_port"]
@@ -52,10 +52,18 @@ async def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
 class ChildProcess:
     """A subprocess that is stopped with SIGTERM, then SIGKILL after a grace period."""
 
-    def __init__(self, name: str, argv: Sequence[str], *, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
+        self.env = dict(env or {})
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -68,7 +76,7 @@ class ChildProcess:
                 stdout=output,
                 stderr=output,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
             )
         finally:
             if output is not None:

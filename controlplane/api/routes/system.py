@@ -34,7 +34,8 @@ async def healthz() -> dict[str, str]:
     responses={503: {"model": ErrorBody, "description": "not ready"}},
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Readiness: the database answers and the xDS state is loaded."""
+    """Readiness: the database answers and the xDS state is loaded. Also shows the
+    loaded revision and its resource versions, which are equal on every replica."""
     try:
         async with runtime.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -42,7 +43,13 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         return error_response(503, "database_unavailable", str(exc)[:200])
     if not runtime.sync.loaded.is_set():
         return error_response(503, "state_not_loaded", "the xDS state has not been loaded yet")
-    return JSONResponse({"status": "ready", "revision": runtime.sync.revision})
+    snapshot = runtime.cache.snapshot
+    versions = (
+        {SHORT_NAMES[t]: v for t, v in snapshot.versions.items()} if snapshot is not None else {}
+    )
+    return JSONResponse(
+        {"status": "ready", "revision": runtime.sync.revision, "xds_versions": versions}
+    )
 
 
 @router.get("/v1/proxies", tags=["proxies"])

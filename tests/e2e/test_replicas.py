@@ -1,0 +1,170 @@
+"""Several control-plane replicas on one Postgres: identical config, and failover
+under load with no failed request."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
+from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
+from tests.conftest import free_port
+from tests.support import RunningModelServer, eventually
+
+pytestmark = pytest.mark.envoy
+
+
+@dataclass
+class Replica:
+    process: ChildProcess
+    api: str
+    xds_port: int
+
+
+async def _start_replica(database_url: str, listener_port: int, workdir: Path, n: int) -> Replica:
+    api_port, xds_port = free_port(), free_port()
+    env = {
+        "TURNOUT_DATABASE_URL": database_url,
+        "TURNOUT_API_PORT": str(api_port),
+        "TURNOUT_XDS_PORT": str(xds_port),
+        "TURNOUT_LISTENER_PORT": str(listener_port),
+        "TURNOUT_POLL_INTERVAL_S": "1",
+    }
+    process = ChildProcess(
+        f"replica-{n}",
+        [str(Path(sys.executable).parent / "turnout"), "serve"],
+        log_path=workdir / f"replica-{n}.log",
+        env=env,
+    )
+    await process.start()
+    await wait_for_port("127.0.0.1", api_port, timeout=30)
+    return Replica(process, f"http://127.0.0.1:{api_port}", xds_port)
+
+
+@pytest.fixture
+async def replicas(postgres_url: str, tmp_path: Path) -> AsyncIterator[tuple[list[Replica], int]]:
+    from tests.conftest import _reset_postgres
+
+    await _reset_postgres(postgres_url)
+    listener_port = free_port()
+    started = [await _start_replica(postgres_url, listener_port, tmp_path, n) for n in range(2)]
+    try:
+        yield started, listener_port
+    finally:
+        for replica in started:
+            await replica.process.stop()
+
+
+async def test_replicas_converge_and_fail_over_without_a_failed_request(
+    replicas: tuple[list[Replica], int], tmp_path: Path
+) -> None:
+    nodes, listener_port = replicas
+    servers = {v: await RunningModelServer(v).start() for v in ("v1", "v2")}
+    envoy = None
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            first = nodes[0].api
+            assert (
+                await client.post(f"{first}/v1/models", json={"name": "m", "protocol": "http"})
+            ).status_code == 201
+            for version, server in servers.items():
+                response = await client.post(
+                    f"{first}/v1/models/m/versions",
+                    json={
+                        "version": version,
+                        "endpoints": [{"address": "127.0.0.1", "port": server.port}],
+                    },
+                )
+                assert response.status_code == 201
+
+            # The other replica hears of the change (NOTIFY) and renders the same bytes.
+            async def same_versions() -> dict[str, str] | None:
+                ready = [(await client.get(f"{r.api}/readyz")).json() for r in nodes]
+                if ready[0]["revision"] == ready[1]["revision"] == 3:
+                    assert ready[0]["xds_versions"] == ready[1]["xds_versions"]
+                    return dict(ready[0]["xds_versions"])
+                return None
+
+            await eventually(same_versions, timeout=5)
+
+            bootstrap = render_bootstrap(
+                "failover",
+                [XdsAddress("127.0.0.1", r.xds_port) for r in nodes],
+                admin_port=free_port(),
+            )
+            path = tmp_path / "envoy.yaml"
+            path.write_text(dump_bootstrap(bootstrap))
+            envoy = ChildProcess(
+                "envoy",
+                [envoy_binary(), "-c", str(path), "--disable-hot-restart", "--concurrency", "1"],
+                log_path=tmp_path / "envoy.log",
+            )
+            await envoy.start()
+            await wait_for_port("127.0.0.1", listener_port, timeout=30)
+            url = f"http://127.0.0.1:{listener_port}/models/m/predict"
+
+            async def served() -> bool:
+                return (await client.get(url)).status_code == 200
+
+            await eventually(served, timeout=10)
+
+            async def connected_replica() -> int | None:
+                for i, replica in enumerate(nodes):
+                    proxies = (await client.get(f"{replica.api}/v1/proxies")).json()
+                    if any(p["node_id"] == "failover" for p in proxies):
+                        return i + 1  # 1-based so that a match is truthy
+                return None
+
+            victim = await eventually(connected_replica, timeout=10) - 1
+            survivor = nodes[1 - victim]
+
+            # Steady load while the connected replica is killed without warning.
+            statuses: Counter[int] = Counter()
+            stop = asyncio.Event()
+
+            async def load() -> None:
+                while not stop.is_set():
+                    statuses[(await client.get(url)).status_code] += 1
+
+            workers = [asyncio.create_task(load()) for _ in range(4)]
+            await eventually(lambda: _at_least(statuses, 50), timeout=10)
+            assert nodes[victim].process.process is not None
+            nodes[victim].process.process.send_signal(signal.SIGKILL)
+            await nodes[victim].process.process.wait()
+
+            async def reconnected() -> bool:
+                proxies = (await client.get(f"{survivor.api}/v1/proxies")).json()
+                return any(p["node_id"] == "failover" for p in proxies)
+
+            await eventually(reconnected, timeout=15)
+            response = await client.put(
+                f"{survivor.api}/v1/models/m/traffic", json={"weights": {"v2": 100}}
+            )
+            assert response.status_code == 200
+
+            async def converged() -> bool:
+                answer = await client.get(url)
+                return answer.headers.get("x-turnout-version") == "v2"
+
+            await eventually(converged, timeout=5)
+            stop.set()
+            await asyncio.gather(*workers)
+        assert set(statuses) == {200}, statuses
+        assert sum(statuses.values()) > 100
+    finally:
+        if envoy is not None:
+            await envoy.stop()
+        for server in servers.values():
+            await server.stop()
+
+
+async def _at_least(counter: Counter[int], total: int) -> bool:
+    return sum(counter.values()) >= total
