@@ -21,7 +21,12 @@ async def post(
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
     async with client.post(batcher.url + path, json=doc, headers=headers) as response:
-        return response.status, await response.json(content_type=None), response.headers
+        text = await response.text()
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = {"text": text}
+        return response.status, body, response.headers
 
 
 async def hold_upstream(

@@ -1,0 +1,1 @@
+"""Batching benchmark: goodput of no batching, fixed-timeout batching and Turnout's batcher."""

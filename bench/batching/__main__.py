@@ -1,0 +1,5 @@
+"""``python -m bench.batching``: see bench/batching/run.py."""
+
+from .run import main
+
+main()

@@ -1,0 +1,78 @@
+"""``python -m filters.batcher``: run a batcher from the command line.
+
+The same flags as ``turnout batcher``; handy where the control plane's CLI is
+not installed (benchmarks start batchers this way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+from ._policy import BatchingPolicy, HttpPolicySource
+from ._server import BatcherConfig, run_batcher
+
+__all__ = ["build_config", "main"]
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def build_config(argv: list[str] | None = None) -> BatcherConfig:
+    """Parse command-line flags into a ``BatcherConfig`` (exits 2 on bad flags)."""
+    defaults = BatchingPolicy()
+    parser = argparse.ArgumentParser(prog="python -m filters.batcher", description=__doc__)
+    parser.add_argument("--upstream", required=True, help="model server base URL")
+    parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 9101))
+    parser.add_argument("--max-in-flight", type=int, default=1)
+    parser.add_argument("--disabled", action="store_true", help="start in pass-through mode")
+    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=defaults.max_queue_delay_ms)
+    parser.add_argument("--max-queue", type=int, default=defaults.max_queue)
+    parser.add_argument("--slo-ms", type=float, default=defaults.slo_ms)
+    parser.add_argument("--control-plane", help="admin API URL to poll for the policy")
+    parser.add_argument("--model", help="model name (with --control-plane)")
+    parser.add_argument("--model-version", help="version name (with --control-plane)")
+    args = parser.parse_args(argv)
+    policy = BatchingPolicy(
+        enabled=not args.disabled,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        max_queue=args.max_queue,
+        slo_ms=args.slo_ms,
+    )
+    source = None
+    if args.control_plane:
+        if not (args.model and args.model_version):
+            parser.error("--control-plane needs --model and --model-version")
+        source = HttpPolicySource(
+            args.control_plane,
+            args.model,
+            args.model_version,
+            api_key=os.environ.get("TURNOUT_API_KEY"),
+        )
+    host, port = args.listen
+    return BatcherConfig(
+        upstream=args.upstream,
+        host=host,
+        port=port,
+        policy=policy,
+        policy_source=source,
+        max_in_flight=args.max_in_flight,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a batcher until SIGINT or SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(run_batcher(build_config(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,432 @@
+"""The queue and the work-conserving, deadline-aware dispatcher.
+
+Rules, in the order the dispatch loop applies them:
+
+1. A request whose deadline can no longer be met, even alone in the next
+   upstream slot, leaves the queue with 503 (reason ``deadline``) as soon as
+   that is known, instead of timing out later.
+2. Work conservation: while fewer than ``max_in_flight`` batches are upstream,
+   the next batch is sent at once. The only hold: when a batch is already
+   upstream and another slot is free, a batch smaller than ``max_batch_size``
+   waits at most ``max_queue_delay_ms`` (measured from its oldest request's
+   arrival) for company. With the upstream idle, nothing ever waits.
+3. A batch holds calls with one batch key, earliest deadline first, at most
+   ``max_batch_size`` rows (a single larger call goes alone), and only as
+   many as the latency model predicts can finish before the earliest
+   deadline in it.
+4. If the upstream rejects a batch (400, 413, 422, 500) or answers something
+   that cannot be split, the batch is split in halves and each half retried
+   first, while deadlines allow; a single call gets the upstream's own answer.
+
+Each request owns one future; results are delivered by position in the batch
+and only to that future, so no request sees another's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import enum
+import json
+import logging
+import math
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._latency import LatencyModel
+from ._metrics import BatcherMetrics
+from ._policy import BatchingPolicy
+from ._protocols import Call, SplitError, merge_calls, split_response
+from ._upstream import Upstream, UpstreamError
+
+__all__ = ["Dispatcher", "Pending", "Reply", "describe", "error_reply"]
+
+log = logging.getLogger("turnout.batcher.dispatch")
+
+_SPLITTABLE = frozenset({400, 413, 422, 500})
+
+# Cutting a late upstream call at the deadline would not free the device (the
+# server keeps computing) and would hide its true cost from the latency model,
+# so calls may run this long past their latest deadline; callers that stopped
+# waiting have left already.
+UPSTREAM_GRACE_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What one caller receives."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+def error_reply(status: int, error: str, detail: str, **headers: str) -> Reply:
+    """Return a JSON error reply ``{"error": ..., "detail": ...}``."""
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    return Reply(status, body, {"Content-Type": "application/json", **headers})
+
+
+class State(enum.Enum):
+    """Where a pending request is."""
+
+    QUEUED = "queued"
+    RETRY = "retry"
+    SENT = "sent"
+    DONE = "done"
+
+
+@dataclass(eq=False)
+class Pending:
+    """One request waiting for its reply: its call, target, timing and future."""
+
+    call: Call
+    target: str
+    headers: dict[str, str]
+    arrived: float
+    deadline: float
+    future: asyncio.Future[Reply]
+    state: State = State.QUEUED
+    queued_wait_recorded: bool = field(default=False)
+
+    def resolve(self, reply: Reply) -> None:
+        """Deliver ``reply`` unless the caller is gone or already answered."""
+        self.state = State.DONE
+        if not self.future.done():
+            self.future.set_result(reply)
+
+
+class Dispatcher:
+    """Owns the queue of one upstream and sends its batches.
+
+    ``submit`` returns an immediate rejection or ``None`` (the reply will
+    arrive on the pending's future); ``withdraw`` removes a request whose
+    client went away. Call ``start`` inside the loop and ``close`` at the end.
+    """
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        policy: BatchingPolicy,
+        metrics: BatcherMetrics,
+        *,
+        max_in_flight: int = 1,
+        latency: LatencyModel | None = None,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.upstream = upstream
+        self.policy = policy
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.latency = latency or LatencyModel()
+        self._groups: dict[Hashable, list[Pending]] = {}
+        self._retries: deque[list[Pending]] = deque()
+        self._depth = 0
+        self._ends: list[float] = []  # predicted end times of in-flight batches
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches_sent = 0
+
+    # --- public surface ------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (queued or awaiting a retry), not yet sent."""
+        return self._depth
+
+    @property
+    def in_flight(self) -> int:
+        """Batches sent upstream and not yet answered."""
+        return len(self._ends)
+
+    def start(self) -> None:
+        """Start the dispatch loop on the running event loop."""
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    def set_policy(self, policy: BatchingPolicy) -> None:
+        """Apply a new policy to everything dispatched from now on."""
+        self.policy = policy
+        self._wake.set()
+
+    def submit(self, pending: Pending) -> Reply | None:
+        """Queue ``pending``; return a 429 or 503 reply instead when it cannot be served."""
+        now = asyncio.get_running_loop().time()
+        policy = self.policy
+        if self._depth >= policy.max_queue:
+            self.metrics.rejections.labels(reason="queue_full").inc()
+            retry_after = max(1, math.ceil(self._drain_seconds()))
+            return error_reply(
+                429,
+                "queue_full",
+                "the batcher's queue is full",
+                **{"Retry-After": str(retry_after)},
+            )
+        if self._earliest_start(now) + self.latency.predict(pending.call.rows) > pending.deadline:
+            self.metrics.rejections.labels(reason="deadline").inc()
+            return error_reply(503, "deadline", "the request cannot complete before its deadline")
+        if not self._depth and not self._ends and self._loop_task is not None:
+            # Idle upstream, empty queue: send now, without a turn of the dispatch loop.
+            self._launch([pending], now)
+            return None
+        group = self._groups.setdefault(pending.call.key, [])
+        bisect.insort(group, pending, key=lambda p: p.deadline)
+        self._depth += 1
+        self.metrics.queue_depth.set(self._depth)
+        self._wake.set()
+        return None
+
+    def withdraw(self, pending: Pending) -> None:
+        """Remove ``pending`` from the queue if it has not been sent (its client left)."""
+        if pending.state is State.QUEUED:
+            group = self._groups.get(pending.call.key, [])
+            if pending in group:
+                group.remove(pending)
+                if not group:
+                    del self._groups[pending.call.key]
+                self._left_queue(1)
+        elif pending.state is State.RETRY:
+            for half in self._retries:
+                if pending in half:
+                    half.remove(pending)
+                    self._left_queue(1)
+                    break
+        else:
+            return
+        pending.state = State.DONE
+        self.metrics.rejections.labels(reason="disconnected").inc()
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop dispatching; requests still waiting get 503."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        waiting = [p for group in self._groups.values() for p in group]
+        waiting += [p for half in self._retries for p in half]
+        for pending in waiting:
+            pending.resolve(error_reply(503, "shutting_down", "the batcher is stopping"))
+        self._groups.clear()
+        self._retries.clear()
+
+    # --- estimates -----------------------------------------------------------------------
+
+    def _earliest_start(self, now: float) -> float:
+        if len(self._ends) < self.max_in_flight:
+            return now
+        return max(now, min(self._ends))
+
+    def _drain_seconds(self) -> float:
+        size = self.policy.max_batch_size
+        batches = self._depth / size / self.max_in_flight
+        return batches * max(self.latency.predict(size), 0.01)
+
+    def _left_queue(self, count: int) -> None:
+        self._depth -= count
+        self.metrics.queue_depth.set(self._depth)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            now = loop.time()
+            wake_at = self._expire(now)
+            while self._depth and len(self._ends) < self.max_in_flight:
+                hold_until = self._hold_until(now)
+                if hold_until > now:
+                    wake_at = min(wake_at, hold_until)
+                    break
+                batch = self._next_batch(now)
+                if not batch:
+                    break
+                self._launch(batch, now)
+            timeout = None if wake_at == math.inf else max(0.0, wake_at - now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _expire(self, now: float) -> float:
+        """Reject requests that can no longer make their deadline; return when to look again."""
+        start = self._earliest_start(now)
+        wake_at = math.inf
+        for key in list(self._groups):
+            group = self._groups[key]
+            while group:
+                head = group[0]
+                latest_start = head.deadline - self.latency.predict(head.call.rows)
+                if start <= latest_start:
+                    wake_at = min(wake_at, latest_start)
+                    break
+                group.pop(0)
+                self._reject_deadline(head)
+            if not group:
+                del self._groups[key]
+        for half in self._retries:
+            for pending in [
+                p for p in half if start + self.latency.predict(p.call.rows) > p.deadline
+            ]:
+                half.remove(pending)
+                self._reject_deadline(pending)
+        while self._retries and not self._retries[0]:
+            self._retries.popleft()
+        return wake_at
+
+    def _reject_deadline(self, pending: Pending) -> None:
+        self._left_queue(1)
+        self.metrics.rejections.labels(reason="deadline").inc()
+        pending.resolve(error_reply(503, "deadline", "the request can no longer meet its deadline"))
+
+    def _hold_until(self, now: float) -> float:
+        """Return when the next batch may go: now, unless a partial batch may wait for company."""
+        if self._retries or not self._ends:
+            return now
+        head = self._head_group()
+        if head is None:
+            return now
+        rows = sum(p.call.rows for p in head)
+        if rows >= self.policy.max_batch_size:
+            return now
+        oldest = min(p.arrived for p in head)
+        return oldest + self.policy.max_queue_delay_ms / 1000.0
+
+    def _head_group(self) -> list[Pending] | None:
+        best: list[Pending] | None = None
+        for group in self._groups.values():
+            if group and (best is None or group[0].deadline < best[0].deadline):
+                best = group
+        return best
+
+    def _next_batch(self, now: float) -> list[Pending]:
+        while self._retries:
+            half = self._retries.popleft()
+            if half:
+                self._left_queue(len(half))
+                return half
+        group = self._head_group()
+        if group is None:
+            return []
+        batch = [group[0]]
+        rows = group[0].call.rows
+        deadline = group[0].deadline
+        limit = self.policy.max_batch_size
+        for pending in group[1:]:
+            more = rows + pending.call.rows
+            if more > limit or now + self.latency.predict(more) > deadline:
+                break
+            batch.append(pending)
+            rows = more
+        del group[: len(batch)]
+        if not group:
+            del self._groups[batch[0].call.key]
+        self._left_queue(len(batch))
+        return batch
+
+    def _launch(self, batch: list[Pending], now: float) -> None:
+        rows = sum(p.call.rows for p in batch)
+        self._ends.append(now + self.latency.predict(rows))
+        self.metrics.in_flight.set(len(self._ends))
+        for pending in batch:
+            pending.state = State.SENT
+            if not pending.queued_wait_recorded:
+                self.metrics.queue_wait.observe(now - pending.arrived)
+                pending.queued_wait_recorded = True
+        self.batches_sent += 1
+        task = asyncio.get_running_loop().create_task(self._execute(batch, rows, self._ends[-1]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- one upstream call ---------------------------------------------------------------
+
+    async def _execute(self, batch: list[Pending], rows: int, end_marker: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_rows.observe(rows)
+        calls = [p.call for p in batch]
+        started = loop.time()
+        try:
+            body = merge_calls(calls)
+            timeout = max(p.deadline for p in batch) - started + UPSTREAM_GRACE_S
+            answer = await self.upstream.post_json(batch[0].target, body, batch[0].headers, timeout)
+        except UpstreamError as exc:
+            self._finish(end_marker)
+            if exc.timed_out:  # a lower bound on the cost, still worth learning from
+                self.latency.observe(rows, loop.time() - started)
+            status = 504 if exc.timed_out else 502
+            log.warning("upstream call failed", extra={"rows": rows, "error": str(exc)})
+            self._fail_all(batch, error_reply(status, "upstream_error", str(exc)))
+            return
+        except asyncio.CancelledError:
+            self._finish(end_marker)
+            for pending in batch:
+                pending.resolve(error_reply(503, "shutting_down", "the batcher is stopping"))
+            raise
+        elapsed = loop.time() - started
+        self._finish(end_marker)
+        self.metrics.upstream_time.observe(elapsed)
+        if 200 <= answer.status < 300:
+            self.latency.observe(rows, elapsed)
+            self._deliver(batch, answer.body, answer.content_type, answer.status)
+        elif len(batch) > 1 and answer.status in _SPLITTABLE:
+            self._split_and_retry(batch, f"upstream answered {answer.status}")
+        else:
+            headers = {"Content-Type": answer.content_type, "x-turnout-batch-size": str(len(batch))}
+            reply = Reply(answer.status, answer.body, headers)
+            if len(batch) > 1:
+                self.metrics.rejections.labels(reason="upstream_error").inc(len(batch))
+            for pending in batch:
+                pending.resolve(reply)
+
+    def _finish(self, end_marker: float) -> None:
+        self._ends.remove(end_marker)
+        self.metrics.in_flight.set(len(self._ends))
+        self._wake.set()
+
+    def _deliver(self, batch: list[Pending], body: bytes, content_type: str, status: int) -> None:
+        size = {"x-turnout-batch-size": str(len(batch))}
+        if len(batch) == 1:
+            batch[0].resolve(Reply(status, body, {"Content-Type": content_type, **size}))
+            return
+        try:
+            parts = split_response(body, [p.call for p in batch])
+        except SplitError as exc:
+            self._split_and_retry(batch, f"cannot split the answer: {exc}")
+            return
+        headers = {"Content-Type": "application/json", **size}
+        for pending, part in zip(batch, parts, strict=True):
+            pending.resolve(Reply(status, part, headers))
+
+    def _split_and_retry(self, batch: list[Pending], reason: str) -> None:
+        log.info("splitting rejected batch", extra={"requests": len(batch), "reason": reason})
+        self.metrics.splits.inc()
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            for pending in half:
+                pending.state = State.RETRY
+            self._retries.append(half)
+            self._depth += len(half)
+        self.metrics.queue_depth.set(self._depth)
+        self._wake.set()
+
+    def _fail_all(self, batch: list[Pending], reply: Reply) -> None:
+        self.metrics.rejections.labels(reason="upstream_error").inc(len(batch))
+        for pending in batch:
+            pending.resolve(reply)
+
+
+def describe(policy: BatchingPolicy) -> dict[str, Any]:
+    """Return ``policy`` as the JSON object the admin API uses."""
+    return {
+        "enabled": policy.enabled,
+        "max_batch_size": policy.max_batch_size,
+        "max_queue_delay_ms": policy.max_queue_delay_ms,
+        "max_queue": policy.max_queue,
+        "slo_ms": policy.slo_ms,
+    }
