@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_DATABASE_URL", "Settings", "get_settings"]
@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="re-read the state this often even without a notification"
     )
     log_level: str = "INFO"
+    api_key: SecretStr | None = Field(
+        default=None, description="key that `turnout` commands send to the admin API"
+    )
     envoy_binary: str | None = Field(
         default=None, description="path to envoy; by default the one next to the Python interpreter"
     )

@@ -107,6 +107,28 @@ def up(
     raise typer.Exit(code=asyncio.run(run_mesh(settings, demo=demo)))
 
 
+@app.command(
+    "batcher",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def batcher(ctx: typer.Context) -> None:
+    """Run a batcher beside one model-server replica, until Ctrl-C or SIGTERM.
+
+    Flags: --upstream URL --listen HOST:PORT [--max-batch-size N --max-queue-delay-ms MS
+    --max-queue N --slo-ms MS --max-in-flight N --disabled] [--control-plane URL --model M
+    --model-version V]; `turnout batcher --help` lists them all.
+    """
+    from filters.batcher import run_batcher
+    from filters.batcher.__main__ import build_config
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    config = build_config(list(ctx.args), api_key=key, prog="turnout batcher")
+    asyncio.run(run_batcher(config))
+
+
 @app.command("proxy-status")
 def proxy_status(
     api: Annotated[

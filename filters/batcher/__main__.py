@@ -24,10 +24,18 @@ def _host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def build_config(argv: list[str] | None = None) -> BatcherConfig:
-    """Parse command-line flags into a ``BatcherConfig`` (exits 2 on bad flags)."""
+def build_config(
+    argv: list[str] | None = None,
+    *,
+    api_key: str | None = None,
+    prog: str = "python -m filters.batcher",
+) -> BatcherConfig:
+    """Parse command-line flags into a ``BatcherConfig`` (exits 2 on bad flags).
+
+    ``api_key`` authenticates the policy polls to the control plane.
+    """
     defaults = BatchingPolicy()
-    parser = argparse.ArgumentParser(prog="python -m filters.batcher", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--upstream", required=True, help="model server base URL")
     parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 9101))
     parser.add_argument("--max-in-flight", type=int, default=1)
@@ -55,7 +63,7 @@ def build_config(argv: list[str] | None = None) -> BatcherConfig:
             args.control_plane,
             args.model,
             args.model_version,
-            api_key=os.environ.get("TURNOUT_API_KEY"),
+            api_key=api_key,
         )
     host, port = args.listen
     return BatcherConfig(
@@ -71,7 +79,8 @@ def build_config(argv: list[str] | None = None) -> BatcherConfig:
 def main(argv: list[str] | None = None) -> None:
     """Run a batcher until SIGINT or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(run_batcher(build_config(argv)))
+    # This entry point has no settings object: the key comes from the environment.
+    asyncio.run(run_batcher(build_config(argv, api_key=os.environ.get("TURNOUT_API_KEY"))))
 
 
 if __name__ == "__main__":
