@@ -12,6 +12,8 @@ https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#incremental-xd
 - A request answering the outstanding nonce is an ACK or (with
   ``error_detail``) a NACK; only an ACK moves the tracked versions. A NACKed
   set is not sent again until the snapshot changes.
+- The first subscription to a type is answered even when it is empty, since
+  Envoy's initialisation waits for it.
 - One response per type is outstanding at a time; listeners and routes wait
   until clusters and every cluster's endpoints are current (``DEPENDS_ON``).
 """
@@ -45,6 +47,7 @@ class _Tracked:
     names: set[str] = field(default_factory=set)
     has: dict[str, str] = field(default_factory=dict)
     in_flight: dict[str, str | None] = field(default_factory=dict)
+    seeded: bool = False  # the proxy came with resources (a reconnect)
 
     def interest(self, snapshot: Snapshot, type_url: str) -> set[str]:
         """Names the proxy wants: every resource for a wildcard, plus explicit names."""
@@ -81,6 +84,7 @@ class DeltaStream(
             state.subscribed = True
             tracked.wildcard = not request.resource_names_subscribe
             tracked.has = dict(request.initial_resource_versions)
+            tracked.seeded = bool(tracked.has)
         for name in request.resource_names_subscribe:
             if name == WILDCARD:
                 tracked.wildcard = True
@@ -127,7 +131,10 @@ class DeltaStream(
             if not state.subscribed or state.pending:
                 continue
             updates, removals = tracked.changes(snapshot, type_url)
-            if not updates and not removals:
+            # A first subscription is always answered, even with nothing in it:
+            # Envoy's initialisation waits for the first response of each type.
+            first = state.sent_version is None and not tracked.seeded
+            if not updates and not removals and not first:
                 # Up to date: what the proxy has is the current version.
                 if state.acked_version != snapshot.version(type_url) and state.sent_version:
                     state.record_ack(snapshot.version(type_url))

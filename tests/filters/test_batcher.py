@@ -12,6 +12,10 @@ from filters.batcher import BatchingPolicy, RunningBatcher
 
 from .conftest import BatcherFactory, Upstream, v2_body, wait_until
 
+# Tests that hold the upstream on purpose must not race the default 1 s deadline
+# on a loaded machine: deadlines have their own tests.
+SLOW_CI_SLO_MS = 60_000.0
+
 
 async def post(
     client: aiohttp.ClientSession,
@@ -75,7 +79,9 @@ async def test_lone_request_is_dispatched_at_once_when_upstream_idle(
 ) -> None:
     # A one-minute queue delay and a large batch size: only work conservation
     # lets this request through before the test's timeout.
-    batcher = await make_batcher(BatchingPolicy(max_queue_delay_ms=60_000, max_batch_size=64))
+    batcher = await make_batcher(
+        BatchingPolicy(max_queue_delay_ms=60_000, max_batch_size=64, slo_ms=SLOW_CI_SLO_MS)
+    )
     status, answer, _ = await asyncio.wait_for(
         post(client, batcher, "/v2/models/m/infer", v2_body("solo", [[1.0]])), timeout=10
     )
@@ -87,7 +93,7 @@ async def test_lone_request_is_dispatched_at_once_when_upstream_idle(
 async def test_max_batch_size_bounds_rows_per_call(
     make_batcher: BatcherFactory, upstream: Upstream, client: aiohttp.ClientSession
 ) -> None:
-    batcher = await make_batcher(BatchingPolicy(max_batch_size=4))
+    batcher = await make_batcher(BatchingPolicy(max_batch_size=4, slo_ms=SLOW_CI_SLO_MS))
     blocker = await hold_upstream(client, batcher, upstream)
     docs = [v2_body(f"r{i}", [[float(i)]] * (1 + i % 2)) for i in range(9)]
     tasks = [asyncio.create_task(post(client, batcher, "/v2/models/m/infer", d)) for d in docs]
@@ -106,7 +112,9 @@ async def test_max_queue_delay_bounds_the_hold_for_a_free_slot(
     # Two slots, one taken by a call stuck upstream: the next request may wait
     # for company, but no longer than max_queue_delay, so it reaches the
     # upstream while the first is still stuck, alone (max_batch_size is 32).
-    batcher = await make_batcher(BatchingPolicy(max_queue_delay_ms=20), max_in_flight=2)
+    batcher = await make_batcher(
+        BatchingPolicy(max_queue_delay_ms=20, slo_ms=SLOW_CI_SLO_MS), max_in_flight=2
+    )
     blocker = await hold_upstream(client, batcher, upstream)
     second = asyncio.create_task(
         post(client, batcher, "/v2/models/m/infer", v2_body("second", [[2.0]]))
@@ -123,7 +131,7 @@ async def test_max_queue_delay_bounds_the_hold_for_a_free_slot(
 async def test_full_queue_answers_429_with_retry_after(
     make_batcher: BatcherFactory, upstream: Upstream, client: aiohttp.ClientSession
 ) -> None:
-    batcher = await make_batcher(BatchingPolicy(max_queue=2))
+    batcher = await make_batcher(BatchingPolicy(max_queue=2, slo_ms=SLOW_CI_SLO_MS))
     blocker = await hold_upstream(client, batcher, upstream)
     queued = [
         asyncio.create_task(post(client, batcher, "/v2/models/m/infer", v2_body(f"q{i}", [[1.0]])))

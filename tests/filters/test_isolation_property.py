@@ -88,7 +88,9 @@ def check(i: int, req: Req, doc: dict[str, Any], status: int, answer: dict[str, 
 
 async def run_scenario(scenario: Scenario) -> None:
     upstream = await start_upstream(a_ms=0.5, b_ms=0.05)
-    policy = BatchingPolicy(max_batch_size=scenario.max_batch_size, max_queue_delay_ms=1)
+    policy = BatchingPolicy(
+        max_batch_size=scenario.max_batch_size, max_queue_delay_ms=1, slo_ms=60_000
+    )
     batcher = await start_batcher(
         BatcherConfig(
             upstream=upstream.url,

@@ -214,3 +214,17 @@ async def test_unsubscribed_names_are_forgotten(harness: DeltaHarness) -> None:
     await harness.cache.publish(moved)
     # m/v2 changed but is no longer wanted: nothing to send.
     assert await harness.finish() == []
+
+
+async def test_a_first_subscription_is_answered_even_when_empty() -> None:
+    cache = SnapshotCache()
+    await cache.publish(Snapshot.from_resources(1, translate(DesiredState(1, ()))))
+    harness = DeltaHarness(cache)
+    harness.send(_request(CLUSTER), _request(LISTENER))
+    clusters = await harness.next(CLUSTER)
+    assert list(clusters.resources) == []
+    harness.send(_request(CLUSTER, nonce=clusters.nonce))
+    listeners = await harness.next(LISTENER)
+    assert [r.name for r in listeners.resources] == ["turnout_http"]
+    harness.send(_request(LISTENER, nonce=listeners.nonce))
+    assert await harness.finish() == []
