@@ -58,7 +58,9 @@ def test_v2_merge_concatenates_rows_and_split_returns_each_its_own() -> None:
     assert "id" not in merged
     answer = {
         "model_name": "m",
-        "outputs": [{"name": "y", "shape": [3, 2], "datatype": "INT32", "data": [[1, 2], [3, 4], [5, 6]]}],
+        "outputs": [
+            {"name": "y", "shape": [3, 2], "datatype": "INT32", "data": [[1, 2], [3, 4], [5, 6]]}
+        ],
     }
     first, second = (json.loads(p) for p in split_response(json.dumps(answer).encode(), [a, b]))
     assert first["id"] == "a" and second["id"] == "b"
