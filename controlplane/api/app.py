@@ -34,5 +34,12 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app.include_router(models.router)
     app.include_router(keys.router)
     app.include_router(audit.router)
-    app.add_middleware(AdminGateway, runtime=runtime, router=app.router)
+    # The gateway matches routes itself (for the audit event of a request that never
+    # reaches one: a 413, an idempotent replay), against the routers' own routes.
+    routes = [
+        route
+        for router in (system.router, models.router, keys.router, audit.router)
+        for route in router.routes
+    ]
+    app.add_middleware(AdminGateway, runtime=runtime, routes=routes)
     return app

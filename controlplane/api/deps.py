@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
@@ -123,11 +123,8 @@ def get_context(request: Request, principal: CurrentPrincipal) -> ActionContext:
 
 
 def _success_status(request: Request) -> int:
-    endpoint: Callable[..., Awaitable[Any]] | None = request.scope.get("endpoint")
-    for route in request.app.router.routes:
-        if getattr(route, "endpoint", None) is endpoint:
-            return int(getattr(route, "status_code", None) or 200)
-    return 200
+    route = request.scope.get("route")
+    return int(getattr(route, "status_code", None) or 200)
 
 
 ContextDep = Annotated[ActionContext, Depends(get_context)]

@@ -24,13 +24,13 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.routing import Match, Router
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane.api.errors import error_response
@@ -111,10 +111,10 @@ class _Route:
 class AdminGateway:
     """ASGI middleware: see the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, runtime: ControlPlane, router: Router) -> None:
+    def __init__(self, app: ASGIApp, *, runtime: ControlPlane, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.runtime = runtime
-        self.router = router
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -252,7 +252,7 @@ class AdminGateway:
     def _route(self, scope: Scope, body: bytes) -> _Route:
         endpoint: str | None = None
         params: dict[str, Any] = {}
-        for candidate in self.router.routes:
+        for candidate in self.routes:
             match, child = candidate.matches(scope)
             if match == Match.FULL:
                 endpoint = getattr(child.get("endpoint"), "__name__", None)
