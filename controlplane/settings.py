@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         default=2.0, gt=0, description="re-read the state this often even without a notification"
     )
+    max_request_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="admin API requests with a larger body get 413"
+    )
     log_level: str = "INFO"
     api_key: SecretStr | None = Field(
         default=None, description="key that `turnout` commands send to the admin API"

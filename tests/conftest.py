@@ -22,13 +22,20 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from controlplane.db.base import utcnow
 from controlplane.db.engine import create_engine
+from controlplane.db.key_repository import ApiKeyRepository
 from controlplane.db.migrate import upgrade
+from controlplane.db.models import ApiKey
+from controlplane.domain.audit import GENESIS_HASH
+from controlplane.domain.keys import Role, generate_key, hash_key, key_display_prefix
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
 from tests.support import EnvoyProcess
 
 DATA_TABLES = (
+    "idempotency_records",
+    "api_keys",
     "audit_events",
     "config_revisions",
     "traffic_splits",
@@ -116,6 +123,10 @@ async def _reset_postgres(url: str) -> None:
                 text(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
             )
             await connection.execute(text("UPDATE config_head SET revision = 0"))
+            await connection.execute(
+                text("UPDATE audit_head SET last_id = 0, last_hash = :genesis"),
+                {"genesis": GENESIS_HASH},
+            )
     finally:
         await engine.dispose()
 
@@ -158,9 +169,43 @@ async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
         await plane.stop()
 
 
+async def seed_key(control_plane: ControlPlane, role: str, name: str | None = None) -> str:
+    """Insert an API key straight into the database (test setup, not audited); return it."""
+    key = generate_key()
+    async with control_plane.sessionmaker() as session, session.begin():
+        await ApiKeyRepository(session).add(
+            ApiKey(
+                name=name or f"test-{role}",
+                role=Role(role).value,
+                prefix=key_display_prefix(key),
+                key_hash=hash_key(key),
+                created_at=utcnow(),
+                created_by="tests",
+            )
+        )
+    return key
+
+
 @pytest.fixture
-async def api(control_plane: ControlPlane) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client for the running admin API."""
+async def admin_key(control_plane: ControlPlane) -> str:
+    """An admin API key, named ``test-admin``."""
+    return await seed_key(control_plane, "admin")
+
+
+@pytest.fixture
+async def api(control_plane: ControlPlane, admin_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the running admin API, authenticated as an admin."""
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{control_plane.api_port}",
+        timeout=10,
+        headers={"authorization": f"Bearer {admin_key}"},
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def anonymous_api(control_plane: ControlPlane) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the running admin API, without a key."""
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{control_plane.api_port}", timeout=10
     ) as client:

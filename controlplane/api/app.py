@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import re
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from controlplane import __version__
 from controlplane.api.errors import install_error_handlers
-from controlplane.api.routes import models, revisions, system
+from controlplane.api.gateway import AdminGateway
+from controlplane.api.routes import audit, keys, models, revisions, system
 
 if TYPE_CHECKING:
     from controlplane.runtime import ControlPlane
 
 __all__ = ["create_app"]
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def create_app(runtime: ControlPlane) -> FastAPI:
@@ -26,22 +22,28 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app = FastAPI(
         title="Turnout admin API",
         version=__version__,
-        description="Models, versions, endpoints and traffic splits, pushed to Envoy over xDS.",
+        description=(
+            "Models, versions, endpoints and traffic splits, pushed to Envoy over xDS. "
+            "Every /v1 route needs an API key: `Authorization: Bearer tk_...`. "
+            "Any change (POST, PUT, PATCH, DELETE) takes `?dry_run=true`: it answers 200 "
+            "with what the change would do (`DryRunOut`: the models and the Envoy "
+            "resources it would add, remove or alter) and changes nothing."
+        ),
     )
     app.state.runtime = runtime
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def request_id(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        given = request.headers.get("x-request-id", "")
-        request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["x-request-id"] = request.state.request_id
-        return response
-
     app.include_router(system.router)
     app.include_router(models.router)
     app.include_router(revisions.router)
+    app.include_router(keys.router)
+    app.include_router(audit.router)
+    # The gateway matches routes itself (for the audit event of a request that never
+    # reaches one: a 413, an idempotent replay), against the routers' own routes.
+    routes = [
+        route
+        for router in (system.router, models.router, revisions.router, keys.router, audit.router)
+        for route in router.routes
+    ]
+    app.add_middleware(AdminGateway, runtime=runtime, routes=routes)
     return app

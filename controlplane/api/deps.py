@@ -5,15 +5,29 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from controlplane.api.gateway import request_context
+from controlplane.domain.access import KeyService, authenticate
+from controlplane.domain.errors import PermissionDenied, Unauthenticated
+from controlplane.domain.keys import Permission, Principal
 from controlplane.domain.services import ActionContext, ModelService, committed_revision
 
 if TYPE_CHECKING:
     from controlplane.runtime import ControlPlane
 
-__all__ = ["ContextDep", "DryRun", "ModelServiceDep", "RuntimeDep", "SessionDep"]
+__all__ = [
+    "ContextDep",
+    "CurrentPrincipal",
+    "DryRun",
+    "KeyServiceDep",
+    "ModelServiceDep",
+    "RuntimeDep",
+    "SessionDep",
+    "require",
+]
 
 
 def get_runtime(request: Request) -> ControlPlane:
@@ -26,45 +40,48 @@ RuntimeDep = Annotated["ControlPlane", Depends(get_runtime)]
 
 
 class DryRun(Exception):
-    """Raised after a ``?dry_run=true`` mutation: it rolls the transaction back and
-    carries what the change would have done."""
+    """Raised after a ``?dry_run=true`` change: it carries what the change would have
+    done; the gateway rolls the transaction back (see ``DRY_RUN_HEADER``)."""
 
     def __init__(self, outcome: dict[str, Any]) -> None:
         super().__init__("dry run")
         self.outcome = outcome
 
 
-async def get_session(
-    runtime: RuntimeDep,
-    dry_run: Annotated[
-        bool,
-        Query(description="on a change: report the Envoy resources it would alter, change nothing"),
-    ] = False,
-) -> AsyncIterator[AsyncSession]:
-    """One session and one transaction per request, committed before the response.
+async def get_session(request: Request, runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    """One session and one transaction per request.
 
-    After a commit that bumped the config revision, the xDS sync is woken. With
-    ``dry_run`` a change is computed, diffed against the current state and
-    rolled back.
+    A mutating request uses the transaction the gateway opened (it commits or
+    rolls back there, with the audit event); any other request gets its own,
+    committed before the response. After a commit that bumped the config
+    revision, the xDS sync is woken. With ``dry_run`` a change is computed and
+    diffed against the state before it, and the gateway rolls it back.
     """
+    owned: AsyncSession | None = getattr(request.state, "session", None)
+    if owned is not None:
+        yield owned
+        # Any change takes ?dry_run=true (described in the API's description rather
+        # than on each operation, whose documented answer is the real one).
+        if request.query_params.get("dry_run", "").lower() in ("true", "1"):
+            raise DryRun(await _dry_run_outcome(owned, committed_revision(owned), runtime))
+        return
     async with runtime.sessionmaker() as session:
         async with session.begin():
             yield session
-            revision = committed_revision(session)
-            if dry_run and revision is not None:
-                raise DryRun(await _dry_run_outcome(session, revision, runtime))
         if committed_revision(session) is not None:
             runtime.notifier.notify()
 
 
 async def _dry_run_outcome(
-    session: AsyncSession, revision: int, runtime: ControlPlane
+    session: AsyncSession, revision: int | None, runtime: ControlPlane
 ) -> dict[str, Any]:
     from controlplane.db.repositories import StateRepository
     from controlplane.domain.revisions import RevisionService, state_diff
     from controlplane.xds.diff import resource_diff
     from controlplane.xds.translate import ListenerOptions, translate
 
+    if revision is None:  # the change touches no desired state (an API key, say)
+        return {"dry_run": True, "revision": None, "state": {}, "resources": {}}
     after = await StateRepository(session).load()
     before = await RevisionService(session, ActionContext()).state_at(revision - 1)
     listener = ListenerOptions(
@@ -82,10 +99,70 @@ async def _dry_run_outcome(
 # so a 2xx always means the change is durable.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An admin API key: `Authorization: Bearer tk_...` (`turnout keys create`).",
+)
 
-def get_context(request: Request) -> ActionContext:
-    """Return who is acting and the request id."""
-    return ActionContext(actor="anonymous", request_id=request.state.request_id)
+
+async def get_principal(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """Return the caller behind the request's API key; raise Unauthenticated (401)."""
+    if getattr(request.state, "authenticated", False):
+        principal: Principal | None = request.state.principal
+    else:
+        principal = await authenticate(session, credentials.credentials if credentials else None)
+        request.state.principal = principal
+    if principal is None:
+        raise Unauthenticated(
+            "a valid API key is required: send `Authorization: Bearer tk_...` "
+            "(create one with `turnout keys create`)"
+        )
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require(permission: Permission) -> Any:
+    """Return a dependency that lets only roles with ``permission`` through (else 403)."""
+
+    async def check(principal: CurrentPrincipal) -> Principal:
+        if not principal.can(permission):
+            raise PermissionDenied(
+                f"role {principal.role.value!r} lacks the {permission.value!r} permission"
+            )
+        return principal
+
+    return Depends(check)
+
+
+def require_for_method(read: Permission, write: Permission) -> Any:
+    """Return a dependency: ``read`` for GET and HEAD, ``write`` for anything else."""
+
+    async def check(request: Request, principal: CurrentPrincipal) -> Principal:
+        permission = read if request.method in ("GET", "HEAD") else write
+        if not principal.can(permission):
+            raise PermissionDenied(
+                f"role {principal.role.value!r} lacks the {permission.value!r} permission"
+            )
+        return principal
+
+    return Depends(check)
+
+
+def get_context(request: Request, principal: CurrentPrincipal) -> ActionContext:
+    """Return who is acting, from where, and the request id."""
+    return request_context(request.scope, request.headers, principal, _success_status(request))
+
+
+def _success_status(request: Request) -> int:
+    route = request.scope.get("route")
+    return int(getattr(route, "status_code", None) or 200)
 
 
 ContextDep = Annotated[ActionContext, Depends(get_context)]
@@ -97,3 +174,11 @@ def get_model_service(session: SessionDep, context: ContextDep) -> ModelService:
 
 
 ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
+
+
+def get_key_service(session: SessionDep, context: ContextDep) -> KeyService:
+    """Return the key service bound to this request's transaction."""
+    return KeyService(session, context)
+
+
+KeyServiceDep = Annotated[KeyService, Depends(get_key_service)]

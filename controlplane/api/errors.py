@@ -12,13 +12,28 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controlplane.domain.errors import Conflict, InvalidInput, NotFound, TurnoutError
+from controlplane.domain.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    TurnoutError,
+    Unauthenticated,
+)
 
 __all__ = ["error_response", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 
-_STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422}
+_STATUS = {
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    NotFound: 404,
+    Conflict: 409,
+    PreconditionFailed: 412,
+    InvalidInput: 422,
+}
 
 
 def error_response(status: int, error: str, detail: Any = None) -> JSONResponse:
@@ -30,7 +45,10 @@ def error_response(status: int, error: str, detail: Any = None) -> JSONResponse:
 
 async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TurnoutError)
-    return error_response(_STATUS.get(type(exc), 400), exc.code, exc.detail)
+    response = error_response(_STATUS.get(type(exc), 400), exc.code, exc.detail)
+    if isinstance(exc, Unauthenticated):
+        response.headers["www-authenticate"] = "Bearer"
+    return response
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -44,7 +62,9 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+        exc.status_code, "http_error"
+    )
     return error_response(exc.status_code, code, exc.detail)
 
 
@@ -56,9 +76,14 @@ async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _dry_run(_request: Request, exc: Exception) -> JSONResponse:
     from controlplane.api.deps import DryRun
+    from controlplane.api.gateway import DRY_RUN_HEADER
 
     assert isinstance(exc, DryRun)
-    return JSONResponse(status_code=200, content=jsonable_encoder(exc.outcome))
+    return JSONResponse(
+        status_code=200,
+        content=jsonable_encoder(exc.outcome),
+        headers={DRY_RUN_HEADER.decode(): "true"},
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

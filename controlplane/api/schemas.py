@@ -13,10 +13,16 @@ from controlplane.domain.state import EndpointSpec
 __all__ = [
     "AuditEventOut",
     "AuditPage",
+    "AuditVerifyOut",
     "DryRunOut",
     "EndpointIn",
     "EndpointOut",
     "ErrorBody",
+    "HistoryEntry",
+    "HistoryPage",
+    "KeyCreate",
+    "KeyCreated",
+    "KeyOut",
     "ModelCreate",
     "ModelOut",
     "ModelPatch",
@@ -180,20 +186,30 @@ class ProxyOut(BaseModel):
 
 
 class AuditEventOut(BaseModel):
-    """One audit event."""
+    """One audit event: who did what, from where, how it ended, and its chain hashes."""
 
     model_config = ConfigDict(from_attributes=True)
 
     id: int
     created_at: datetime
     actor: str
+    actor_id: int | None
+    role: str | None
     action: str
     resource_type: str
     resource_id: str
+    model: str | None
+    version: str | None
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     request_id: str | None
     revision: int | None
+    source_ip: str | None
+    user_agent: str | None
+    outcome: str
+    status_code: int | None
+    prev_hash: str | None
+    hash: str | None
 
 
 class AuditPage(BaseModel):
@@ -259,7 +275,9 @@ class DryRunOut(BaseModel):
     """What a mutating call would do, without doing it (``?dry_run=true``)."""
 
     dry_run: bool = True
-    revision: int = Field(description="the revision the change would have created")
+    revision: int | None = Field(
+        description="the revision the change would have created (None: no config change)"
+    )
     state: StateChanges
     resources: dict[str, ResourceChanges]
 
@@ -269,3 +287,71 @@ class RollbackOut(BaseModel):
 
     revision: int
     restored: int
+
+
+class AuditVerifyOut(BaseModel):
+    """The audit chain, recomputed: ``ok``, or where it first breaks and why."""
+
+    ok: bool
+    checked: int = Field(description="events verified before the first break (or all of them)")
+    head_id: int = Field(description="the newest event id the chain head records")
+    first_broken_position: int | None = Field(
+        description="1-based position, in id order, of the first event that fails"
+    )
+    first_broken_id: int | None
+    reason: str | None
+
+
+class HistoryEntry(BaseModel):
+    """One successful change to a model, its versions or its traffic: who and when."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: datetime
+    actor: str
+    role: str | None
+    action: str
+    resource_type: str
+    resource_id: str
+    version: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    revision: int | None
+
+
+class HistoryPage(BaseModel):
+    """A page of a model's history, newest first."""
+
+    items: list[HistoryEntry]
+    next_cursor: str | None
+
+
+KeyRole = Literal["viewer", "operator", "admin", "auditor"]
+
+
+class KeyCreate(_Strict):
+    """POST /v1/keys."""
+
+    name: Name
+    role: KeyRole
+
+
+class KeyOut(BaseModel):
+    """An API key as stored: never the key itself."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    role: KeyRole
+    prefix: str = Field(description="the key's first characters, to recognise it")
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    """A new key. ``key`` is shown this once (null when an Idempotency-Key replays it)."""
+
+    key: str | None

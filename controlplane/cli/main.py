@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Annotated, Any
 
 import typer
@@ -22,8 +23,15 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 envoy_app = typer.Typer(help="Envoy helpers.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Admin API keys, straight on the database (works with the API down).",
+    no_args_is_help=True,
+)
+audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(envoy_app, name="envoy")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -44,6 +52,85 @@ def db_upgrade(
     except Exception as exc:
         raise _fail(f"migration failed: {exc}") from exc
     typer.echo(f"database is at {target}")
+
+
+def _database_error(exc: Exception) -> typer.Exit:
+    return _fail(f"database error (is it migrated? run `turnout db upgrade`): {exc}")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="who or what holds the key")],
+    role: Annotated[str, typer.Option("--role", help="viewer, operator, admin or auditor")],
+) -> None:
+    """Create an API key and print it (it is stored only as SHA-256: copy it now)."""
+    from controlplane.api.schemas import NAME_PATTERN
+    from controlplane.cli.admin import create_key
+    from controlplane.domain.keys import Role
+
+    if role not in {r.value for r in Role}:
+        raise _fail(f"--role must be one of {', '.join(r.value for r in Role)}, not {role!r}")
+    if not re.match(NAME_PATTERN, name):
+        raise _fail("--name must be 1-63 letters, digits, '.', '_' or '-'")
+    try:
+        row, key = asyncio.run(create_key(get_settings().database_url, name, Role(role)))
+    except Exception as exc:
+        raise _database_error(exc) from exc
+    typer.echo(key)
+    typer.echo(f"key {row.id} ({row.name}, {row.role}); shown once: store it now", err=True)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (id, name, role, prefix, created, revoked), never the keys themselves."""
+    from controlplane.cli.admin import list_keys
+
+    try:
+        rows = asyncio.run(list_keys(get_settings().database_url))
+    except Exception as exc:
+        raise _database_error(exc) from exc
+    for row in rows:
+        revoked = row.revoked_at.isoformat() if row.revoked_at else "-"
+        typer.echo(
+            f"{row.id}\t{row.name}\t{row.role}\t{row.prefix}...\t"
+            f"{row.created_at.isoformat()}\t{revoked}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="the key's id")]) -> None:
+    """Revoke a key: it stops working at once."""
+    from controlplane.cli.admin import revoke_key
+    from controlplane.domain.errors import NotFound
+
+    try:
+        asyncio.run(revoke_key(get_settings().database_url, key_id))
+    except NotFound as exc:
+        raise _fail(str(exc.detail)) from exc
+    except Exception as exc:
+        raise _database_error(exc) from exc
+    typer.echo(f"key {key_id} revoked")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit log's hash chain; exit 1 at the first broken position."""
+    from controlplane.cli.admin import verify_audit
+
+    try:
+        report = asyncio.run(verify_audit(get_settings().database_url))
+    except Exception as exc:
+        raise _database_error(exc) from exc
+    if report.ok:
+        typer.echo(f"ok: {report.checked} events, chain intact up to event {report.head_id}")
+        return
+    assert report.broken is not None
+    typer.secho(
+        f"BROKEN at position {report.broken.position} (event id {report.broken.event_id}): "
+        f"{report.broken.reason}; {report.checked} events before it verify",
+        fg=typer.colors.RED,
+    )
+    raise typer.Exit(code=1)
 
 
 @envoy_app.command("bootstrap")
@@ -135,16 +222,29 @@ def proxy_status(
         str | None, typer.Option(help="admin API base URL; by default from TURNOUT_API_*")
     ] = None,
 ) -> None:
-    """Show each connected Envoy: per resource type SYNCED, STALE, NACKED or NOT SENT."""
+    """Show each connected Envoy: per resource type SYNCED, STALE, NACKED or NOT SENT.
+
+    Needs a key with the read permission in TURNOUT_API_KEY."""
     import httpx
 
     settings = get_settings()
     base = api or f"http://{settings.api_host}:{settings.api_port}"
+    headers = (
+        {"authorization": f"Bearer {settings.api_key.get_secret_value()}"}
+        if settings.api_key
+        else {}
+    )
     try:
-        response = httpx.get(f"{base}/v1/proxies", timeout=10)
-        response.raise_for_status()
+        response = httpx.get(f"{base}/v1/proxies", headers=headers, timeout=10)
     except httpx.HTTPError as exc:
         raise _fail(f"cannot read {base}/v1/proxies ({exc}); is `turnout serve` running?") from exc
+    if response.status_code in (401, 403):
+        raise _fail(
+            f"the admin API refused the key ({response.status_code}): set TURNOUT_API_KEY "
+            "to a key with the read permission (`turnout keys create --role viewer`)"
+        )
+    if response.is_error:
+        raise _fail(f"{base}/v1/proxies answered {response.status_code}: {response.text[:200]}")
     typer.echo(format_proxy_status(response.json()), nl=False)
 
 

@@ -12,7 +12,9 @@ import httpx
 import typer
 
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
+from controlplane.cli.admin import create_key_with
 from controlplane.db.migrate import upgrade
+from controlplane.domain.keys import Role
 from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
 from controlplane.runtime import ControlPlane, SchemaNotReady
 from controlplane.settings import Settings
@@ -70,12 +72,22 @@ async def run_mesh(settings: Settings, *, demo: bool) -> int:
         children.append(await _start_envoy(settings, control_plane.xds_port))
         await wait_for_port(settings.listener_host, settings.listener_port, timeout=30)
         if demo:
-            await _register_demo(api, demo_ports)
+            _, key = await create_key_with(
+                control_plane.engine, "demo-admin", Role.ADMIN, actor="turnout-up"
+            )
+            typer.echo(
+                "\nCreated an admin API key for this demo (stored only as a hash; "
+                "shown once):\n"
+                f"  export TURNOUT_KEY={key}\n"
+                'Send it as:  -H "Authorization: Bearer $TURNOUT_KEY"'
+            )
+            await _register_demo(api, demo_ports, key)
             base = f"http://{settings.listener_host}:{settings.listener_port}"
             typer.echo(
                 "\nThe demo mesh is up: model 'demo', versions v1 (90%) and v2 (10%).\n"
                 f"Try:  curl -i {base}/models/{DEMO_MODEL}/predict -d '{{\"x\": 1}}'\n"
                 f"Shift traffic:  curl -X PUT {api}/v1/models/{DEMO_MODEL}/traffic "
+                '-H "Authorization: Bearer $TURNOUT_KEY" '
                 '-H \'content-type: application/json\' -d \'{"weights": {"v1": 0, "v2": 100}}\'\n'
             )
         typer.echo(
@@ -166,10 +178,11 @@ async def _start_demo_servers(ports: dict[str, int]) -> list[ChildProcess]:
     return children
 
 
-async def _register_demo(api: str, ports: dict[str, int]) -> None:
-    """Create the demo model through the admin API. When it exists already, point its
-    versions at this run's servers and keep its traffic split."""
-    async with httpx.AsyncClient(base_url=api, timeout=10) as client:
+async def _register_demo(api: str, ports: dict[str, int], key: str) -> None:
+    """Create the demo model through the admin API, with admin ``key``. When it exists
+    already, point its versions at this run's servers and keep its traffic split."""
+    headers = {"authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=api, timeout=10, headers=headers) as client:
         response = await client.post("/v1/models", json={"name": DEMO_MODEL, "protocol": "http"})
         created = response.status_code != 409
         if created:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -24,10 +25,13 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from controlplane.db.base import Base, BigId, IdMixin, TimestampMixin, UTCDateTime, utcnow
 
 __all__ = [
+    "ApiKey",
     "AuditEvent",
+    "AuditHead",
     "ConfigHead",
     "ConfigRevision",
     "Endpoint",
+    "IdempotencyRecord",
     "Model",
     "ModelVersion",
     "TrafficSplit",
@@ -131,7 +135,7 @@ class ConfigRevision(Base):
     __tablename__ = "config_revisions"
 
     revision: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(64))
@@ -139,17 +143,87 @@ class ConfigRevision(Base):
 
 
 class AuditEvent(Base):
-    """An append-only record of one change to the desired state."""
+    """An append-only, hash-chained record of one mutating request.
+
+    A trigger refuses UPDATE and DELETE on this table (migration 0004); ``id``
+    is assigned by :class:`~controlplane.db.audit_repository.AuditRepository`
+    under the chain lock, so id order is chain order.
+    """
 
     __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_actor_id", "actor_id", "id"),
+        Index("ix_audit_events_actor", "actor", "id"),
+        Index("ix_audit_events_action", "action", "id"),
+        Index("ix_audit_events_resource", "resource_type", "resource_id", "id"),
+        Index("ix_audit_events_model", "model", "id"),
+        Index("ix_audit_events_outcome", "outcome", "id"),
+    )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(128))
+    actor_id: Mapped[int | None] = mapped_column(BigInteger)
+    role: Mapped[str | None] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(64))
     resource_type: Mapped[str] = mapped_column(String(32))
     resource_id: Mapped[str] = mapped_column(String(160))
+    model: Mapped[str | None] = mapped_column(String(63))
+    version: Mapped[str | None] = mapped_column(String(63))
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     request_id: Mapped[str | None] = mapped_column(String(64))
     revision: Mapped[int | None] = mapped_column(BigInteger)
+    source_ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    outcome: Mapped[str] = mapped_column(String(16), server_default="success")
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """A single row: the newest audit event's id and hash.
+
+    Appenders lock it first (``UPDATE ... RETURNING``), which serialises every
+    append, and with it every mutating request; it also anchors the chain's
+    end, so removing the newest events is detected too.
+    """
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class ApiKey(IdMixin, Base):
+    """An admin-API key: only its SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("role IN ('viewer', 'operator', 'admin', 'auditor')", name="role"),
+    )
+
+    name: Mapped[str] = mapped_column(String(63))
+    role: Mapped[str] = mapped_column(String(16))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class IdempotencyRecord(IdMixin, Base):
+    """The first successful response to a POST with an ``Idempotency-Key``."""
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (UniqueConstraint("api_key_id", "key"),)
+
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response_body: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload, undefer
 
+from controlplane.db.audit_repository import AuditRepository
 from controlplane.db.models import (
-    AuditEvent,
     ConfigHead,
     ConfigRevision,
     Endpoint,
@@ -189,30 +190,21 @@ class RevisionRepository:
             .options(undefer(ConfigRevision.state))
         )
 
+    async def state_at(self, at: datetime) -> dict[str, Any] | None:
+        """Return the desired-state document of the newest revision committed at or
+        before ``at`` (None before the first revision)."""
+        state: dict[str, Any] | None = await self._session.scalar(
+            select(ConfigRevision.state)
+            .where(ConfigRevision.created_at <= at)
+            .order_by(ConfigRevision.revision.desc())
+            .limit(1)
+        )
+        return state
+
     async def current(self) -> int:
         """Return the latest committed revision."""
         revision = await self._session.scalar(select(ConfigHead.revision).where(ConfigHead.id == 1))
         return int(revision or 0)
-
-
-class AuditRepository:
-    """The append-only audit log."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
-
-    async def append(self, event: AuditEvent) -> AuditEvent:
-        """Append ``event`` and flush."""
-        self._session.add(event)
-        await self._session.flush()
-        return event
-
-    async def page(self, *, before_id: int | None, limit: int) -> Sequence[AuditEvent]:
-        """Return up to ``limit`` events, newest first, with ids below ``before_id``."""
-        query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
-        if before_id is not None:
-            query = query.where(AuditEvent.id < before_id)
-        return (await self._session.scalars(query)).all()
 
 
 class StateRepository:
@@ -271,28 +263,4 @@ def _endpoint_spec(endpoint: Endpoint) -> EndpointSpec:
         zone=endpoint.zone,
         accelerator=endpoint.accelerator,
         weight=endpoint.weight,
-    )
-
-
-def audit_event(
-    *,
-    actor: str,
-    action: str,
-    resource_type: str,
-    resource_id: str,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-    request_id: str | None,
-    revision: int | None,
-) -> AuditEvent:
-    """Build an audit event row (not yet added to a session)."""
-    return AuditEvent(
-        actor=actor,
-        action=action,
-        resource_type=resource_type,
-        resource_id=resource_id,
-        before=before,
-        after=after,
-        request_id=request_id,
-        revision=revision,
     )

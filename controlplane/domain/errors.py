@@ -3,8 +3,11 @@
 Hierarchy::
 
     TurnoutError              base class; carries a machine-readable ``code``
+    ├── Unauthenticated       no key, or an unknown or revoked one     (401)
+    ├── PermissionDenied      the key's role lacks the permission      (403)
     ├── NotFound              a named resource does not exist          (404)
     ├── Conflict              the change clashes with existing state   (409)
+    ├── PreconditionFailed    If-Match names a state that is gone      (412)
     └── InvalidInput          well-formed but unacceptable input       (422)
 """
 
@@ -12,7 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Conflict", "InvalidInput", "NotFound", "TurnoutError"]
+__all__ = [
+    "Conflict",
+    "InvalidInput",
+    "NotFound",
+    "PermissionDenied",
+    "PreconditionFailed",
+    "TurnoutError",
+    "Unauthenticated",
+]
 
 
 class TurnoutError(Exception):
@@ -41,3 +52,21 @@ class InvalidInput(TurnoutError):
     """The input parsed but breaks a rule of the domain (unknown version in weights...)."""
 
     code = "invalid_input"
+
+
+class Unauthenticated(TurnoutError):
+    """No API key, or one that is malformed, unknown or revoked."""
+
+    code = "unauthenticated"
+
+
+class PermissionDenied(TurnoutError):
+    """The key is valid but its role does not grant what the route needs."""
+
+    code = "permission_denied"
+
+
+class PreconditionFailed(TurnoutError):
+    """``If-Match`` names a version of the resource that is no longer current."""
+
+    code = "precondition_failed"

@@ -9,24 +9,35 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from controlplane.db.audit_repository import AuditRepository
 from controlplane.db.models import Endpoint, Model, ModelVersion
 from controlplane.db.repositories import (
-    AuditRepository,
     ModelRepository,
     RevisionRepository,
     TrafficRepository,
     VersionRepository,
-    audit_event,
 )
+from controlplane.domain.audit import AuditEntry, Outcome
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
-from controlplane.domain.state import EndpointSpec
+from controlplane.domain.etags import check_if_match, etag_of
+from controlplane.domain.state import EndpointSpec, state_from_document
 
-__all__ = ["TOTAL_WEIGHT", "ActionContext", "ModelService", "record_change"]
+__all__ = [
+    "TOTAL_WEIGHT",
+    "ActionContext",
+    "ModelService",
+    "endpoint_rows",
+    "model_etag",
+    "record_change",
+    "traffic_etag",
+    "version_etag",
+]
 
 TOTAL_WEIGHT = 100
 REVISION_KEY = "turnout.revision"
@@ -34,10 +45,49 @@ REVISION_KEY = "turnout.revision"
 
 @dataclass(frozen=True, slots=True)
 class ActionContext:
-    """Who asked for a change, and the request it came with."""
+    """Who asked for a change, and the request it came with (for the audit log)."""
 
     actor: str = "anonymous"
     request_id: str | None = None
+    actor_id: int | None = None
+    role: str | None = None
+    source_ip: str | None = None
+    user_agent: str | None = None
+    status_code: int | None = None
+
+    def entry(
+        self,
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        *,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        revision: int | None = None,
+        outcome: str = Outcome.SUCCESS,
+        status_code: int | None = None,
+    ) -> AuditEntry:
+        """Return the audit entry of ``action`` by this caller."""
+        return AuditEntry(
+            actor=self.actor,
+            actor_id=self.actor_id,
+            role=self.role,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            model=model,
+            version=version,
+            before=before,
+            after=after,
+            request_id=self.request_id,
+            revision=revision,
+            source_ip=self.source_ip,
+            user_agent=self.user_agent,
+            outcome=outcome,
+            status_code=status_code if status_code is not None else self.status_code,
+        )
 
 
 class ModelService:
@@ -73,25 +123,31 @@ class ModelService:
                 await self._models.add(model)
         except IntegrityError as exc:
             raise Conflict(f"model {name!r} already exists") from exc
-        await self._record("model.create", "model", name, None, model_document(model))
+        await self._record("model.create", "model", name, None, model_document(model), name)
         return model
 
-    async def update_model(self, name: str, changes: Mapping[str, Any]) -> Model:
-        """Apply ``changes`` (protocol, description) to model ``name``."""
+    async def update_model(
+        self, name: str, changes: Mapping[str, Any], *, if_match: str | None = None
+    ) -> Model:
+        """Apply ``changes`` (protocol, description) to model ``name``.
+
+        Raise PreconditionFailed when ``if_match`` is given and stale."""
         model = await self.get_model(name)
+        check_if_match(if_match, model_etag(model))
         before = model_document(model)
         for field, value in changes.items():
             setattr(model, field, value)
         await self._models.flush()
-        await self._record("model.update", "model", name, before, model_document(model))
+        await self._record("model.update", "model", name, before, model_document(model), name)
         return model
 
-    async def delete_model(self, name: str) -> None:
+    async def delete_model(self, name: str, *, if_match: str | None = None) -> None:
         """Delete model ``name`` with its versions, endpoints and split."""
         model = await self.get_model(name)
+        check_if_match(if_match, model_etag(model))
         before = model_document(model)
         await self._models.delete(model)
-        await self._record("model.delete", "model", name, before, None)
+        await self._record("model.delete", "model", name, before, None, name)
 
     # -- versions ---------------------------------------------------------------
 
@@ -123,15 +179,23 @@ class ModelService:
             await self._traffic.set(model, {row.id: TOTAL_WEIGHT})
         after = version_document(model_name, row)
         after["weight"] = TOTAL_WEIGHT if is_first else 0
-        await self._record("version.create", "version", f"{model_name}/{version}", None, after)
+        await self._record(
+            "version.create", "version", f"{model_name}/{version}", None, after, model_name, version
+        )
         return row
 
     async def update_version(
-        self, model_name: str, version: str, endpoints: Sequence[EndpointSpec]
+        self,
+        model_name: str,
+        version: str,
+        endpoints: Sequence[EndpointSpec],
+        *,
+        if_match: str | None = None,
     ) -> ModelVersion:
         """Replace the endpoints of a version."""
         model = await self.get_model(model_name)
         row = await self._require_version(model, version)
+        check_if_match(if_match, version_etag(model_name, row))
         _check_unique_endpoints(endpoints)
         before = version_document(model_name, row)
         await self._versions.replace_endpoints(row, endpoint_rows(endpoints))
@@ -141,13 +205,18 @@ class ModelService:
             f"{model_name}/{version}",
             before,
             version_document(model_name, row),
+            model_name,
+            version,
         )
         return row
 
-    async def delete_version(self, model_name: str, version: str) -> None:
+    async def delete_version(
+        self, model_name: str, version: str, *, if_match: str | None = None
+    ) -> None:
         """Delete a version; raise Conflict while it still receives traffic."""
         model = await self.get_model(model_name)
         row = await self._require_version(model, version)
+        check_if_match(if_match, version_etag(model_name, row))
         weight = (await self._traffic.weights(model)).get(version, 0)
         if weight > 0:
             raise Conflict(
@@ -156,7 +225,15 @@ class ModelService:
             )
         before = version_document(model_name, row)
         await self._versions.delete(row)
-        await self._record("version.delete", "version", f"{model_name}/{version}", before, None)
+        await self._record(
+            "version.delete",
+            "version",
+            f"{model_name}/{version}",
+            before,
+            None,
+            model_name,
+            version,
+        )
 
     # -- traffic ----------------------------------------------------------------
 
@@ -164,13 +241,28 @@ class ModelService:
         """Return ``{version: weight}`` for every version of a model."""
         return await self._traffic.weights(await self.get_model(model_name))
 
-    async def set_traffic(self, model_name: str, weights: Mapping[str, int]) -> dict[str, int]:
+    async def get_traffic_at(self, model_name: str, at: datetime) -> dict[str, int]:
+        """Return ``{version: weight}`` of a model as of time ``at``, from the
+        desired state kept with each config revision; NotFound if the model did
+        not exist then."""
+        document = await RevisionRepository(self._session).state_at(at)
+        if document is not None:
+            for spec in state_from_document(document).models:
+                if spec.name == model_name:
+                    weights = dict(spec.weights)
+                    return {v.name: weights.get(v.name, 0) for v in spec.versions}
+        raise NotFound(f"model {model_name!r} did not exist at {at.isoformat()}")
+
+    async def set_traffic(
+        self, model_name: str, weights: Mapping[str, int], *, if_match: str | None = None
+    ) -> dict[str, int]:
         """Replace the traffic split of a model; versions left out get 0.
 
         Raise InvalidInput for unknown versions, negative weights, or weights
-        that do not add up to 100.
+        that do not add up to 100; PreconditionFailed for a stale ``if_match``.
         """
         model = await self.get_model(model_name)
+        check_if_match(if_match, traffic_etag(model_name, await self._traffic.weights(model)))
         versions = {v.name: v for v in await self._versions.of_model(model)}
         unknown = sorted(set(weights) - set(versions))
         if unknown:
@@ -197,6 +289,7 @@ class ModelService:
             model_name,
             {"model": model_name, "weights": before},
             {"model": model_name, "weights": after},
+            model_name,
         )
         return after
 
@@ -215,6 +308,8 @@ class ModelService:
         resource_id: str,
         before: dict[str, Any] | None,
         after: dict[str, Any] | None,
+        model: str,
+        version: str | None = None,
     ) -> None:
         await record_change(
             self._session,
@@ -224,6 +319,8 @@ class ModelService:
             resource_id=resource_id,
             before=before,
             after=after,
+            model=model,
+            version=version,
         )
 
 
@@ -236,6 +333,8 @@ async def record_change(
     resource_id: str,
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
+    model: str | None = None,
+    version: str | None = None,
 ) -> int:
     """Bump the config revision and append the audit event of one change; return the
     new revision. Call once per mutation, inside its transaction."""
@@ -243,14 +342,14 @@ async def record_change(
         actor=context.actor, action=action, request_id=context.request_id
     )
     await AuditRepository(session).append(
-        audit_event(
-            actor=context.actor,
-            action=action,
-            resource_type=resource_type,
-            resource_id=resource_id,
+        context.entry(
+            action,
+            resource_type,
+            resource_id,
             before=before,
             after=after,
-            request_id=context.request_id,
+            model=model,
+            version=version,
             revision=revision,
         )
     )
@@ -262,6 +361,21 @@ def committed_revision(session: AsyncSession) -> int | None:
     """Return the revision this session's transaction bumped to, if any."""
     value = session.info.get(REVISION_KEY)
     return int(value) if value is not None else None
+
+
+def model_etag(model: Model) -> str:
+    """Return the strong ETag of a model's stored state."""
+    return etag_of(model_document(model))
+
+
+def version_etag(model_name: str, version: ModelVersion) -> str:
+    """Return the strong ETag of a version's stored state (its endpoints)."""
+    return etag_of(version_document(model_name, version))
+
+
+def traffic_etag(model_name: str, weights: Mapping[str, int]) -> str:
+    """Return the strong ETag of a model's traffic split."""
+    return etag_of({"model": model_name, "weights": dict(weights)})
 
 
 def model_document(model: Model) -> dict[str, Any]:

@@ -62,7 +62,7 @@ async def test_proxy_status_command(api: httpx.AsyncClient, envoy: EnvoyProcess)
         str(api.base_url).rstrip("/"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=dict(os.environ),
+        env={**os.environ, "TURNOUT_API_KEY": api.headers["authorization"].split()[1]},
     )
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()
@@ -115,3 +115,21 @@ async def test_proxy_status_without_an_api_says_what_to_do() -> None:
     _out, err = await process.communicate()
     assert process.returncode == 2
     assert "is `turnout serve` running?" in err.decode()
+
+
+async def test_proxy_status_without_a_key_says_how_to_get_one(
+    api: httpx.AsyncClient,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TURNOUT_API_KEY"}
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "turnout"),
+        "proxy-status",
+        "--api",
+        str(api.base_url).rstrip("/"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    _out, err = await process.communicate()
+    assert process.returncode == 2
+    assert "TURNOUT_API_KEY" in err.decode()

@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
+from controlplane.cli.admin import create_key
+from controlplane.domain.keys import Role
 from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
 from tests.conftest import free_port
 from tests.support import RunningModelServer, eventually
@@ -50,27 +52,30 @@ async def _start_replica(database_url: str, listener_port: int, workdir: Path, n
 
 
 @pytest.fixture
-async def replicas(postgres_url: str, tmp_path: Path) -> AsyncIterator[tuple[list[Replica], int]]:
+async def replicas(
+    postgres_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[list[Replica], int, dict[str, str]]]:
     from tests.conftest import _reset_postgres
 
     await _reset_postgres(postgres_url)
+    _row, key = await create_key(postgres_url, "failover-test", Role.ADMIN)
     listener_port = free_port()
     started = [await _start_replica(postgres_url, listener_port, tmp_path, n) for n in range(2)]
     try:
-        yield started, listener_port
+        yield started, listener_port, {"authorization": f"Bearer {key}"}
     finally:
         for replica in started:
             await replica.process.stop()
 
 
 async def test_replicas_converge_and_fail_over_without_a_failed_request(
-    replicas: tuple[list[Replica], int], tmp_path: Path
+    replicas: tuple[list[Replica], int, dict[str, str]], tmp_path: Path
 ) -> None:
-    nodes, listener_port = replicas
+    nodes, listener_port, headers = replicas
     servers = {v: await RunningModelServer(v).start() for v in ("v1", "v2")}
     envoy = None
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(timeout=10, headers=headers) as client:
             first = nodes[0].api
             assert (
                 await client.post(f"{first}/v1/models", json={"name": "m", "protocol": "http"})

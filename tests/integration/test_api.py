@@ -13,12 +13,13 @@ EP = {"address": "127.0.0.1", "port": 9001}
 
 
 async def _state(api: httpx.AsyncClient, control_plane: ControlPlane) -> tuple[int, int]:
-    """Return (config revision, audit event count)."""
+    """Return (config revision, count of successful audit events)."""
     async with control_plane.sessionmaker() as session:
         from controlplane.db.repositories import RevisionRepository
 
         revision = await RevisionRepository(session).current()
-    events = (await api.get("/v1/audit/events", params={"limit": 500})).json()["items"]
+    params = {"limit": 500, "outcome": "success"}
+    events = (await api.get("/v1/audit/events", params=params)).json()["items"]
     return revision, len(events)
 
 
@@ -163,6 +164,9 @@ async def test_bad_input_gets_an_error_and_changes_nothing(
     assert response.json()["detail"]
     assert await _state(api, control_plane) == before
     assert (await api.get("/v1/models/m/traffic")).json() == traffic_before
+    if method != "get":  # a refused change is still audited, once, as rejected
+        newest = (await api.get("/v1/audit/events", params={"limit": 1})).json()["items"][0]
+        assert (newest["outcome"], newest["status_code"]) == ("rejected", status)
 
 
 async def test_malformed_json_is_422(api: httpx.AsyncClient, control_plane: ControlPlane) -> None:
@@ -190,7 +194,11 @@ async def test_each_mutation_is_one_audit_event_and_one_revision(
 
     newest = (await api.get("/v1/audit/events", params={"limit": 1})).json()["items"][0]
     assert newest["action"] == "traffic.update"
-    assert newest["actor"] == "anonymous"
+    assert newest["actor"] == "test-admin"
+    assert newest["role"] == "admin"
+    assert newest["outcome"] == "success"
+    assert newest["status_code"] == 200
+    assert newest["model"] == "m"
     assert newest["resource_id"] == "m"
     assert newest["request_id"] == "r-42"
     assert newest["revision"] == revision
@@ -234,6 +242,7 @@ async def test_health_readiness_and_openapi(api: httpx.AsyncClient) -> None:
     assert ready.json()["status"] == "ready"
     spec = (await api.get("/openapi.json")).json()
     assert "/v1/models/{model}/traffic" in spec["paths"]
+    assert "/v1/keys" in spec["paths"]
     assert (await api.get("/docs")).status_code == 200
 
 
@@ -246,7 +255,8 @@ async def test_concurrent_creates_of_one_name_yield_one_model(api: httpx.AsyncCl
     codes = sorted(r.status_code for r in responses)
     assert codes.count(201) == 1
     assert set(codes) <= {201, 409}
-    events = (await api.get("/v1/audit/events", params={"limit": 500})).json()["items"]
+    params = {"limit": 500, "outcome": "success"}
+    events = (await api.get("/v1/audit/events", params=params)).json()["items"]
     assert [e["action"] for e in events].count("model.create") == 1
 
 

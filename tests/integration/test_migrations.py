@@ -22,6 +22,9 @@ EXPECTED_TABLES = {
     "config_head",
     "config_revisions",
     "audit_events",
+    "audit_head",
+    "api_keys",
+    "idempotency_records",
 }
 
 

@@ -106,3 +106,17 @@ async def test_dry_run_of_bad_input_is_still_an_error(api: httpx.AsyncClient) ->
     )
     assert response.status_code == 422
     assert response.json()["error"] == "invalid_input"
+
+
+async def test_dry_run_is_audited_as_such_and_creates_no_key(api: httpx.AsyncClient) -> None:
+    keys_before = (await api.get("/v1/keys")).json()
+    response = await api.post(
+        "/v1/keys", params={"dry_run": "true"}, json={"name": "ci", "role": "viewer"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["revision"] is None
+    assert (await api.get("/v1/keys")).json() == keys_before
+    await api.post("/v1/models", params={"dry_run": "1"}, json={"name": "x", "protocol": "http"})
+    assert (await api.get("/v1/models/x")).status_code == 404
+    events = (await api.get("/v1/audit/events", params={"limit": 2})).json()["items"]
+    assert [e["outcome"] for e in events] == ["dry_run", "dry_run"]

@@ -1,13 +1,23 @@
-"""/v1/models: models, their versions and their traffic split."""
+"""/v1/models: models, their versions, their traffic split and their history.
+
+GETs need the ``read`` permission, changes ``write``. Single resources carry a
+strong ``ETag``; send it back as ``If-Match`` to change them only if nobody
+else did in between (412 otherwise).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from controlplane.api.deps import ModelServiceDep
+from fastapi import APIRouter, Header, Query, Response, status
+
+from controlplane.api.deps import ModelServiceDep, SessionDep, require_for_method
 from controlplane.api.schemas import (
     EndpointOut,
     ErrorBody,
+    HistoryEntry,
+    HistoryPage,
     ModelCreate,
     ModelOut,
     ModelPatch,
@@ -18,18 +28,41 @@ from controlplane.api.schemas import (
     VersionOut,
     VersionPatch,
 )
+from controlplane.db.audit_repository import AuditQuery, AuditRepository
 from controlplane.db.models import ModelVersion
+from controlplane.domain.audit import Outcome
+from controlplane.domain.keys import Permission
+from controlplane.domain.services import model_etag, traffic_etag, version_etag
 
 __all__ = ["router"]
 
 router = APIRouter(
     prefix="/v1/models",
     tags=["models"],
+    dependencies=[require_for_method(Permission.READ, Permission.WRITE)],
     responses={
+        401: {"model": ErrorBody, "description": "no valid API key"},
+        403: {"model": ErrorBody, "description": "the key's role lacks the permission"},
         404: {"model": ErrorBody, "description": "unknown model or version"},
+        413: {"model": ErrorBody, "description": "request body too large"},
         422: {"model": ErrorBody, "description": "invalid input"},
     },
 )
+
+IfMatch = Annotated[
+    str | None,
+    Header(description="an ETag from a GET: change only if the resource still has it"),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=255,
+        description="repeat a POST safely: the same key and body replay the first response",
+    ),
+]
+_STALE: dict[int | str, dict[str, Any]] = {
+    412: {"model": ErrorBody, "description": "If-Match does not match the current ETag"}
+}
 
 
 def _version_out(model: str, row: ModelVersion) -> VersionOut:
@@ -47,9 +80,15 @@ def _version_out(model: str, row: ModelVersion) -> VersionOut:
     status_code=status.HTTP_201_CREATED,
     responses={409: {"model": ErrorBody, "description": "the name is taken"}},
 )
-async def create_model(body: ModelCreate, service: ModelServiceDep) -> ModelOut:
+async def create_model(
+    body: ModelCreate,
+    service: ModelServiceDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> ModelOut:
     """Register a model that clients will call by name."""
     model = await service.create_model(body.name, body.protocol, body.description)
+    response.headers["etag"] = model_etag(model)
     return ModelOut.model_validate(model)
 
 
@@ -60,24 +99,34 @@ async def list_models(service: ModelServiceDep) -> list[ModelOut]:
 
 
 @router.get("/{model}")
-async def get_model(model: Name, service: ModelServiceDep) -> ModelOut:
-    """Show one model."""
-    return ModelOut.model_validate(await service.get_model(model))
+async def get_model(model: Name, service: ModelServiceDep, response: Response) -> ModelOut:
+    """Show one model; its ``ETag`` header is what ``If-Match`` takes."""
+    row = await service.get_model(model)
+    response.headers["etag"] = model_etag(row)
+    return ModelOut.model_validate(row)
 
 
-@router.patch("/{model}")
-async def update_model(model: Name, body: ModelPatch, service: ModelServiceDep) -> ModelOut:
+@router.patch("/{model}", responses=_STALE)
+async def update_model(
+    model: Name,
+    body: ModelPatch,
+    service: ModelServiceDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> ModelOut:
     """Change a model's protocol or description."""
     changes = body.model_dump(exclude_unset=True)
     if changes.get("protocol", "") is None:
         changes.pop("protocol")
-    return ModelOut.model_validate(await service.update_model(model, changes))
+    row = await service.update_model(model, changes, if_match=if_match)
+    response.headers["etag"] = model_etag(row)
+    return ModelOut.model_validate(row)
 
 
-@router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_model(model: Name, service: ModelServiceDep) -> Response:
+@router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT, responses=_STALE)
+async def delete_model(model: Name, service: ModelServiceDep, if_match: IfMatch = None) -> Response:
     """Delete a model with its versions and traffic split."""
-    await service.delete_model(model)
+    await service.delete_model(model, if_match=if_match)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -86,10 +135,17 @@ async def delete_model(model: Name, service: ModelServiceDep) -> Response:
     status_code=status.HTTP_201_CREATED,
     responses={409: {"model": ErrorBody, "description": "the version exists"}},
 )
-async def create_version(model: Name, body: VersionCreate, service: ModelServiceDep) -> VersionOut:
+async def create_version(
+    model: Name,
+    body: VersionCreate,
+    service: ModelServiceDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> VersionOut:
     """Add a version. The first version of a model takes all its traffic; later
     versions start at weight 0 until the split is changed."""
     row = await service.create_version(model, body.version, [e.to_spec() for e in body.endpoints])
+    response.headers["etag"] = version_etag(model, row)
     return _version_out(model, row)
 
 
@@ -100,39 +156,95 @@ async def list_versions(model: Name, service: ModelServiceDep) -> list[VersionOu
 
 
 @router.get("/{model}/versions/{version}")
-async def get_version(model: Name, version: Name, service: ModelServiceDep) -> VersionOut:
-    """Show one version and its endpoints."""
-    return _version_out(model, await service.get_version(model, version))
+async def get_version(
+    model: Name, version: Name, service: ModelServiceDep, response: Response
+) -> VersionOut:
+    """Show one version and its endpoints; its ``ETag`` header is what ``If-Match`` takes."""
+    row = await service.get_version(model, version)
+    response.headers["etag"] = version_etag(model, row)
+    return _version_out(model, row)
 
 
-@router.patch("/{model}/versions/{version}")
+@router.patch("/{model}/versions/{version}", responses=_STALE)
 async def update_version(
-    model: Name, version: Name, body: VersionPatch, service: ModelServiceDep
+    model: Name,
+    version: Name,
+    body: VersionPatch,
+    service: ModelServiceDep,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> VersionOut:
     """Replace a version's endpoints."""
-    row = await service.update_version(model, version, [e.to_spec() for e in body.endpoints])
+    row = await service.update_version(
+        model, version, [e.to_spec() for e in body.endpoints], if_match=if_match
+    )
+    response.headers["etag"] = version_etag(model, row)
     return _version_out(model, row)
 
 
 @router.delete(
     "/{model}/versions/{version}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={409: {"model": ErrorBody, "description": "the version still has traffic"}},
+    responses={
+        409: {"model": ErrorBody, "description": "the version still has traffic"},
+        **_STALE,
+    },
 )
-async def delete_version(model: Name, version: Name, service: ModelServiceDep) -> Response:
+async def delete_version(
+    model: Name, version: Name, service: ModelServiceDep, if_match: IfMatch = None
+) -> Response:
     """Delete a version that no longer receives traffic."""
-    await service.delete_version(model, version)
+    await service.delete_version(model, version, if_match=if_match)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{model}/traffic")
-async def get_traffic(model: Name, service: ModelServiceDep) -> TrafficOut:
-    """Show the traffic split: every version with its weight (percent)."""
-    return TrafficOut(model=model, weights=await service.get_traffic(model))
+async def get_traffic(
+    model: Name,
+    service: ModelServiceDep,
+    response: Response,
+    at: Annotated[
+        datetime | None,
+        Query(description="show the split as it was at this time (ISO 8601; UTC if no zone)"),
+    ] = None,
+) -> TrafficOut:
+    """Show the traffic split: every version with its weight (percent), now or at time ``at``."""
+    if at is not None:
+        when = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        return TrafficOut(model=model, weights=await service.get_traffic_at(model, when))
+    weights = await service.get_traffic(model)
+    response.headers["etag"] = traffic_etag(model, weights)
+    return TrafficOut(model=model, weights=weights)
 
 
-@router.put("/{model}/traffic")
-async def set_traffic(model: Name, body: TrafficIn, service: ModelServiceDep) -> TrafficOut:
+@router.put("/{model}/traffic", responses=_STALE)
+async def set_traffic(
+    model: Name,
+    body: TrafficIn,
+    service: ModelServiceDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> TrafficOut:
     """Replace the traffic split. Weights are percentages adding up to 100;
     versions left out get 0."""
-    return TrafficOut(model=model, weights=await service.set_traffic(model, body.weights))
+    weights = await service.set_traffic(model, body.weights, if_match=if_match)
+    response.headers["etag"] = traffic_etag(model, weights)
+    return TrafficOut(model=model, weights=weights)
+
+
+@router.get("/{model}/history")
+async def model_history(
+    model: Name,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
+) -> HistoryPage:
+    """Every successful change to the model, its versions and its traffic, newest
+    first, with who made it and when (also after the model was deleted)."""
+    rows = await AuditRepository(session).page(
+        AuditQuery(model=model, outcome=Outcome.SUCCESS),
+        before_id=int(cursor) if cursor else None,
+        limit=limit + 1,
+    )
+    items = [HistoryEntry.model_validate(row) for row in rows[:limit]]
+    return HistoryPage(items=items, next_cursor=str(items[-1].id) if len(rows) > limit else None)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from controlplane.api.deps import ContextDep, RuntimeDep, SessionDep
+from controlplane.api.deps import ContextDep, RuntimeDep, SessionDep, require_for_method
 from controlplane.api.schemas import (
     ErrorBody,
     RevisionDetail,
@@ -15,6 +15,7 @@ from controlplane.api.schemas import (
     RevisionPage,
     RollbackOut,
 )
+from controlplane.domain.keys import Permission
 from controlplane.domain.revisions import RevisionService
 from controlplane.xds.translate import ListenerOptions
 
@@ -23,7 +24,10 @@ __all__ = ["router"]
 router = APIRouter(
     prefix="/v1/revisions",
     tags=["revisions"],
+    dependencies=[require_for_method(Permission.READ, Permission.WRITE)],
     responses={
+        401: {"model": ErrorBody, "description": "no valid API key"},
+        403: {"model": ErrorBody, "description": "the key's role lacks the permission"},
         404: {"model": ErrorBody, "description": "unknown revision"},
         422: {"model": ErrorBody, "description": "invalid input"},
     },

@@ -1,19 +1,19 @@
-"""Health, readiness, connected proxies and the audit log."""
+"""Health and readiness (open to all), and the connected proxies (``read``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from sqlalchemy import text
 
-from controlplane.api.deps import RuntimeDep, SessionDep
+from controlplane.api.deps import RuntimeDep, require
 from controlplane.api.errors import error_response
-from controlplane.api.schemas import AuditEventOut, AuditPage, ErrorBody, ProxyOut, TypeStatusOut
-from controlplane.db.repositories import AuditRepository
+from controlplane.api.schemas import ErrorBody, ProxyOut, TypeStatusOut
 from controlplane.domain.errors import NotFound
+from controlplane.domain.keys import Permission
 from controlplane.xds.resources import SHORT_NAMES
 from controlplane.xds.status import ProxyRegistry
 
@@ -52,7 +52,15 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     )
 
 
-@router.get("/v1/proxies", tags=["proxies"])
+@router.get(
+    "/v1/proxies",
+    tags=["proxies"],
+    dependencies=[require(Permission.READ)],
+    responses={
+        401: {"model": ErrorBody, "description": "no valid API key"},
+        403: {"model": ErrorBody, "description": "the key's role lacks the permission"},
+    },
+)
 async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
     """Every Envoy connected to this replica, with what it was sent and ACKed per type."""
     proxies: list[ProxyOut] = []
@@ -85,7 +93,12 @@ async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
 @router.get(
     "/v1/proxies/{node_id}/config",
     tags=["proxies"],
-    responses={404: {"model": ErrorBody, "description": "no such proxy is connected"}},
+    dependencies=[require(Permission.READ)],
+    responses={
+        401: {"model": ErrorBody, "description": "no valid API key"},
+        403: {"model": ErrorBody, "description": "the key's role lacks the permission"},
+        404: {"model": ErrorBody, "description": "no such proxy is connected"},
+    },
 )
 async def proxy_config(node_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     """What this replica last sent the proxy: per type, the version and the resources
@@ -102,22 +115,3 @@ async def proxy_config(node_id: str, runtime: RuntimeDep) -> dict[str, Any]:
             "resources": [json_format.MessageToDict(r) for r in resources],
         }
     return config
-
-
-@router.get(
-    "/v1/audit/events",
-    tags=["audit"],
-    responses={422: {"model": ErrorBody, "description": "bad cursor or limit"}},
-)
-async def list_audit_events(
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$")] = None,
-) -> AuditPage:
-    """Audit events, newest first. Pass the returned ``next_cursor`` to page on."""
-    rows = await AuditRepository(session).page(
-        before_id=int(cursor) if cursor else None, limit=limit + 1
-    )
-    items = [AuditEventOut.model_validate(row) for row in rows[:limit]]
-    next_cursor = str(items[-1].id) if len(rows) > limit else None
-    return AuditPage(items=items, next_cursor=next_cursor)

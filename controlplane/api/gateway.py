@@ -1,0 +1,421 @@
+"""The admin API's outer ASGI layer: request ids, body limits, and for every
+mutating request one transaction, one idempotency check and exactly one audit
+event.
+
+A mutating request (POST, PUT, PATCH, DELETE) runs like this:
+
+1. Its body is read, up to ``max_request_bytes`` (413 beyond).
+2. A transaction opens and takes the audit chain lock first, so mutating
+   requests run one at a time: an ``If-Match`` check and the write it guards
+   see the same state, on SQLite as on Postgres.
+3. The caller's key is looked up. A POST with an ``Idempotency-Key`` that was
+   seen before is answered from the stored first response (or 422 when the
+   body differs) without running the route.
+4. The route runs inside that transaction. On a 2xx the idempotency record and,
+   if the route wrote none, an audit event are added and the transaction
+   commits before the response goes out. Otherwise it rolls back, and one
+   audit event (denied, rejected or error, with the status code) is written in
+   a transaction of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from controlplane.api.errors import error_response
+from controlplane.db.audit_repository import AuditRepository, was_audited
+from controlplane.db.base import utcnow
+from controlplane.db.key_repository import IdempotencyRepository
+from controlplane.db.models import IdempotencyRecord
+from controlplane.domain.access import authenticate
+from controlplane.domain.audit import AuditEntry, Outcome
+from controlplane.domain.keys import Principal
+from controlplane.domain.services import ActionContext, committed_revision
+
+if TYPE_CHECKING:
+    from controlplane.runtime import ControlPlane
+
+__all__ = ["DRY_RUN_HEADER", "MUTATING_METHODS", "AdminGateway", "bearer_key"]
+
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Set on the answer to a ``?dry_run=true`` change: roll back, audit as a dry run.
+DRY_RUN_HEADER = b"x-turnout-dry-run"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+# Route (endpoint function name) -> (audit action, resource type).
+ACTIONS: dict[str, tuple[str, str]] = {
+    "create_model": ("model.create", "model"),
+    "update_model": ("model.update", "model"),
+    "delete_model": ("model.delete", "model"),
+    "create_version": ("version.create", "version"),
+    "update_version": ("version.update", "version"),
+    "delete_version": ("version.delete", "version"),
+    "set_traffic": ("traffic.update", "traffic"),
+    "rollback_revision": ("revision.rollback", "revision"),
+    "create_key": ("key.create", "key"),
+    "revoke_key": ("key.revoke", "key"),
+}
+# Response fields that hold a secret: never stored for an idempotent replay.
+_SECRET_RESPONSE_FIELDS = {"create_key": ("key",)}
+
+
+def bearer_key(headers: Headers) -> str | None:
+    """Return the token of an ``Authorization: Bearer`` header, or None."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@dataclass
+class _Captured:
+    status: int = 500
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
+    async def send_to(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": bytes(self.body)})
+
+
+@dataclass
+class _Route:
+    """What the audit log records of a request, known before the route runs."""
+
+    endpoint: str | None
+    path_params: dict[str, Any]
+    action: str
+    resource_type: str
+    resource_id: str
+    model: str | None
+    version: str | None
+
+
+class AdminGateway:
+    """ASGI middleware: see the module docstring."""
+
+    def __init__(self, app: ASGIApp, *, runtime: ControlPlane, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        given = headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        send = _adding_request_id(send, request_id)
+        mutating = scope["method"] in MUTATING_METHODS
+        try:
+            body = await _read_body(receive, headers, self.runtime.settings.max_request_bytes)
+        except _TooLarge:
+            limit = self.runtime.settings.max_request_bytes
+            response = error_response(
+                413, "payload_too_large", f"request bodies are limited to {limit} bytes"
+            )
+            if mutating:
+                await self._audit_failure(scope, headers, None, None, 413)
+            await response(scope, receive, send)
+            return
+        replay = _replaying(body, receive)
+        if not mutating:
+            await self.app(scope, replay, send)
+            return
+        await self._mutate(scope, headers, body, replay, send)
+
+    async def _mutate(
+        self, scope: Scope, headers: Headers, body: bytes, receive: Receive, send: Send
+    ) -> None:
+        state = scope["state"]
+        principal: Principal | None = None
+        route = self._route(scope, body)
+        captured = _Captured()
+        try:
+            async with self.runtime.sessionmaker() as session:
+                try:
+                    async with session.begin():
+                        await AuditRepository(session).lock()
+                        principal = await authenticate(session, bearer_key(headers))
+                        state.update(session=session, principal=principal, authenticated=True)
+                        captured = await self._respond(session, scope, headers, body, receive)
+                        if captured.status >= 400 or captured.header(DRY_RUN_HEADER):
+                            raise _Rollback
+                        await self._remember(
+                            session, scope, headers, body, principal, route, captured
+                        )
+                        if not was_audited(session):
+                            outcome = Outcome.SUCCESS
+                            if captured.header(b"idempotent-replayed") == "true":
+                                outcome = Outcome.REPLAYED
+                            await AuditRepository(session).append(
+                                self._entry(
+                                    scope, headers, route, principal, captured.status, outcome
+                                )
+                            )
+                except _Rollback:
+                    pass
+                else:
+                    if committed_revision(session) is not None:
+                        self.runtime.notifier.notify()
+        except Exception:
+            await self._audit_failure(scope, headers, route, principal, 500)
+            raise
+        finally:
+            state.pop("session", None)
+        if captured.status >= 400:
+            await self._audit_failure(scope, headers, route, principal, captured.status)
+        elif captured.header(DRY_RUN_HEADER):
+            await self._audit_failure(
+                scope, headers, route, principal, captured.status, Outcome.DRY_RUN
+            )
+        await captured.send_to(send)
+
+    async def _respond(
+        self, session: AsyncSession, scope: Scope, headers: Headers, body: bytes, receive: Receive
+    ) -> _Captured:
+        """Return the stored first response of an idempotent POST, or run the route."""
+        principal: Principal | None = scope["state"]["principal"]
+        key = headers.get("idempotency-key")
+        if key is None or scope["method"] != "POST" or principal is None:
+            return await _run(self.app, scope, receive)
+        if not _IDEMPOTENCY_KEY.match(key):
+            return await _error(422, "invalid_idempotency_key", "use 1 to 255 printable characters")
+        record = await IdempotencyRepository(session).get(principal.key_id, key)
+        if record is None:
+            return await _run(self.app, scope, receive)
+        if record.request_hash != _request_hash(scope, body):
+            return await _error(
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request; use a new key",
+            )
+        replay = _Captured(status=record.status_code)
+        replay.headers = [
+            (b"content-type", (record.content_type or "application/json").encode("latin-1")),
+            (b"idempotent-replayed", b"true"),
+            (b"content-length", str(len(record.response_body.encode())).encode()),
+        ]
+        replay.body = bytearray(record.response_body.encode())
+        return replay
+
+    async def _remember(
+        self,
+        session: AsyncSession,
+        scope: Scope,
+        headers: Headers,
+        body: bytes,
+        principal: Principal | None,
+        route: _Route,
+        captured: _Captured,
+    ) -> None:
+        """Store the first response to a POST with an Idempotency-Key."""
+        key = headers.get("idempotency-key")
+        if key is None or scope["method"] != "POST" or principal is None:
+            return
+        if captured.header(b"idempotent-replayed") == "true":
+            return
+        stored = captured.body.decode()
+        secrets = _SECRET_RESPONSE_FIELDS.get(route.endpoint or "", ())
+        if secrets:
+            document = json.loads(stored)
+            document.update(dict.fromkeys(secrets))
+            stored = json.dumps(document)
+        await IdempotencyRepository(session).add(
+            IdempotencyRecord(
+                api_key_id=principal.key_id,
+                key=key,
+                request_hash=_request_hash(scope, body),
+                status_code=captured.status,
+                response_body=stored,
+                content_type=captured.header(b"content-type"),
+                created_at=utcnow(),
+            )
+        )
+
+    def _route(self, scope: Scope, body: bytes) -> _Route:
+        endpoint: str | None = None
+        params: dict[str, Any] = {}
+        for candidate in self.routes:
+            match, child = candidate.matches(scope)
+            if match == Match.FULL:
+                endpoint = getattr(child.get("endpoint"), "__name__", None)
+                params = dict(child.get("path_params", {}))
+                break
+        action, resource_type = ACTIONS.get(
+            endpoint or "", (f"{scope['method'].lower()} {scope['path']}"[:64], "unknown")
+        )
+        fields = _json_object(body)
+        model = params.get("model")
+        version = params.get("version")
+        if endpoint == "create_model":
+            model = _short(fields.get("name"))
+        if endpoint == "create_version":
+            version = _short(fields.get("version"))
+        if "key_id" in params:
+            resource_id = str(params["key_id"])
+        elif model is not None and version is not None:
+            resource_id = f"{model}/{version}"
+        else:
+            resource_id = model or ""
+        return _Route(endpoint, params, action, resource_type, resource_id[:160], model, version)
+
+    def _entry(
+        self,
+        scope: Scope,
+        headers: Headers,
+        route: _Route,
+        principal: Principal | None,
+        status: int,
+        outcome: str,
+    ) -> AuditEntry:
+        context = request_context(scope, headers, principal, status)
+        return context.entry(
+            route.action,
+            route.resource_type,
+            route.resource_id,
+            model=route.model,
+            version=route.version,
+            outcome=outcome,
+        )
+
+    async def _audit_failure(
+        self,
+        scope: Scope,
+        headers: Headers,
+        route: _Route | None,
+        principal: Principal | None,
+        status: int,
+        outcome: str | None = None,
+    ) -> None:
+        """Write the one audit event of a request that changed nothing."""
+        if route is None:
+            route = self._route(scope, b"")
+        outcome = outcome or Outcome.for_status(status)
+        entry = self._entry(scope, headers, route, principal, status, outcome)
+        async with self.runtime.sessionmaker() as session, session.begin():
+            await AuditRepository(session).append(entry)
+
+
+class _Rollback(Exception):
+    """The route answered 4xx: undo whatever it flushed."""
+
+
+def request_context(
+    scope: Scope, headers: Headers, principal: Principal | None, status: int | None
+) -> ActionContext:
+    """Return who is acting, from where, in which request."""
+    client = scope.get("client")
+    return ActionContext(
+        actor=principal.name if principal else "anonymous",
+        actor_id=principal.key_id if principal else None,
+        role=principal.role.value if principal else None,
+        request_id=scope["state"]["request_id"],
+        source_ip=client[0] if client else None,
+        user_agent=(headers.get("user-agent") or None) and headers["user-agent"][:256],
+        status_code=status,
+    )
+
+
+def _short(value: Any) -> str | None:
+    return value[:63] if isinstance(value, str) else None
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body) if body else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _request_hash(scope: Scope, body: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1")):
+        digest.update(part.encode() + b"\n")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+async def _error(status: int, error: str, detail: str) -> _Captured:
+    response = error_response(status, error, detail)
+    return _Captured(
+        status=status, headers=list(response.raw_headers), body=bytearray(response.body)
+    )
+
+
+async def _run(app: ASGIApp, scope: Scope, receive: Receive) -> _Captured:
+    """Run ``app`` and keep its whole response (mutating responses are small JSON)."""
+    captured = _Captured()
+
+    async def collect(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            captured.status = message["status"]
+            captured.headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            captured.body += message.get("body", b"")
+
+    await app(scope, receive, collect)
+    return captured
+
+
+async def _read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise _TooLarge
+        if not message.get("more_body", False):
+            break
+    return bytes(body)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _adding_request_id(send: Send, request_id: str) -> Callable[[Message], Awaitable[None]]:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            MutableHeaders(scope=message)["x-request-id"] = request_id
+        await send(message)
+
+    return wrapped
