@@ -1,10 +1,11 @@
-"""/v1/models: models, their versions and their traffic split."""
+"""/v1/models: models, their versions, their traffic split and their policies."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
 from controlplane.api.deps import ModelServiceDep
+from controlplane.api.policy_schemas import ModelPolicyBody, VersionPolicyBody
 from controlplane.api.schemas import (
     EndpointOut,
     ErrorBody,
@@ -136,3 +137,35 @@ async def set_traffic(model: Name, body: TrafficIn, service: ModelServiceDep) ->
     """Replace the traffic split. Weights are percentages adding up to 100;
     versions left out get 0."""
     return TrafficOut(model=model, weights=await service.set_traffic(model, body.weights))
+
+
+@router.get("/{model}/policy")
+async def get_model_policy(model: Name, service: ModelServiceDep) -> ModelPolicyBody:
+    """Show the model's routing policy: timeouts, retries, shadow, experiments, sticky arms."""
+    return ModelPolicyBody.from_policy(await service.get_model_policy(model))
+
+
+@router.put("/{model}/policy")
+async def set_model_policy(
+    model: Name, body: ModelPolicyBody, service: ModelServiceDep
+) -> ModelPolicyBody:
+    """Replace the model's routing policy (``{}`` clears it)."""
+    return ModelPolicyBody.from_policy(await service.set_model_policy(model, body.to_policy()))
+
+
+@router.get("/{model}/versions/{version}/policy")
+async def get_version_policy(
+    model: Name, version: Name, service: ModelServiceDep
+) -> VersionPolicyBody:
+    """Show a version's cluster policy: circuit breakers, outlier detection, health
+    checks, load balancing."""
+    return VersionPolicyBody.from_policy(await service.get_version_policy(model, version))
+
+
+@router.put("/{model}/versions/{version}/policy")
+async def set_version_policy(
+    model: Name, version: Name, body: VersionPolicyBody, service: ModelServiceDep
+) -> VersionPolicyBody:
+    """Replace a version's cluster policy (``{}`` clears it)."""
+    policy = await service.set_version_policy(model, version, body.to_policy())
+    return VersionPolicyBody.from_policy(policy)
