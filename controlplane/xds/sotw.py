@@ -17,6 +17,8 @@ https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol :
   still warming). Endpoints are answered at once: Envoy ACKs new clusters
   only after they warm, which needs their endpoints.
 - Nothing is sent before the state has been loaded (no empty push).
+- Endpoints are sent again after every cluster response, even unchanged:
+  an updated cluster warms until its endpoints arrive.
 """
 
 from __future__ import annotations
@@ -125,9 +127,11 @@ class SotwStream:
                 # Always the current snapshot for this proxy's zone: a wake-up may
                 # be older than the latest publish, and the zone arrives with the node.
                 snapshot = self._cache.snapshot_for(self._connection.zone)
-                for type_url in plan_types(self._connection.types, snapshot):
-                    assert snapshot is not None
-                    yield self._response(type_url, snapshot)
+                # Planned again after each round: sending clusters can make endpoints due.
+                while plan := plan_types(self._connection.types, snapshot):
+                    for type_url in plan:
+                        assert snapshot is not None
+                        yield self._response(type_url, snapshot)
         finally:
             for task in (reader, watcher):
                 task.cancel()
@@ -194,6 +198,14 @@ class SotwStream:
         state.sent_names = state.names if state.names else frozenset(snapshot.resources[type_url])
         state.pending = True
         state.sent_at = utcnow()
+        if type_url == CLUSTER:
+            # Envoy warms every updated cluster until it receives that cluster's
+            # ClusterLoadAssignment, but sends no new EDS request when the names it
+            # watches are unchanged; without a fresh EDS response it waits out
+            # initial_fetch_timeout (15 s) and falls back to its cached copy. So
+            # after clusters go out, the endpoints are due again.
+            # https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#xds-protocol-resource-warming
+            self._connection.types[ENDPOINT].sent_names = frozenset()
         return discovery_pb2.DiscoveryResponse(
             version_info=state.sent_version,
             resources=resources,
