@@ -53,11 +53,14 @@ def render_bootstrap(
     *,
     admin_port: int = 9901,
     node_cluster: str = "turnout",
+    zone: str | None = None,
 ) -> dict[str, Any]:
     """Return the bootstrap of one Envoy as a dict (dump it as YAML or JSON).
 
     Every address in ``xds`` is an endpoint of the ``turnout_xds`` cluster, so
-    Envoy fails over between control-plane replicas.
+    Envoy fails over between control-plane replicas. With ``zone``, the node's
+    locality says where this Envoy runs, and the control plane sends it the
+    endpoints of that zone at priority 0 (the others fail over at priority 1).
     """
     if not node_id:
         raise ValueError("node id must not be empty")
@@ -65,6 +68,8 @@ def render_bootstrap(
         raise ValueError("at least one xDS address is needed")
     bootstrap = copy.deepcopy(_template())
     bootstrap["node"] = {"id": node_id, "cluster": node_cluster}
+    if zone:
+        bootstrap["node"]["locality"] = {"zone": zone}
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
     cluster = bootstrap["static_resources"]["clusters"][0]
     if not all(_is_ip(a.host) for a in xds):

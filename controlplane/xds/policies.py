@@ -11,8 +11,12 @@ from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_de
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import (
+    previous_priorities_config_pb2,
+)
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf.message import Message
 
 from controlplane.domain.policy import (
     DEFAULT_REQUEST_TIMEOUT_MS,
@@ -167,6 +171,15 @@ def _retry_policy(retries: Retries) -> route_components_pb2.RetryPolicy:
             )
         ],
         host_selection_retry_max_attempts=3,
+        # After two failed tries in one priority (the local zone), retry the next
+        # one: failover must not wait for health checks to notice a dead zone.
+        # https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/http/http_connection_management#retry-plugin-configuration
+        retry_priority=route_components_pb2.RetryPolicy.RetryPriority(
+            name="envoy.retry_priorities.previous_priorities",
+            typed_config=_packed(
+                previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=2)
+            ),
+        ),
     )
     if retries.per_try_timeout_ms is not None:
         retry.per_try_timeout.CopyFrom(millis(retries.per_try_timeout_ms))
@@ -194,7 +207,7 @@ def _mirror(
     )
 
 
-def _packed(message: previous_hosts_pb2.PreviousHostsPredicate) -> any_pb2.Any:
+def _packed(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
