@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_pb2
 
@@ -30,6 +31,7 @@ from controlplane.domain.state import (
     state_from_document,
 )
 from controlplane.xds.resources import CLUSTER, ROUTE
+from controlplane.xds.snapshot import InconsistentSnapshot, Snapshot
 from controlplane.xds.translate import ROUTE_CONFIG_NAME, translate
 from tests.envoy_validate import envoy_validate
 
@@ -136,3 +138,12 @@ def test_every_policy_renders_to_config_that_envoy_accepts(tmp_path: Path) -> No
     assert [h.header.header_name for h in split.route.hash_policy] == ["x-user-id", "x-session"]
     assert split.route.request_mirror_policies[0].cluster == "llama/v3"
     assert "configuration" in envoy_validate(resources, tmp_path)
+
+
+def test_a_route_to_a_missing_cluster_is_never_published() -> None:
+    resources = translate(_state())
+    del resources[CLUSTER]["llama/v3"]  # the shadow's cluster
+    snapshot = Snapshot.from_resources(7, resources)
+    with pytest.raises(InconsistentSnapshot, match="llama/v3"):
+        snapshot.check_consistent()
+    assert Snapshot.from_resources(7, translate(_state())).inconsistencies() == []
