@@ -12,7 +12,9 @@ import httpx
 from aiohttp import web
 
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
+from controlplane.db.repositories import RevisionRepository
 from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
+from controlplane.runtime import ControlPlane
 from examples.model_server import ModelServer, bound_port, serve
 
 T = TypeVar("T")
@@ -54,6 +56,7 @@ class EnvoyProcess:
         self.admin_port = admin_port
         self.listener_port = listener_port
         self.base_url = f"http://127.0.0.1:{listener_port}"
+        self.admin_url = f"http://127.0.0.1:{admin_port}"
         bootstrap = render_bootstrap(
             node_id,
             [XdsAddress("127.0.0.1", xds_port)],
@@ -94,6 +97,16 @@ class EnvoyProcess:
         """Stop Envoy."""
         await self._child.stop()
 
+    async def stat(self, name: str) -> int:
+        """Return the value of one counter or gauge from Envoy's admin /stats (0 if absent)."""
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(f"{self.admin_url}/stats", params={"filter": f"^{name}$"})
+        for line in response.text.splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
 
 class RunningModelServer:
     """An example model server on a free port, inside the test's event loop."""
@@ -122,3 +135,13 @@ async def served_version(client: httpx.AsyncClient, url: str, **kwargs: object) 
     header = response.headers["x-turnout-version"]
     assert response.json()["version"] == header
     return header
+
+
+async def config_state(api: httpx.AsyncClient, control_plane: ControlPlane) -> tuple[int, int]:
+    """Return (config revision, count of successful audit events): what a refused
+    change must leave as it was."""
+    async with control_plane.sessionmaker() as session:
+        revision = await RevisionRepository(session).current()
+    params = {"limit": 500, "outcome": "success"}
+    events = (await api.get("/v1/audit/events", params=params)).json()["items"]
+    return revision, len(events)

@@ -64,6 +64,8 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "delete_version": ("version.delete", "version"),
     "set_traffic": ("traffic.update", "traffic"),
     "rollback_revision": ("revision.rollback", "revision"),
+    "set_model_policy": ("model.policy.update", "model_policy"),
+    "set_version_policy": ("version.policy.update", "version_policy"),
     "create_key": ("key.create", "key"),
     "revoke_key": ("key.revoke", "key"),
 }

@@ -46,6 +46,8 @@ class Model(IdMixin, TimestampMixin, Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     protocol: Mapped[str] = mapped_column(String(16))
     description: Mapped[str | None] = mapped_column(Text)
+    # Routing policy (controlplane.domain.policy.ModelPolicy as a document); None: none set.
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     versions: Mapped[list[ModelVersion]] = relationship(
         back_populates="model",
@@ -67,6 +69,8 @@ class ModelVersion(IdMixin, TimestampMixin, Base):
 
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(63))
+    # Cluster policy (controlplane.domain.policy.VersionPolicy as a document); None: none set.
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     model: Mapped[Model] = relationship(back_populates="versions", lazy="raise")
     endpoints: Mapped[list[Endpoint]] = relationship(

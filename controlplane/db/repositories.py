@@ -19,6 +19,7 @@ from controlplane.db.models import (
     ModelVersion,
     TrafficSplit,
 )
+from controlplane.domain.policy import model_policy_from_document, version_policy_from_document
 from controlplane.domain.state import (
     DesiredState,
     EndpointSpec,
@@ -249,10 +250,12 @@ def _model_spec(model: Model) -> ModelSpec:
             VersionSpec(
                 name=version.name,
                 endpoints=tuple(_endpoint_spec(e) for e in version.endpoints),
+                policy=version_policy_from_document(version.policy),
             )
             for version in model.versions
         ),
         weights=tuple(weights),
+        policy=model_policy_from_document(model.policy),
     )
 
 

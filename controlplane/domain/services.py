@@ -8,7 +8,7 @@ revision. The caller commits once, at the request boundary.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,13 @@ from controlplane.db.repositories import (
 from controlplane.domain.audit import AuditEntry, Outcome
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
 from controlplane.domain.etags import check_if_match, etag_of
+from controlplane.domain.policy import (
+    ModelPolicy,
+    VersionPolicy,
+    check_model_policy,
+    model_policy_from_document,
+    version_policy_from_document,
+)
 from controlplane.domain.state import EndpointSpec, state_from_document
 
 __all__ = [
@@ -217,6 +224,11 @@ class ModelService:
         model = await self.get_model(model_name)
         row = await self._require_version(model, version)
         check_if_match(if_match, version_etag(model_name, row))
+        if version in model_policy_from_document(model.policy).versions_referenced():
+            raise Conflict(
+                f"version {version!r} is named in {model_name!r}'s policy (shadow or "
+                "experiments); change the policy first (PUT /v1/models/{model}/policy)"
+            )
         weight = (await self._traffic.weights(model)).get(version, 0)
         if weight > 0:
             raise Conflict(
@@ -292,6 +304,59 @@ class ModelService:
             model_name,
         )
         return after
+
+    # -- policies ---------------------------------------------------------------
+
+    async def get_model_policy(self, model_name: str) -> ModelPolicy:
+        """Return the routing policy of a model (the empty policy when none is set)."""
+        return model_policy_from_document((await self.get_model(model_name)).policy)
+
+    async def set_model_policy(self, model_name: str, policy: ModelPolicy) -> ModelPolicy:
+        """Replace the routing policy of a model.
+
+        Raise InvalidInput when it names an unknown version, when a try may
+        outlive the request, or when two experiments match the same value.
+        """
+        model = await self.get_model(model_name)
+        versions = [v.name for v in await self._versions.of_model(model)]
+        check_model_policy(policy, model_name, versions)
+        before = model_policy_from_document(model.policy)
+        model.policy = _policy_column(policy, ModelPolicy())
+        await self._models.flush()
+        await self._record(
+            "model.policy.update",
+            "model_policy",
+            model_name,
+            {"model": model_name, "policy": asdict(before)},
+            {"model": model_name, "policy": asdict(policy)},
+            model_name,
+        )
+        return policy
+
+    async def get_version_policy(self, model_name: str, version: str) -> VersionPolicy:
+        """Return the cluster policy of a version (the empty policy when none is set)."""
+        row = await self.get_version(model_name, version)
+        return version_policy_from_document(row.policy)
+
+    async def set_version_policy(
+        self, model_name: str, version: str, policy: VersionPolicy
+    ) -> VersionPolicy:
+        """Replace the cluster policy of a version."""
+        row = await self.get_version(model_name, version)
+        before = version_policy_from_document(row.policy)
+        row.policy = _policy_column(policy, VersionPolicy())
+        await self._models.flush()
+        resource = f"{model_name}/{version}"
+        await self._record(
+            "version.policy.update",
+            "version_policy",
+            resource,
+            {"model": model_name, "version": version, "policy": asdict(before)},
+            {"model": model_name, "version": version, "policy": asdict(policy)},
+            model_name,
+            version,
+        )
+        return policy
 
     # -- helpers ----------------------------------------------------------------
 
@@ -399,6 +464,13 @@ def version_document(model_name: str, version: ModelVersion) -> dict[str, Any]:
             for e in version.endpoints
         ],
     }
+
+
+def _policy_column(
+    policy: ModelPolicy | VersionPolicy, empty: ModelPolicy | VersionPolicy
+) -> dict[str, Any] | None:
+    # No row carries an empty policy: NULL is the one way to say "none set".
+    return None if policy == empty else asdict(policy)
 
 
 def endpoint_rows(endpoints: Sequence[EndpointSpec]) -> list[Endpoint]:

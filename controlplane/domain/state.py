@@ -6,8 +6,15 @@ translator stays a pure function of it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from controlplane.domain.policy import (
+    ModelPolicy,
+    VersionPolicy,
+    model_policy_from_document,
+    version_policy_from_document,
+)
 
 __all__ = [
     "DesiredState",
@@ -32,20 +39,22 @@ class EndpointSpec:
 
 @dataclass(frozen=True, slots=True)
 class VersionSpec:
-    """One version of a model and the replicas that serve it."""
+    """One version of a model, the replicas that serve it and how they are treated."""
 
     name: str
     endpoints: tuple[EndpointSpec, ...] = ()
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """A model, its versions (sorted by name) and its traffic weights."""
+    """A model, its versions (sorted by name), its traffic weights and routing policy."""
 
     name: str
     protocol: str
     versions: tuple[VersionSpec, ...] = ()
     weights: tuple[tuple[str, int], ...] = ()
+    policy: ModelPolicy = field(default_factory=ModelPolicy)
 
     def weight_of(self, version: str) -> int:
         """Return the traffic weight of ``version`` (0 when it has none)."""
@@ -77,10 +86,13 @@ def state_from_document(document: dict[str, Any]) -> DesiredState:
                     VersionSpec(
                         name=v["name"],
                         endpoints=tuple(EndpointSpec(**e) for e in v["endpoints"]),
+                        # Documents stored before policies existed have no "policy".
+                        policy=version_policy_from_document(v.get("policy")),
                     )
                     for v in m["versions"]
                 ),
                 weights=tuple((name, int(weight)) for name, weight in m["weights"]),
+                policy=model_policy_from_document(m.get("policy")),
             )
             for m in document["models"]
         ),

@@ -27,7 +27,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.db.base import utcnow
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.resources import ENDPOINT, PUSH_ORDER
+from controlplane.xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.sotw import DEPENDS_ON
 from controlplane.xds.status import ProxyConnection
@@ -158,6 +158,12 @@ class DeltaStream(
         state.sent_nonce = nonce
         state.sent_names = frozenset(updates)
         state.sent_snapshot = snapshot
+        if type_url == CLUSTER:
+            # An updated cluster warms until its endpoints arrive, and Envoy asks for
+            # nothing new when the names it watches are unchanged: send them again.
+            # https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#xds-protocol-resource-warming
+            for name in updates:
+                self._tracked[ENDPOINT].has.pop(name, None)
         state.holding = frozenset((set(tracked.has) | set(updates)) - set(removals))
         state.pending = True
         state.sent_at = utcnow()

@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -85,8 +86,9 @@ class Snapshot:
     def inconsistencies(self) -> list[str]:
         """Return every dangling reference: an empty list means consistent.
 
-        Every EDS cluster needs a ClusterLoadAssignment, and every RDS name a
-        listener refers to needs a RouteConfiguration.
+        Every EDS cluster needs a ClusterLoadAssignment, every cluster a route
+        sends to (weighted, direct or mirrored) needs a Cluster, and every RDS
+        name a listener refers to needs a RouteConfiguration.
         """
         problems: list[str] = []
         assignments = self.resources[ENDPOINT]
@@ -97,6 +99,11 @@ class Snapshot:
                 service = cluster.eds_cluster_config.service_name or name
                 if service not in assignments:
                     problems.append(f"cluster {name!r} has no ClusterLoadAssignment {service!r}")
+        for name, packed in self.resources[ROUTE].items():
+            for cluster_ref in sorted(_route_clusters(packed) - set(self.resources[CLUSTER])):
+                problems.append(
+                    f"RouteConfiguration {name!r} sends to unknown cluster {cluster_ref!r}"
+                )
         routes = self.resources[ROUTE]
         for name, packed in self.resources[LISTENER].items():
             for route_name in _rds_names(packed):
@@ -139,4 +146,20 @@ def _rds_names(packed_listener: any_pb2.Any) -> list[str]:
                 network_filter.typed_config.Unpack(manager)
                 if manager.HasField("rds"):
                     names.append(manager.rds.route_config_name)
+    return names
+
+
+def _route_clusters(packed_routes: any_pb2.Any) -> set[str]:
+    routes = route_pb2.RouteConfiguration()
+    packed_routes.Unpack(routes)
+    names: set[str] = set()
+    for host in routes.virtual_hosts:
+        for route in host.routes:
+            if not route.HasField("route"):
+                continue
+            action = route.route
+            if action.cluster:
+                names.add(action.cluster)
+            names.update(c.name for c in action.weighted_clusters.clusters)
+            names.update(m.cluster for m in action.request_mirror_policies if m.cluster)
     return names

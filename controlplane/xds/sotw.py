@@ -17,6 +17,8 @@ https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol :
   still warming). Endpoints are answered at once: Envoy ACKs new clusters
   only after they warm, which needs their endpoints.
 - Nothing is sent before the state has been loaded (no empty push).
+- Endpoints are sent again after every cluster response, even unchanged:
+  an updated cluster warms until its endpoints arrive.
 """
 
 from __future__ import annotations
@@ -126,6 +128,14 @@ class SotwStream(StreamLoop[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
         state.holding = state.sent_names
         state.pending = True
         state.sent_at = utcnow()
+        if type_url == CLUSTER:
+            # Envoy warms every updated cluster until it receives that cluster's
+            # ClusterLoadAssignment, but sends no new EDS request when the names it
+            # watches are unchanged; without a fresh EDS response it waits out
+            # initial_fetch_timeout (15 s) and falls back to its cached copy. So
+            # after clusters go out, the endpoints are due again.
+            # https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#xds-protocol-resource-warming
+            self._connection.types[ENDPOINT].sent_names = frozenset()
         return discovery_pb2.DiscoveryResponse(
             version_info=state.sent_version,
             resources=resources,

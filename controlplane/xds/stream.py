@@ -65,8 +65,10 @@ class StreamLoop(ABC, Generic[RequestT, ResponseT]):
                 snapshot = self._cache.snapshot_for(self._connection.zone)
                 if snapshot is None:
                     continue  # state not loaded yet: answer nothing (no empty push)
-                for response in self._respond(snapshot):
-                    yield response
+                # Planned again after each round: sending clusters can make endpoints due.
+                while responses := self._respond(snapshot):
+                    for response in responses:
+                        yield response
         finally:
             for task in (reader, watcher):
                 task.cancel()

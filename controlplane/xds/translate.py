@@ -24,7 +24,9 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec
+from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
+from controlplane.xds.body_routing import body_routing_filters, body_routing_routes
+from controlplane.xds.policies import apply_route_policy, apply_version_policy
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
 
 __all__ = [
@@ -42,7 +44,6 @@ LISTENER_NAME = "turnout_http"
 ROUTE_CONFIG_NAME = "turnout_routes"
 MODEL_HEADER = "x-turnout-model"
 VERSION_HEADER = "x-turnout-version"
-DEFAULT_ROUTE_TIMEOUT_S = 60
 
 NOT_FOUND_BODY = json.dumps(
     {
@@ -52,6 +53,9 @@ NOT_FOUND_BODY = json.dumps(
 )
 NO_TRAFFIC_BODY = json.dumps(
     {"error": "no_serving_version", "detail": "no version of this model has traffic weight"}
+)
+NO_VERSION_BODY = json.dumps(
+    {"error": "version_not_found", "detail": "the model has no version named by x-turnout-version"}
 )
 
 
@@ -77,7 +81,7 @@ def translate(
     for model in state.models:
         for version in model.versions:
             name = cluster_name(model.name, version.name)
-            clusters[name] = _cluster(name)
+            clusters[name] = _cluster(name, version, model)
     return {
         CLUSTER: clusters,
         ENDPOINT: translate_endpoints(state, local_zone),
@@ -123,8 +127,8 @@ def _packed(message: Message) -> any_pb2.Any:
     return packed
 
 
-def _cluster(name: str) -> cluster_pb2.Cluster:
-    return cluster_pb2.Cluster(
+def _cluster(name: str, version: VersionSpec, model: ModelSpec) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(
         name=name,
         alt_stat_name=re.sub(r"[^A-Za-z0-9_-]", "_", name),
         type=cluster_pb2.Cluster.EDS,
@@ -134,6 +138,8 @@ def _cluster(name: str) -> cluster_pb2.Cluster:
         connect_timeout=duration_pb2.Duration(seconds=1),
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
     )
+    apply_version_policy(cluster, version.policy, model.policy.retries)
+    return cluster
 
 
 def _load_assignment(
@@ -180,9 +186,10 @@ def _listener(options: ListenerOptions) -> listener_pb2.Listener:
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG_NAME),
         http_filters=[
+            *body_routing_filters(),
             hcm_pb2.HttpFilter(
                 name="envoy.filters.http.router", typed_config=_packed(router_pb2.Router())
-            )
+            ),
         ],
         # Edge defaults, after Envoy's "configuring Envoy as an edge proxy" guide.
         use_remote_address=wrappers_pb2.BoolValue(value=True),
@@ -236,9 +243,10 @@ def _route_configuration(models: Iterable[ModelSpec]) -> route_pb2.RouteConfigur
             pattern=regex_pb2.RegexMatcher(regex=f"^/models/{re.escape(model.name)}/?"),
             substitution="/",
         )
-        routes.append(_model_route(model, by_path, path_rewrite))
-        header_routes.append(_model_route(model, by_header, None))
+        routes.extend(_model_routes(model, by_path, path_rewrite))
+        header_routes.extend(_model_routes(model, by_header, None))
     routes.extend(header_routes)
+    routes.extend(body_routing_routes())
     routes.append(
         route_components_pb2.Route(
             name="unknown-model",
@@ -252,6 +260,79 @@ def _route_configuration(models: Iterable[ModelSpec]) -> route_pb2.RouteConfigur
         virtual_hosts=[
             route_components_pb2.VirtualHost(name="models", domains=["*"], routes=routes)
         ],
+    )
+
+
+def _model_routes(
+    model: ModelSpec,
+    match: route_components_pb2.RouteMatch,
+    rewrite: regex_pb2.RegexMatchAndSubstitute | None,
+) -> list[route_components_pb2.Route]:
+    """Return a model's routes for one way of naming it, first match first:
+    version pins (x-turnout-version), experiments, then the weighted split."""
+    kind = "path" if rewrite is not None else "header"
+    routes: list[route_components_pb2.Route] = []
+    for version in model.versions:
+        pinned = _with_headers(match, [(VERSION_HEADER, version.name)])
+        routes.append(_version_route(model, version.name, pinned, rewrite, f"pin/{version.name}"))
+    routes.append(
+        route_components_pb2.Route(
+            name=f"{model.name}/{kind}/pin-unknown",
+            match=_with_headers(match, [(VERSION_HEADER, None)]),
+            direct_response=_json_response(404, NO_VERSION_BODY),
+            response_headers_to_add=[_header("content-type", "application/json")],
+        )
+    )
+    for i, experiment in enumerate(model.policy.experiments):
+        matched = _with_headers(match, [(experiment.header, experiment.value)])
+        routes.append(_version_route(model, experiment.version, matched, rewrite, f"exp{i}"))
+    routes.append(_model_route(model, match, rewrite))
+    return [_named(route, model.name, kind) for route in routes]
+
+
+def _named(route: route_components_pb2.Route, model: str, kind: str) -> route_components_pb2.Route:
+    if not route.name.startswith(f"{model}/"):
+        route.name = f"{model}/{kind}/{route.name}"
+    return route
+
+
+def _with_headers(
+    match: route_components_pb2.RouteMatch, headers: list[tuple[str, str | None]]
+) -> route_components_pb2.RouteMatch:
+    """Return ``match`` that also needs each header: equal to a value, or present (None)."""
+    extended = route_components_pb2.RouteMatch()
+    extended.CopyFrom(match)
+    for name, value in headers:
+        if value is None:
+            extended.headers.append(
+                route_components_pb2.HeaderMatcher(name=name, present_match=True)
+            )
+        else:
+            extended.headers.append(
+                route_components_pb2.HeaderMatcher(
+                    name=name, string_match=string_pb2.StringMatcher(exact=value)
+                )
+            )
+    return extended
+
+
+def _version_route(
+    model: ModelSpec,
+    version: str,
+    match: route_components_pb2.RouteMatch,
+    rewrite: regex_pb2.RegexMatchAndSubstitute | None,
+    name: str,
+) -> route_components_pb2.Route:
+    """Return a route that sends every request it matches to one version."""
+    action = route_components_pb2.RouteAction(cluster=cluster_name(model.name, version))
+    apply_route_policy(action, model, version)
+    if rewrite is not None:
+        action.regex_rewrite.CopyFrom(rewrite)
+    return route_components_pb2.Route(
+        name=name,
+        match=match,
+        route=action,
+        response_headers_to_add=[_header(VERSION_HEADER, version)],
     )
 
 
@@ -281,8 +362,8 @@ def _model_route(
                 for version, weight in weighted
             ]
         ),
-        timeout=duration_pb2.Duration(seconds=DEFAULT_ROUTE_TIMEOUT_S),
     )
+    apply_route_policy(action, model, None)
     if rewrite is not None:
         action.regex_rewrite.CopyFrom(rewrite)
     return route_components_pb2.Route(name=f"{model.name}/{kind}", match=match, route=action)

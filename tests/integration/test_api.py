@@ -8,19 +8,9 @@ import httpx
 import pytest
 
 from controlplane.runtime import ControlPlane
+from tests.support import config_state
 
 EP = {"address": "127.0.0.1", "port": 9001}
-
-
-async def _state(api: httpx.AsyncClient, control_plane: ControlPlane) -> tuple[int, int]:
-    """Return (config revision, count of successful audit events)."""
-    async with control_plane.sessionmaker() as session:
-        from controlplane.db.repositories import RevisionRepository
-
-        revision = await RevisionRepository(session).current()
-    params = {"limit": 500, "outcome": "success"}
-    events = (await api.get("/v1/audit/events", params=params)).json()["items"]
-    return revision, len(events)
 
 
 async def _model_with_versions(api: httpx.AsyncClient, *versions: str) -> None:
@@ -156,13 +146,13 @@ async def test_bad_input_gets_an_error_and_changes_nothing(
     error: str,
 ) -> None:
     await _model_with_versions(api, "v1", "v2")
-    before = await _state(api, control_plane)
+    before = await config_state(api, control_plane)
     traffic_before = (await api.get("/v1/models/m/traffic")).json()
     response = await api.request(method, path, json=body)
     assert response.status_code == status, response.text
     assert response.json()["error"] == error
     assert response.json()["detail"]
-    assert await _state(api, control_plane) == before
+    assert await config_state(api, control_plane) == before
     assert (await api.get("/v1/models/m/traffic")).json() == traffic_before
     if method != "get":  # a refused change is still audited, once, as rejected
         newest = (await api.get("/v1/audit/events", params={"limit": 1})).json()["items"][0]
@@ -170,26 +160,26 @@ async def test_bad_input_gets_an_error_and_changes_nothing(
 
 
 async def test_malformed_json_is_422(api: httpx.AsyncClient, control_plane: ControlPlane) -> None:
-    before = await _state(api, control_plane)
+    before = await config_state(api, control_plane)
     response = await api.post(
         "/v1/models", content=b'{"name": "m",', headers={"content-type": "application/json"}
     )
     assert response.status_code == 422
     assert response.json()["error"] == "validation_error"
-    assert await _state(api, control_plane) == before
+    assert await config_state(api, control_plane) == before
 
 
 async def test_each_mutation_is_one_audit_event_and_one_revision(
     api: httpx.AsyncClient, control_plane: ControlPlane
 ) -> None:
-    start_revision, start_events = await _state(api, control_plane)
+    start_revision, start_events = await config_state(api, control_plane)
     await _model_with_versions(api, "v1", "v2")  # 3 mutations
     await api.put(
         "/v1/models/m/traffic",
         json={"weights": {"v1": 50, "v2": 50}},
         headers={"x-request-id": "r-42"},
     )
-    revision, events = await _state(api, control_plane)
+    revision, events = await config_state(api, control_plane)
     assert (revision - start_revision, events - start_events) == (4, 4)
 
     newest = (await api.get("/v1/audit/events", params={"limit": 1})).json()["items"][0]

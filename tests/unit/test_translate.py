@@ -215,13 +215,24 @@ def test_routes_are_path_routes_then_header_routes_then_the_404_catch_all() -> N
         "classify", "http", (VersionSpec("v1", (EndpointSpec("10.0.2.1", 80),)),), (("v1", 1),)
     )
     routes = _routes(_state(other, _sentiment()))
+    # Version pins (x-turnout-version) come right before each model's weighted route.
+    names = [r.name for r in routes if "/pin" not in r.name]
 
-    assert [r.name for r in routes] == [
+    assert names == [
         "classify/path",
         "sentiment/path",
         "classify/header",
         "sentiment/header",
+        "openai-body/v1/chat/completions",
+        "openai-body/v1/completions",
+        "openai-body/v1/embeddings",
         "unknown-model",
+    ]
+    pins = [r.name for r in routes if "/pin" in r.name]
+    assert pins[:3] == [
+        "classify/path/pin/v1",
+        "classify/path/pin-unknown",
+        "sentiment/path/pin/v1",
     ]
     catch_all = routes[-1]
     assert catch_all.match.prefix == "/"
@@ -233,7 +244,9 @@ def test_routes_are_path_routes_then_header_routes_then_the_404_catch_all() -> N
 def test_empty_state_still_has_the_404_catch_all() -> None:
     routes = _routes(DesiredState(revision=0))
 
-    assert [r.name for r in routes] == ["unknown-model"]
+    # The OpenAI body-routing routes are always there: they turn a body into a header.
+    assert [r.name for r in routes if not r.name.startswith("openai-body/")] == ["unknown-model"]
+    assert routes[-1].name == "unknown-model"
 
 
 def test_translating_the_same_state_twice_gives_identical_bytes() -> None:

@@ -1,8 +1,8 @@
-"""/v1/models: models, their versions, their traffic split and their history.
+"""/v1/models: models, their versions, their traffic split, their policies and their history.
 
-GETs need the ``read`` permission, changes ``write``. Single resources carry a
-strong ``ETag``; send it back as ``If-Match`` to change them only if nobody
-else did in between (412 otherwise).
+GETs need the ``read`` permission, changes ``write``. Models, versions and the
+traffic split carry a strong ``ETag``; send it back as ``If-Match`` to change
+them only if nobody else did in between (412 otherwise).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response, status
 
 from controlplane.api.deps import ModelServiceDep, SessionDep, require_for_method
+from controlplane.api.policy_schemas import ModelPolicyBody, VersionPolicyBody
 from controlplane.api.schemas import (
     EndpointOut,
     ErrorBody,
@@ -248,3 +249,35 @@ async def model_history(
     )
     items = [HistoryEntry.model_validate(row) for row in rows[:limit]]
     return HistoryPage(items=items, next_cursor=str(items[-1].id) if len(rows) > limit else None)
+
+
+@router.get("/{model}/policy")
+async def get_model_policy(model: Name, service: ModelServiceDep) -> ModelPolicyBody:
+    """Show the model's routing policy: timeouts, retries, shadow, experiments, sticky arms."""
+    return ModelPolicyBody.from_policy(await service.get_model_policy(model))
+
+
+@router.put("/{model}/policy")
+async def set_model_policy(
+    model: Name, body: ModelPolicyBody, service: ModelServiceDep
+) -> ModelPolicyBody:
+    """Replace the model's routing policy (``{}`` clears it)."""
+    return ModelPolicyBody.from_policy(await service.set_model_policy(model, body.to_policy()))
+
+
+@router.get("/{model}/versions/{version}/policy")
+async def get_version_policy(
+    model: Name, version: Name, service: ModelServiceDep
+) -> VersionPolicyBody:
+    """Show a version's cluster policy: circuit breakers, outlier detection, health
+    checks, load balancing."""
+    return VersionPolicyBody.from_policy(await service.get_version_policy(model, version))
+
+
+@router.put("/{model}/versions/{version}/policy")
+async def set_version_policy(
+    model: Name, version: Name, body: VersionPolicyBody, service: ModelServiceDep
+) -> VersionPolicyBody:
+    """Replace a version's cluster policy (``{}`` clears it)."""
+    policy = await service.set_version_policy(model, version, body.to_policy())
+    return VersionPolicyBody.from_policy(policy)

@@ -1,0 +1,256 @@
+"""Traffic policies: immutable values that the translator turns into Envoy config.
+
+A model's policy shapes how its requests are routed (timeouts, retries,
+shadow traffic, experiments, sticky arms); a version's policy shapes how its
+replicas are treated (circuit breakers, outlier detection, health checks,
+load balancing). Every field that is None (or empty) means "Envoy's behaviour
+as Turnout configures it without a policy", so an empty policy changes nothing.
+
+Each policy round-trips through JSON-compatible documents (stored in the
+database and with each config revision): ``*_from_document(asdict(policy))``
+gives the policy back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from controlplane.domain.errors import InvalidInput
+
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT_MS",
+    "DEFAULT_RETRY_ON",
+    "RETRY_ON",
+    "CircuitBreakers",
+    "Experiment",
+    "HealthCheck",
+    "LoadBalancing",
+    "ModelPolicy",
+    "OutlierDetection",
+    "Retries",
+    "Shadow",
+    "Sticky",
+    "Timeouts",
+    "VersionPolicy",
+    "check_model_policy",
+    "model_policy_from_document",
+    "version_policy_from_document",
+]
+
+T = TypeVar("T")
+
+DEFAULT_REQUEST_TIMEOUT_MS = 60_000
+DEFAULT_RETRY_ON = ("5xx", "reset", "connect-failure")
+
+# Envoy's retry conditions for HTTP (x-envoy-retry-on):
+# https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter#x-envoy-retry-on
+RETRY_ON = (
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-request bounds: the whole request (all retries included) and stream idle time."""
+
+    request_timeout_ms: int | None = None
+    idle_timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """When and how often Envoy retries, with backoff and a cluster-wide budget."""
+
+    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
+    num_retries: int = 1
+    per_try_timeout_ms: int | None = None
+    retriable_status_codes: tuple[int, ...] = ()
+    backoff_base_ms: int | None = None
+    backoff_max_ms: int | None = None
+    budget_percent: float | None = None
+    budget_min_concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """Mirror ``percent`` of the model's requests to ``version``; its answers are dropped."""
+
+    version: str
+    percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    """Requests whose ``header`` equals ``value`` go to ``version``, ahead of the weights."""
+
+    header: str
+    value: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sticky:
+    """Hash ``header`` (a user id) to pick the version, so each user stays on one arm."""
+
+    header: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPolicy:
+    """How a model's requests are routed."""
+
+    timeouts: Timeouts | None = None
+    retries: Retries | None = None
+    shadow: Shadow | None = None
+    experiments: tuple[Experiment, ...] = ()
+    sticky: Sticky | None = None
+
+    def versions_referenced(self) -> set[str]:
+        """Return the versions this policy sends traffic to by name."""
+        names = {e.version for e in self.experiments}
+        if self.shadow is not None:
+            names.add(self.shadow.version)
+        return names
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakers:
+    """Per-cluster limits; requests over them fail fast with 503 (x-envoy-overloaded)."""
+
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Eject replicas that fail in a row, for a growing time."""
+
+    consecutive_5xx: int = 5
+    interval_ms: int = 10_000
+    base_ejection_time_ms: int = 30_000
+    max_ejection_percent: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active HTTP health checks of every replica."""
+
+    path: str = "/healthz"
+    interval_ms: int = 5_000
+    timeout_ms: int = 1_000
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancing:
+    """``least_request``, or ``ring_hash`` on ``hash_header`` for session affinity."""
+
+    policy: str = "least_request"
+    hash_header: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """How a version's replicas are treated."""
+
+    circuit_breakers: CircuitBreakers | None = None
+    outlier_detection: OutlierDetection | None = None
+    health_check: HealthCheck | None = None
+    load_balancing: LoadBalancing | None = None
+
+
+def check_model_policy(policy: ModelPolicy, model: str, versions: Collection[str]) -> None:
+    """Raise InvalidInput when ``policy`` breaks a rule that needs the model's state.
+
+    The rules: every version named exists, a try never outlives the request,
+    and no two experiments match the same header value.
+    """
+    unknown = sorted(policy.versions_referenced() - set(versions))
+    if unknown:
+        raise InvalidInput(
+            {
+                "message": f"model {model!r} has no version(s) {unknown}",
+                "unknown_versions": unknown,
+            }
+        )
+    retries = policy.retries
+    if retries is not None and retries.per_try_timeout_ms is not None:
+        timeout = DEFAULT_REQUEST_TIMEOUT_MS
+        if policy.timeouts is not None and policy.timeouts.request_timeout_ms is not None:
+            timeout = policy.timeouts.request_timeout_ms
+        if retries.per_try_timeout_ms > timeout:
+            raise InvalidInput(
+                {
+                    "message": (
+                        f"retries.per_try_timeout_ms ({retries.per_try_timeout_ms}) is longer "
+                        f"than the request timeout ({timeout} ms): no retry could ever start"
+                    ),
+                    "field": "retries.per_try_timeout_ms",
+                }
+            )
+    seen: set[tuple[str, str]] = set()
+    for experiment in policy.experiments:
+        key = (experiment.header.lower(), experiment.value)
+        if key in seen:
+            raise InvalidInput(
+                {
+                    "message": f"two experiments match {experiment.header}: {experiment.value}",
+                    "field": "experiments",
+                }
+            )
+        seen.add(key)
+
+
+def model_policy_from_document(document: Mapping[str, Any] | None) -> ModelPolicy:
+    """Rebuild a ModelPolicy from its JSON document (None or {} gives the empty policy)."""
+    if not document:
+        return ModelPolicy()
+    retries = document.get("retries")
+    return ModelPolicy(
+        timeouts=_maybe(Timeouts, document.get("timeouts")),
+        retries=(
+            None
+            if retries is None
+            else Retries(
+                **{
+                    **retries,
+                    "retry_on": tuple(retries.get("retry_on", DEFAULT_RETRY_ON)),
+                    "retriable_status_codes": tuple(retries.get("retriable_status_codes", ())),
+                }
+            )
+        ),
+        shadow=_maybe(Shadow, document.get("shadow")),
+        experiments=tuple(Experiment(**e) for e in document.get("experiments") or ()),
+        sticky=_maybe(Sticky, document.get("sticky")),
+    )
+
+
+def version_policy_from_document(document: Mapping[str, Any] | None) -> VersionPolicy:
+    """Rebuild a VersionPolicy from its JSON document (None or {} gives the empty policy)."""
+    if not document:
+        return VersionPolicy()
+    return VersionPolicy(
+        circuit_breakers=_maybe(CircuitBreakers, document.get("circuit_breakers")),
+        outlier_detection=_maybe(OutlierDetection, document.get("outlier_detection")),
+        health_check=_maybe(HealthCheck, document.get("health_check")),
+        load_balancing=_maybe(LoadBalancing, document.get("load_balancing")),
+    )
+
+
+def _maybe(kind: type[T], document: Mapping[str, Any] | None) -> T | None:
+    return None if document is None else kind(**document)

@@ -1,0 +1,149 @@
+"""Policies: the state document round trip, and Envoy accepting what they render to."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.route.v3 import route_pb2
+
+from controlplane.domain.policy import (
+    CircuitBreakers,
+    Experiment,
+    HealthCheck,
+    LoadBalancing,
+    ModelPolicy,
+    OutlierDetection,
+    Retries,
+    Shadow,
+    Sticky,
+    Timeouts,
+    VersionPolicy,
+)
+from controlplane.domain.state import (
+    DesiredState,
+    EndpointSpec,
+    ModelSpec,
+    VersionSpec,
+    state_document,
+    state_from_document,
+)
+from controlplane.xds.resources import CLUSTER, ROUTE
+from controlplane.xds.snapshot import InconsistentSnapshot, Snapshot
+from controlplane.xds.translate import ROUTE_CONFIG_NAME, translate
+from tests.envoy_validate import envoy_validate
+
+FULL_MODEL_POLICY = ModelPolicy(
+    timeouts=Timeouts(request_timeout_ms=30_000, idle_timeout_ms=10_000),
+    retries=Retries(
+        retry_on=("5xx", "connect-failure", "retriable-status-codes"),
+        num_retries=2,
+        per_try_timeout_ms=5_000,
+        retriable_status_codes=(429,),
+        backoff_base_ms=25,
+        backoff_max_ms=250,
+        budget_percent=20.0,
+        budget_min_concurrency=3,
+    ),
+    shadow=Shadow(version="v3", percent=12.5),
+    experiments=(Experiment(header="x-tenant", value="acme", version="v2"),),
+    sticky=Sticky(header="x-user-id"),
+)
+FULL_VERSION_POLICY = VersionPolicy(
+    circuit_breakers=CircuitBreakers(
+        max_connections=100, max_pending_requests=50, max_requests=200, max_retries=3
+    ),
+    outlier_detection=OutlierDetection(
+        consecutive_5xx=3, interval_ms=1_000, base_ejection_time_ms=5_000, max_ejection_percent=50
+    ),
+    health_check=HealthCheck(
+        path="/healthz", interval_ms=500, timeout_ms=250, healthy_threshold=1, unhealthy_threshold=2
+    ),
+    load_balancing=LoadBalancing(policy="ring_hash", hash_header="x-session"),
+)
+
+
+def _state() -> DesiredState:
+    def version(name: str, port: int, policy: VersionPolicy) -> VersionSpec:
+        endpoints = (
+            EndpointSpec("127.0.0.1", port, zone="zone-a", accelerator="h100"),
+            EndpointSpec("127.0.0.1", port + 1, zone="zone-b", accelerator="l4"),
+        )
+        return VersionSpec(name, endpoints, policy)
+
+    return DesiredState(
+        revision=7,
+        models=(
+            ModelSpec(
+                "llama",
+                "openai",
+                (
+                    version("v1", 9001, FULL_VERSION_POLICY),
+                    version("v2", 9011, VersionPolicy()),
+                    version("v3", 9021, VersionPolicy(health_check=HealthCheck())),
+                ),
+                (("v1", 70), ("v2", 30)),
+                FULL_MODEL_POLICY,
+            ),
+            ModelSpec("plain", "http", (version("v1", 9031, VersionPolicy()),), (("v1", 100),)),
+        ),
+    )
+
+
+def test_state_document_round_trips_policies_through_json() -> None:
+    state = _state()
+    document = json.loads(json.dumps(state_document(state)))
+    assert state_from_document(document) == state
+
+
+def test_documents_from_before_policies_load_with_empty_policies() -> None:
+    document = json.loads(json.dumps(state_document(_state())))
+    for model in document["models"]:
+        del model["policy"]
+        for version in model["versions"]:
+            del version["policy"]
+    loaded = state_from_document(document)
+    assert all(m.policy == ModelPolicy() for m in loaded.models)
+    assert all(v.policy == VersionPolicy() for m in loaded.models for v in m.versions)
+
+
+def test_no_policy_keeps_the_defaults() -> None:
+    resources = translate(_state())
+    plain = resources[CLUSTER]["plain/v1"]
+    assert isinstance(plain, cluster_pb2.Cluster)
+    assert plain.lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
+    assert not plain.HasField("circuit_breakers")
+    assert not plain.HasField("outlier_detection")
+    assert not plain.health_checks
+    routes = resources[ROUTE][ROUTE_CONFIG_NAME]
+    assert isinstance(routes, route_pb2.RouteConfiguration)
+    split = next(r for r in routes.virtual_hosts[0].routes if r.name == "plain/path")
+    assert split.route.timeout.seconds == 60
+    assert not split.route.HasField("retry_policy")
+    assert not split.route.request_mirror_policies
+
+
+def test_every_policy_renders_to_config_that_envoy_accepts(tmp_path: Path) -> None:
+    resources = translate(_state(), local_zone="zone-a")
+    cluster = resources[CLUSTER]["llama/v1"]
+    assert isinstance(cluster, cluster_pb2.Cluster)
+    assert cluster.lb_policy == cluster_pb2.Cluster.RING_HASH
+    assert cluster.circuit_breakers.thresholds[0].retry_budget.budget_percent.value == 20.0
+    routes = resources[ROUTE][ROUTE_CONFIG_NAME]
+    assert isinstance(routes, route_pb2.RouteConfiguration)
+    split = next(r for r in routes.virtual_hosts[0].routes if r.name == "llama/header")
+    assert split.route.weighted_clusters.use_hash_policy.value
+    assert [h.header.header_name for h in split.route.hash_policy] == ["x-user-id", "x-session"]
+    assert split.route.request_mirror_policies[0].cluster == "llama/v3"
+    assert "configuration" in envoy_validate(resources, tmp_path)
+
+
+def test_a_route_to_a_missing_cluster_is_never_published() -> None:
+    resources = translate(_state())
+    del resources[CLUSTER]["llama/v3"]  # the shadow's cluster
+    snapshot = Snapshot.from_resources(7, resources)
+    with pytest.raises(InconsistentSnapshot, match="llama/v3"):
+        snapshot.check_consistent()
+    assert Snapshot.from_resources(7, translate(_state())).inconsistencies() == []
