@@ -171,6 +171,21 @@ class LoadBalancingBody(_Strict):
         return self
 
 
+class BatchingBody(_Strict):
+    """Coalesce concurrent calls into batches in the batcher beside each replica.
+
+    Envoy sends the version's traffic to each endpoint's ``batcher_port``
+    (endpoints without one are called directly); running batchers pick up a
+    change within a second.
+    """
+
+    enabled: bool = True
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_queue_delay_ms: float = Field(default=10.0, ge=0, le=60_000)
+    max_queue: int = Field(default=1024, ge=1, le=1_000_000)
+    slo_ms: float = Field(default=1000.0, ge=1, le=3_600_000)
+
+
 class VersionPolicyBody(_Strict):
     """PUT/GET /v1/models/{model}/versions/{version}/policy: how its replicas are treated."""
 
@@ -178,6 +193,7 @@ class VersionPolicyBody(_Strict):
     outlier_detection: OutlierDetectionBody | None = None
     health_check: HealthCheckBody | None = None
     load_balancing: LoadBalancingBody | None = None
+    batching: BatchingBody | None = None
 
     def to_policy(self) -> domain.VersionPolicy:
         """Return the domain value of this policy."""

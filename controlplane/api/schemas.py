@@ -102,6 +102,13 @@ class EndpointIn(_Strict):
     zone: Label | None = None
     accelerator: Label | None = None
     weight: int = Field(default=1, ge=1, le=128)
+    batcher_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="port of the batcher beside this replica (same address); used while "
+        "the version's batching policy is enabled",
+    )
 
     def to_spec(self) -> EndpointSpec:
         """Return the domain value of this endpoint."""
@@ -111,6 +118,7 @@ class EndpointIn(_Strict):
             zone=self.zone,
             accelerator=self.accelerator,
             weight=self.weight,
+            batcher_port=self.batcher_port,
         )
 
 
@@ -124,6 +132,7 @@ class EndpointOut(BaseModel):
     zone: str | None
     accelerator: str | None
     weight: int
+    batcher_port: int | None = None
 
 
 class VersionCreate(_Strict):
@@ -145,6 +154,11 @@ class VersionOut(BaseModel):
     model: str
     version: str
     endpoints: list[EndpointOut]
+    batching: dict[str, Any] | None = Field(
+        default=None,
+        description="the version's batching policy, which its batchers poll "
+        "(null: no batching; set it with PUT .../policy)",
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -185,13 +185,22 @@ def up(
     demo: Annotated[
         bool, typer.Option("--demo", help="also start two example model servers and a demo model")
     ] = False,
+    batching: Annotated[
+        bool,
+        typer.Option(
+            "--batching",
+            help="with --demo: also a batch-aware model server behind a batcher (demo-embed)",
+        ),
+    ] = False,
 ) -> None:
     """Run the API, the xDS server and a local Envoy until Ctrl-C or SIGTERM."""
     from controlplane.cli.up import run_mesh
 
+    if batching and not demo:
+        raise _fail("--batching goes with --demo")
     settings = get_settings()
     configure_logging(settings.log_level)
-    raise typer.Exit(code=asyncio.run(run_mesh(settings, demo=demo)))
+    raise typer.Exit(code=asyncio.run(run_mesh(settings, demo=demo, batching=batching)))
 
 
 @app.command(

@@ -22,6 +22,7 @@ from controlplane.settings import Settings
 __all__ = ["run_control_plane", "run_mesh"]
 
 DEMO_MODEL = "demo"
+BATCHED_MODEL = "demo-embed"
 DEMO_VERSIONS = ("v1", "v2")
 DEMO_WEIGHTS = {"v1": 90, "v2": 10}
 RUN_DIR = Path(".turnout")
@@ -54,7 +55,7 @@ async def run_control_plane(settings: Settings) -> None:
         await control_plane.stop()
 
 
-async def run_mesh(settings: Settings, *, demo: bool) -> int:
+async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) -> int:
     """Run the whole local mesh until SIGINT or SIGTERM; return an exit code."""
     RUN_DIR.mkdir(exist_ok=True)  # noqa: ASYNC240  (once, before anything runs)
     typer.echo("applying database migrations ...")
@@ -83,6 +84,15 @@ async def run_mesh(settings: Settings, *, demo: bool) -> int:
             )
             await _register_demo(api, demo_ports, key)
             base = f"http://{settings.listener_host}:{settings.listener_port}"
+            if batching:
+                children += await _start_batched_demo(control_plane, settings, api, key)
+                typer.echo(
+                    f"\nModel '{BATCHED_MODEL}' (KServe v2) goes through a batcher:\n"
+                    f"  curl -si {base}/models/{BATCHED_MODEL}/v2/models/{BATCHED_MODEL}/infer "
+                    "-H 'content-type: application/json' "
+                    '-d \'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", '
+                    '"data": [1, 2]}]}\''
+                )
             typer.echo(
                 "\nThe demo mesh is up: model 'demo', versions v1 (90%) and v2 (10%).\n"
                 f"Try:  curl -i {base}/models/{DEMO_MODEL}/predict -d '{{\"x\": 1}}'\n"
@@ -176,6 +186,80 @@ async def _start_demo_servers(ports: dict[str, int]) -> list[ChildProcess]:
         await wait_for_port("127.0.0.1", port, timeout=15)
     typer.echo(f"started example model servers on ports {sorted(ports.values())}")
     return children
+
+
+async def _start_batched_demo(
+    control_plane: ControlPlane, settings: Settings, api: str, admin_key: str
+) -> list[ChildProcess]:
+    """Start a synthetic (batch-aware) model server and a batcher beside it, and
+    register them as model ``demo-embed`` with batching on."""
+    server_port = settings.demo_base_port + len(DEMO_VERSIONS)
+    batcher_port = server_port + 1
+    _, viewer_key = await create_key_with(
+        control_plane.engine, "demo-batcher", Role.VIEWER, actor="turnout-up"
+    )
+    server = ChildProcess(
+        "synthetic model server",
+        [
+            sys.executable,
+            "-m",
+            "examples.model_server",
+            "--mode",
+            "synthetic",
+            "--version",
+            "v1",
+            "--port",
+            str(server_port),
+        ],
+        log_path=RUN_DIR / "model-synthetic.log",
+    )
+    batcher = ChildProcess(
+        "batcher",
+        [
+            sys.executable,
+            "-m",
+            "filters.batcher",
+            "--upstream",
+            f"http://127.0.0.1:{server_port}",
+            "--listen",
+            f"127.0.0.1:{batcher_port}",
+            "--control-plane",
+            api,
+            "--model",
+            BATCHED_MODEL,
+            "--model-version",
+            "v1",
+            "--disabled",
+        ],
+        log_path=RUN_DIR / "batcher.log",
+        env={"TURNOUT_API_KEY": viewer_key},
+    )
+    await server.start()
+    await batcher.start()
+    for port in (server_port, batcher_port):
+        await wait_for_port("127.0.0.1", port, timeout=15)
+    headers = {"authorization": f"Bearer {admin_key}"}
+    async with httpx.AsyncClient(base_url=api, timeout=10, headers=headers) as client:
+        response = await client.post(
+            "/v1/models", json={"name": BATCHED_MODEL, "protocol": "kserve-v2"}
+        )
+        if response.status_code != 409:
+            response.raise_for_status()
+        endpoints = [{"address": "127.0.0.1", "port": server_port, "batcher_port": batcher_port}]
+        response = await client.post(
+            f"/v1/models/{BATCHED_MODEL}/versions", json={"version": "v1", "endpoints": endpoints}
+        )
+        if response.status_code == 409:
+            response = await client.patch(
+                f"/v1/models/{BATCHED_MODEL}/versions/v1", json={"endpoints": endpoints}
+            )
+        response.raise_for_status()
+        response = await client.put(
+            f"/v1/models/{BATCHED_MODEL}/versions/v1/policy", json={"batching": {"enabled": True}}
+        )
+        response.raise_for_status()
+    typer.echo(f"started a synthetic model server on {server_port}, its batcher on {batcher_port}")
+    return [server, batcher]
 
 
 async def _register_demo(api: str, ports: dict[str, int], key: str) -> None:

@@ -90,6 +90,9 @@ class Endpoint(IdMixin, Base):
         UniqueConstraint("version_id", "address", "port"),
         CheckConstraint("port BETWEEN 1 AND 65535", name="port_range"),
         CheckConstraint("weight BETWEEN 1 AND 128", name="weight_range"),
+        CheckConstraint(
+            "batcher_port IS NULL OR batcher_port BETWEEN 1 AND 65535", name="batcher_port_range"
+        ),
     )
 
     version_id: Mapped[int] = mapped_column(
@@ -100,6 +103,7 @@ class Endpoint(IdMixin, Base):
     zone: Mapped[str | None] = mapped_column(String(63))
     accelerator: Mapped[str | None] = mapped_column(String(63))
     weight: Mapped[int] = mapped_column(Integer, default=1)
+    batcher_port: Mapped[int | None] = mapped_column(Integer)
 
     version: Mapped[ModelVersion] = relationship(back_populates="endpoints", lazy="raise")
 

@@ -266,4 +266,5 @@ def _endpoint_spec(endpoint: Endpoint) -> EndpointSpec:
         zone=endpoint.zone,
         accelerator=endpoint.accelerator,
         weight=endpoint.weight,
+        batcher_port=endpoint.batcher_port,
     )

@@ -165,6 +165,18 @@ class LoadBalancing:
 
 
 @dataclass(frozen=True, slots=True)
+class Batching:
+    """Send the version's traffic through the batcher beside each replica (the
+    endpoints' ``batcher_port``), which coalesces concurrent calls."""
+
+    enabled: bool = True
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 10.0
+    max_queue: int = 1024
+    slo_ms: float = 1000.0
+
+
+@dataclass(frozen=True, slots=True)
 class VersionPolicy:
     """How a version's replicas are treated."""
 
@@ -172,6 +184,11 @@ class VersionPolicy:
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
     load_balancing: LoadBalancing | None = None
+    batching: Batching | None = None
+
+    def batching_enabled(self) -> bool:
+        """Whether traffic goes through the batchers."""
+        return self.batching is not None and self.batching.enabled
 
 
 def check_model_policy(policy: ModelPolicy, model: str, versions: Collection[str]) -> None:
@@ -249,6 +266,7 @@ def version_policy_from_document(document: Mapping[str, Any] | None) -> VersionP
         outlier_detection=_maybe(OutlierDetection, document.get("outlier_detection")),
         health_check=_maybe(HealthCheck, document.get("health_check")),
         load_balancing=_maybe(LoadBalancing, document.get("load_balancing")),
+        batching=_maybe(Batching, document.get("batching")),
     )
 
 

@@ -460,6 +460,7 @@ def version_document(model_name: str, version: ModelVersion) -> dict[str, Any]:
                 "zone": e.zone,
                 "accelerator": e.accelerator,
                 "weight": e.weight,
+                "batcher_port": e.batcher_port,
             }
             for e in version.endpoints
         ],
@@ -482,6 +483,7 @@ def endpoint_rows(endpoints: Sequence[EndpointSpec]) -> list[Endpoint]:
             zone=e.zone,
             accelerator=e.accelerator,
             weight=e.weight,
+            batcher_port=e.batcher_port,
         )
         for e in endpoints
     ]

@@ -35,6 +35,7 @@ class EndpointSpec:
     zone: str | None = None
     accelerator: str | None = None
     weight: int = 1
+    batcher_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,7 +94,10 @@ def translate_endpoints(state: DesiredState, local_zone: str | None) -> dict[str
     """Return the ClusterLoadAssignments of ``state`` as seen from ``local_zone``."""
     return {
         cluster_name(model.name, version.name): _load_assignment(
-            cluster_name(model.name, version.name), version.endpoints, local_zone
+            cluster_name(model.name, version.name),
+            version.endpoints,
+            local_zone,
+            batching=version.policy.batching_enabled(),
         )
         for model in state.models
         for version in model.versions
@@ -143,7 +146,7 @@ def _cluster(name: str, version: VersionSpec, model: ModelSpec) -> cluster_pb2.C
 
 
 def _load_assignment(
-    name: str, endpoints: Iterable[EndpointSpec], local_zone: str | None
+    name: str, endpoints: Iterable[EndpointSpec], local_zone: str | None, *, batching: bool
 ) -> endpoint_pb2.ClusterLoadAssignment:
     by_zone: dict[str, list[EndpointSpec]] = {}
     for endpoint in endpoints:
@@ -154,7 +157,7 @@ def _load_assignment(
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
                 locality=base_pb2.Locality(zone=zone),
-                lb_endpoints=[_lb_endpoint(e) for e in by_zone[zone]],
+                lb_endpoints=[_lb_endpoint(e, batching) for e in by_zone[zone]],
                 priority=1 if has_local and zone != local_zone else 0,
             )
             for zone in sorted(by_zone)
@@ -162,13 +165,13 @@ def _load_assignment(
     )
 
 
-def _lb_endpoint(endpoint: EndpointSpec) -> endpoint_components_pb2.LbEndpoint:
+def _lb_endpoint(endpoint: EndpointSpec, batching: bool) -> endpoint_components_pb2.LbEndpoint:
+    # With batching on, the replica is reached through the batcher beside it.
+    port = endpoint.batcher_port if batching and endpoint.batcher_port else endpoint.port
     lb_endpoint = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(
             address=address_pb2.Address(
-                socket_address=address_pb2.SocketAddress(
-                    address=endpoint.address, port_value=endpoint.port
-                )
+                socket_address=address_pb2.SocketAddress(address=endpoint.address, port_value=port)
             )
         ),
         load_balancing_weight=wrappers_pb2.UInt32Value(value=endpoint.weight),

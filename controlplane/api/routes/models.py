@@ -71,6 +71,7 @@ def _version_out(model: str, row: ModelVersion) -> VersionOut:
         model=model,
         version=row.name,
         endpoints=[EndpointOut.model_validate(e) for e in row.endpoints],
+        batching=(row.policy or {}).get("batching"),
         created_at=row.created_at,
         updated_at=row.updated_at,
     )

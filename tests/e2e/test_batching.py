@@ -1,0 +1,173 @@
+"""Batching end to end: admin API policy -> xDS -> real Envoy -> batcher -> model server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from controlplane.runtime import ControlPlane
+from examples.model_server import bound_port, serve
+from examples.synthetic import SyntheticServer, synthetic_value
+from filters.batcher import (
+    BatcherConfig,
+    BatchingPolicy,
+    HttpPolicySource,
+    RunningBatcher,
+    start_batcher,
+)
+from tests.conftest import seed_key
+from tests.support import EnvoyProcess, eventually
+
+pytestmark = pytest.mark.envoy
+
+REQUESTS = 48
+
+
+@pytest.fixture
+async def synthetic() -> AsyncIterator[tuple[SyntheticServer, int]]:
+    # 20 ms per call plus 0.5 ms per row, one call at a time: shaped like one GPU.
+    model = SyntheticServer("v1", a_ms=20.0, b_ms=0.5)
+    runner: web.AppRunner = await serve(model, "127.0.0.1", 0)
+    try:
+        yield model, bound_port(runner)
+    finally:
+        model.gate.set()
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def batcher(
+    control_plane: ControlPlane, synthetic: tuple[SyntheticServer, int]
+) -> AsyncIterator[RunningBatcher]:
+    viewer = await seed_key(control_plane, "viewer", "batcher")
+    source = HttpPolicySource(
+        f"http://127.0.0.1:{control_plane.api_port}", "embedder", "v1", api_key=viewer
+    )
+    running = await start_batcher(
+        BatcherConfig(
+            upstream=f"http://127.0.0.1:{synthetic[1]}",
+            host="127.0.0.1",
+            port=0,
+            # Until the control plane says otherwise: pass requests through one by one.
+            policy=BatchingPolicy(enabled=False),
+            policy_source=source,
+        )
+    )
+    try:
+        yield running
+    finally:
+        await running.close()
+        await source.close()
+
+
+def _infer_body(request_id: str, value: float) -> dict[str, Any]:
+    return {
+        "id": request_id,
+        "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [value, -value]}],
+    }
+
+
+async def _batcher_policy(batcher: RunningBatcher) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        state: dict[str, Any] = (await client.get(f"{batcher.url}/turnout/batcher")).json()
+        return state
+
+
+async def test_concurrent_calls_reach_the_model_server_batched(
+    api: httpx.AsyncClient,
+    envoy: EnvoyProcess,
+    synthetic: tuple[SyntheticServer, int],
+    batcher: RunningBatcher,
+) -> None:
+    model, port = synthetic
+    assert (
+        await api.post("/v1/models", json={"name": "embedder", "protocol": "kserve-v2"})
+    ).status_code == 201
+    endpoint = {"address": "127.0.0.1", "port": port, "batcher_port": batcher.port}
+    response = await api.post(
+        "/v1/models/embedder/versions", json={"version": "v1", "endpoints": [endpoint]}
+    )
+    assert response.status_code == 201, response.text
+    response = await api.put(
+        "/v1/models/embedder/versions/v1/policy",
+        json={"batching": {"enabled": True, "max_batch_size": 16, "slo_ms": 30_000}},
+    )
+    assert response.status_code == 200, response.text
+    version = (await api.get("/v1/models/embedder/versions/v1")).json()
+    assert version["batching"]["max_batch_size"] == 16
+
+    async def batcher_enabled() -> bool:
+        policy = (await _batcher_policy(batcher))["policy"]
+        return bool(policy["enabled"] and policy["max_batch_size"] == 16)
+
+    await eventually(batcher_enabled, timeout=5)
+
+    url = f"{envoy.base_url}/models/embedder/v2/models/embedder/infer"
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def through_batcher() -> bool:
+            answer = await client.post(url, json=_infer_body("probe", 0.5))
+            return answer.status_code == 200 and "x-turnout-batch-size" in answer.headers
+
+        await eventually(through_batcher, timeout=10)
+        calls_before, requests_before = model.calls, model.requests
+
+        async def one(i: int) -> tuple[str, Any, str]:
+            answer = await client.post(url, json=_infer_body(f"req-{i}", float(i)))
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            return body["id"], body["outputs"][0]["data"], answer.headers["x-turnout-version"]
+
+        results = await asyncio.gather(*(one(i) for i in range(REQUESTS)))
+
+    # Every caller got its own answer, computed from its own input.
+    for i, (request_id, data, version_header) in enumerate(results):
+        assert request_id == f"req-{i}"
+        assert data == synthetic_value([float(i), -float(i)])
+        assert version_header == "v1"
+    calls = model.calls - calls_before
+    assert model.requests - requests_before == calls
+    assert calls < REQUESTS, f"{calls} upstream calls for {REQUESTS} requests: nothing batched"
+    assert model.stats()["max_call_rows"] > 1
+
+
+async def test_turning_batching_off_goes_straight_to_the_replica(
+    api: httpx.AsyncClient,
+    envoy: EnvoyProcess,
+    synthetic: tuple[SyntheticServer, int],
+    batcher: RunningBatcher,
+) -> None:
+    _model, port = synthetic
+    await api.post("/v1/models", json={"name": "embedder", "protocol": "kserve-v2"})
+    endpoint = {"address": "127.0.0.1", "port": port, "batcher_port": batcher.port}
+    await api.post("/v1/models/embedder/versions", json={"version": "v1", "endpoints": [endpoint]})
+    await api.put(
+        "/v1/models/embedder/versions/v1/policy", json={"batching": {"max_batch_size": 8}}
+    )
+    url = f"{envoy.base_url}/models/embedder/v2/models/embedder/infer"
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def batched() -> bool:
+            answer = await client.post(url, json=_infer_body("probe", 1.0))
+            return "x-turnout-batch-size" in answer.headers
+
+        await eventually(batched, timeout=10)
+        response = await api.put("/v1/models/embedder/versions/v1/policy", json={})
+        assert response.status_code == 200
+
+        async def direct() -> bool:
+            answer = await client.post(url, json=_infer_body("probe", 1.0))
+            return answer.status_code == 200 and "x-turnout-batch-size" not in answer.headers
+
+        await eventually(direct, timeout=10)
+
+    async def batcher_off() -> bool:
+        return not (await _batcher_policy(batcher))["policy"]["enabled"]
+
+    # The batcher hears of it too (null batching: pass through).
+    await eventually(batcher_off, timeout=5)
