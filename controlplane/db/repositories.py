@@ -221,50 +221,51 @@ class StateRepository:
         revision and the rows come from the same snapshot.
         """
         revision = await RevisionRepository(self._session).current()
-        models = (
-            await self._session.scalars(
-                select(Model)
-                .order_by(Model.name)
-                .options(
-                    selectinload(Model.versions).selectinload(ModelVersion.endpoints),
-                    selectinload(Model.splits),
+        # Plain rows, not ORM objects: this runs on every change, over every model.
+        # Flush first so that this transaction's own changes are seen.
+        await self._session.flush()
+        endpoints: dict[int, list[EndpointSpec]] = {}
+        for row in await self._session.execute(
+            select(
+                Endpoint.version_id,
+                Endpoint.address,
+                Endpoint.port,
+                Endpoint.zone,
+                Endpoint.accelerator,
+                Endpoint.weight,
+                Endpoint.batcher_port,
+            ).order_by(Endpoint.version_id, Endpoint.address, Endpoint.port)
+        ):
+            endpoints.setdefault(row[0], []).append(EndpointSpec(*row[1:]))
+        weights: dict[int, int] = dict(
+            (
+                await self._session.execute(select(TrafficSplit.version_id, TrafficSplit.weight))
+            ).all()
+        )
+        versions: dict[int, list[tuple[str, int, VersionSpec]]] = {}
+        for version_id, model_id, name, policy in await self._session.execute(
+            select(
+                ModelVersion.id, ModelVersion.model_id, ModelVersion.name, ModelVersion.policy
+            ).order_by(ModelVersion.model_id, ModelVersion.name)
+        ):
+            spec = VersionSpec(
+                name=name,
+                endpoints=tuple(endpoints.get(version_id, ())),
+                policy=version_policy_from_document(policy),
+            )
+            versions.setdefault(model_id, []).append((name, weights.get(version_id, 0), spec))
+        models = []
+        for model_id, name, protocol, policy in await self._session.execute(
+            select(Model.id, Model.name, Model.protocol, Model.policy).order_by(Model.name)
+        ):
+            own = versions.get(model_id, [])
+            models.append(
+                ModelSpec(
+                    name=name,
+                    protocol=protocol,
+                    versions=tuple(spec for _, _, spec in own),
+                    weights=tuple((v, w) for v, w, _ in own if w > 0),
+                    policy=model_policy_from_document(policy),
                 )
-                # Rows this session already holds may predate its own changes.
-                .execution_options(populate_existing=True)
             )
-        ).all()
-        return DesiredState(revision=revision, models=tuple(_model_spec(m) for m in models))
-
-
-def _model_spec(model: Model) -> ModelSpec:
-    names_by_id = {version.id: version.name for version in model.versions}
-    weights = sorted(
-        (names_by_id[split.version_id], split.weight)
-        for split in model.splits
-        if split.version_id in names_by_id
-    )
-    return ModelSpec(
-        name=model.name,
-        protocol=model.protocol,
-        versions=tuple(
-            VersionSpec(
-                name=version.name,
-                endpoints=tuple(_endpoint_spec(e) for e in version.endpoints),
-                policy=version_policy_from_document(version.policy),
-            )
-            for version in model.versions
-        ),
-        weights=tuple(weights),
-        policy=model_policy_from_document(model.policy),
-    )
-
-
-def _endpoint_spec(endpoint: Endpoint) -> EndpointSpec:
-    return EndpointSpec(
-        address=endpoint.address,
-        port=endpoint.port,
-        zone=endpoint.zone,
-        accelerator=endpoint.accelerator,
-        weight=endpoint.weight,
-        batcher_port=endpoint.batcher_port,
-    )
+        return DesiredState(revision=revision, models=tuple(models))

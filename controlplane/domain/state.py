@@ -6,7 +6,9 @@ translator stays a pure function of it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from controlplane.domain.policy import (
@@ -71,8 +73,51 @@ class DesiredState:
 
 
 def state_document(state: DesiredState) -> dict[str, Any]:
-    """Return ``state`` as JSON-compatible data (stored with each config revision)."""
-    return asdict(state)
+    """Return ``state`` as JSON-compatible data (stored with each config revision).
+
+    The same shape as ``dataclasses.asdict(state)`` (tuples become lists in
+    JSON), built by hand because this runs on every change over every model.
+    """
+    return {
+        "revision": state.revision,
+        "models": [
+            {
+                "name": m.name,
+                "protocol": m.protocol,
+                "versions": [
+                    {
+                        "name": v.name,
+                        "endpoints": [
+                            {
+                                "address": e.address,
+                                "port": e.port,
+                                "zone": e.zone,
+                                "accelerator": e.accelerator,
+                                "weight": e.weight,
+                                "batcher_port": e.batcher_port,
+                            }
+                            for e in v.endpoints
+                        ],
+                        "policy": _policy_document(v.policy),
+                    }
+                    for v in m.versions
+                ],
+                "weights": [[name, weight] for name, weight in m.weights],
+                "policy": _policy_document(m.policy),
+            }
+            for m in state.models
+        ],
+    }
+
+
+@lru_cache(maxsize=4096)
+def _policy_json(policy: ModelPolicy | VersionPolicy) -> str:
+    return json.dumps(asdict(policy))
+
+
+def _policy_document(policy: ModelPolicy | VersionPolicy) -> Any:
+    # A fresh copy each time (from cached JSON): documents may be changed by callers.
+    return json.loads(_policy_json(policy))
 
 
 def state_from_document(document: dict[str, Any]) -> DesiredState:

@@ -9,6 +9,7 @@ untouched leaves its version (and so its stream) alone.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -59,11 +60,14 @@ class Snapshot:
         versions: dict[str, str] = {}
         resource_versions: dict[str, Mapping[str, str]] = {}
         for type_url in PUSH_ORDER:
-            by_name = {name: _pack(m) for name, m in sorted(resources.get(type_url, {}).items())}
+            entries = {
+                name: _PACKED.pack(m) for name, m in sorted(resources.get(type_url, {}).items())
+            }
+            by_name = {name: entry[0] for name, entry in entries.items()}
             packed[type_url] = MappingProxyType(by_name)
             versions[type_url] = _version(by_name)
             resource_versions[type_url] = MappingProxyType(
-                {name: hashlib.sha256(p.value).hexdigest()[:16] for name, p in by_name.items()}
+                {name: entry[1] for name, entry in entries.items()}
             )
         return cls(
             revision,
@@ -119,10 +123,36 @@ class Snapshot:
         return self
 
 
-def _pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message, deterministic=True)
-    return packed
+class _PackCache:
+    """Packed resources and their hashes, by message object.
+
+    The translator memoises unchanged resources, so most messages of a new
+    snapshot are the very objects of the previous one: they are not serialised
+    and hashed again. Entries hold their message, so an id is never reused
+    while its entry lives; the least recently used go first.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[int, tuple[Message, any_pb2.Any, str]] = OrderedDict()
+
+    def pack(self, message: Message) -> tuple[any_pb2.Any, str]:
+        """Return ``message`` packed (deterministically) and the hash of its bytes."""
+        key = id(message)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is message:
+            self._entries.move_to_end(key)
+            return entry[1], entry[2]
+        packed = any_pb2.Any()
+        packed.Pack(message, deterministic=True)
+        digest = hashlib.sha256(packed.value).hexdigest()[:16]
+        self._entries[key] = (message, packed, digest)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return packed, digest
+
+
+_PACKED = _PackCache(size=262144)
 
 
 def _version(by_name: Mapping[str, any_pb2.Any]) -> str:

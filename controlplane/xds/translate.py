@@ -2,6 +2,11 @@
 
 Same state in, same resources out, on every replica: nothing here reads the
 clock, the environment or the database.
+
+The resources of a version (its cluster and endpoints) and of a model (its
+routes) are memoised on their immutable specs, so a change re-renders only
+what it touched. The messages returned are therefore shared: read them, never
+modify them.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
@@ -24,6 +30,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from controlplane.domain.policy import Retries
 from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
 from controlplane.xds.body_routing import body_routing_filters, body_routing_routes
 from controlplane.xds.policies import apply_route_policy, apply_version_policy
@@ -81,7 +88,7 @@ def translate(
     for model in state.models:
         for version in model.versions:
             name = cluster_name(model.name, version.name)
-            clusters[name] = _cluster(name, version, model)
+            clusters[name] = _cluster(name, version, model.policy.retries)
     return {
         CLUSTER: clusters,
         ENDPOINT: translate_endpoints(state, local_zone),
@@ -97,7 +104,7 @@ def translate_endpoints(state: DesiredState, local_zone: str | None) -> dict[str
             cluster_name(model.name, version.name),
             version.endpoints,
             local_zone,
-            batching=version.policy.batching_enabled(),
+            version.policy.batching_enabled(),
         )
         for model in state.models
         for version in model.versions
@@ -130,7 +137,12 @@ def _packed(message: Message) -> any_pb2.Any:
     return packed
 
 
-def _cluster(name: str, version: VersionSpec, model: ModelSpec) -> cluster_pb2.Cluster:
+# Big enough for every version and model of a large mesh, a few zones included.
+_MEMO_SIZE = 65536
+
+
+@lru_cache(maxsize=_MEMO_SIZE)
+def _cluster(name: str, version: VersionSpec, retries: Retries | None) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=name,
         alt_stat_name=re.sub(r"[^A-Za-z0-9_-]", "_", name),
@@ -141,12 +153,13 @@ def _cluster(name: str, version: VersionSpec, model: ModelSpec) -> cluster_pb2.C
         connect_timeout=duration_pb2.Duration(seconds=1),
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
     )
-    apply_version_policy(cluster, version.policy, model.policy.retries)
+    apply_version_policy(cluster, version.policy, retries)
     return cluster
 
 
+@lru_cache(maxsize=_MEMO_SIZE)
 def _load_assignment(
-    name: str, endpoints: Iterable[EndpointSpec], local_zone: str | None, *, batching: bool
+    name: str, endpoints: tuple[EndpointSpec, ...], local_zone: str | None, batching: bool
 ) -> endpoint_pb2.ClusterLoadAssignment:
     by_zone: dict[str, list[EndpointSpec]] = {}
     for endpoint in endpoints:
@@ -168,19 +181,21 @@ def _load_assignment(
 def _lb_endpoint(endpoint: EndpointSpec, batching: bool) -> endpoint_components_pb2.LbEndpoint:
     # With batching on, the replica is reached through the batcher beside it.
     port = endpoint.batcher_port if batching and endpoint.batcher_port else endpoint.port
-    lb_endpoint = endpoint_components_pb2.LbEndpoint(
-        endpoint=endpoint_components_pb2.Endpoint(
-            address=address_pb2.Address(
-                socket_address=address_pb2.SocketAddress(address=endpoint.address, port_value=port)
-            )
-        ),
-        load_balancing_weight=wrappers_pb2.UInt32Value(value=endpoint.weight),
-    )
+    lb_endpoint = endpoint_components_pb2.LbEndpoint()
+    socket_address = lb_endpoint.endpoint.address.socket_address
+    socket_address.address = endpoint.address
+    socket_address.port_value = port
+    lb_endpoint.load_balancing_weight.value = endpoint.weight
     if endpoint.accelerator:
-        labels = struct_pb2.Struct()
-        labels.update({"accelerator": endpoint.accelerator})
-        lb_endpoint.metadata.filter_metadata["turnout"].CopyFrom(labels)
+        lb_endpoint.metadata.filter_metadata["turnout"].CopyFrom(_labels(endpoint.accelerator))
     return lb_endpoint
+
+
+@lru_cache(maxsize=256)
+def _labels(accelerator: str) -> struct_pb2.Struct:
+    labels = struct_pb2.Struct()
+    labels.update({"accelerator": accelerator})
+    return labels
 
 
 def _listener(options: ListenerOptions) -> listener_pb2.Listener:
@@ -232,22 +247,9 @@ def _route_configuration(models: Iterable[ModelSpec]) -> route_pb2.RouteConfigur
     routes: list[route_components_pb2.Route] = []
     header_routes: list[route_components_pb2.Route] = []
     for model in models:
-        by_path = route_components_pb2.RouteMatch(path_separated_prefix=f"/models/{model.name}")
-        by_header = route_components_pb2.RouteMatch(
-            prefix="/",
-            headers=[
-                route_components_pb2.HeaderMatcher(
-                    name=MODEL_HEADER,
-                    string_match=string_pb2.StringMatcher(exact=model.name),
-                )
-            ],
-        )
-        path_rewrite = regex_pb2.RegexMatchAndSubstitute(
-            pattern=regex_pb2.RegexMatcher(regex=f"^/models/{re.escape(model.name)}/?"),
-            substitution="/",
-        )
-        routes.extend(_model_routes(model, by_path, path_rewrite))
-        header_routes.extend(_model_routes(model, by_header, None))
+        path_routes, model_header_routes = _routes_of(model)
+        routes.extend(path_routes)
+        header_routes.extend(model_header_routes)
     routes.extend(header_routes)
     routes.extend(body_routing_routes())
     routes.append(
@@ -264,6 +266,28 @@ def _route_configuration(models: Iterable[ModelSpec]) -> route_pb2.RouteConfigur
             route_components_pb2.VirtualHost(name="models", domains=["*"], routes=routes)
         ],
     )
+
+
+@lru_cache(maxsize=_MEMO_SIZE)
+def _routes_of(
+    model: ModelSpec,
+) -> tuple[list[route_components_pb2.Route], list[route_components_pb2.Route]]:
+    """Return a model's routes by path (``/models/{name}/...``) and by header."""
+    by_path = route_components_pb2.RouteMatch(path_separated_prefix=f"/models/{model.name}")
+    by_header = route_components_pb2.RouteMatch(
+        prefix="/",
+        headers=[
+            route_components_pb2.HeaderMatcher(
+                name=MODEL_HEADER,
+                string_match=string_pb2.StringMatcher(exact=model.name),
+            )
+        ],
+    )
+    path_rewrite = regex_pb2.RegexMatchAndSubstitute(
+        pattern=regex_pb2.RegexMatcher(regex=f"^/models/{re.escape(model.name)}/?"),
+        substitution="/",
+    )
+    return _model_routes(model, by_path, path_rewrite), _model_routes(model, by_header, None)
 
 
 def _model_routes(

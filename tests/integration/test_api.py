@@ -48,7 +48,14 @@ async def test_versions_and_first_version_takes_all_traffic(api: httpx.AsyncClie
     listed = (await api.get("/v1/models/m/versions")).json()
     assert [v["version"] for v in listed] == ["v1", "v2"]
     assert listed[0]["endpoints"] == [
-        {"address": "127.0.0.1", "port": 9001, "zone": None, "accelerator": None, "weight": 1}
+        {
+            "address": "127.0.0.1",
+            "port": 9001,
+            "zone": None,
+            "accelerator": None,
+            "weight": 1,
+            "batcher_port": None,
+        }
     ]
 
     patched = await api.patch(

@@ -62,6 +62,7 @@ EMPTY_VERSION_POLICY = {
     "outlier_detection": None,
     "health_check": None,
     "load_balancing": None,
+    "batching": None,
 }
 
 
@@ -86,7 +87,8 @@ async def test_policies_start_empty_and_put_replaces_them(
     assert (await api.get("/v1/models/m/policy")).json() == MODEL_POLICY
     put = await api.put("/v1/models/m/versions/v1/policy", json=VERSION_POLICY)
     assert put.status_code == 200, put.text
-    assert (await api.get("/v1/models/m/versions/v1/policy")).json() == VERSION_POLICY
+    stored = (await api.get("/v1/models/m/versions/v1/policy")).json()
+    assert stored == {**VERSION_POLICY, "batching": None}
     assert (await api.get("/v1/models/m/versions/v2/policy")).json() == EMPTY_VERSION_POLICY
     assert await config_state(api, control_plane) == (revision + 2, events + 2)
 
