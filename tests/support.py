@@ -46,21 +46,20 @@ class EnvoyProcess:
         *,
         node_id: str,
         xds_port: int,
-        admin_port: int,
         listener_port: int,
         workdir: Path,
         delta: bool = False,
         zone: str | None = None,
     ) -> None:
         self.node_id = node_id
-        self.admin_port = admin_port
         self.listener_port = listener_port
         self.base_url = f"http://127.0.0.1:{listener_port}"
-        self.admin_url = f"http://127.0.0.1:{admin_port}"
+        self.admin_url = ""  # known once Envoy has bound its admin port (port 0: no race)
+        self._admin_address_path = workdir / f"envoy-{node_id}.admin"
         bootstrap = render_bootstrap(
             node_id,
             [XdsAddress("127.0.0.1", xds_port)],
-            admin_port=admin_port,
+            admin_port=0,
             delta=delta,
             zone=zone,
         )
@@ -78,6 +77,8 @@ class EnvoyProcess:
                 "warn",
                 "--concurrency",
                 "1",
+                "--admin-address-path",
+                str(self._admin_address_path),
             ],
             log_path=self.log_path,
         )
@@ -92,6 +93,7 @@ class EnvoyProcess:
             raise AssertionError(
                 f"Envoy's listener did not come up; log:\n{self.log_path.read_text()[-3000:]}"
             ) from None
+        self.admin_url = f"http://{self._admin_address_path.read_text().strip()}"
 
     async def stop(self) -> None:
         """Stop Envoy."""

@@ -378,7 +378,6 @@ async def zoned_envoy(
     process = EnvoyProcess(
         node_id=f"test-{uuid.uuid4().hex[:6]}",
         xds_port=control_plane.xds_port,
-        admin_port=settings.envoy_admin_port,
         listener_port=settings.listener_port,
         workdir=tmp_path,
         zone="zone-a",
