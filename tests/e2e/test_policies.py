@@ -370,17 +370,21 @@ async def test_openai_requests_route_by_the_body_model_field(
         assert headed.json()["version"] == "v1"
 
 
-@pytest.fixture
+@pytest.fixture(params=["sotw", "delta"])
 async def zoned_envoy(
-    control_plane: ControlPlane, settings: Settings, tmp_path: Path
+    request: pytest.FixtureRequest,
+    control_plane: ControlPlane,
+    settings: Settings,
+    tmp_path: Path,
 ) -> AsyncIterator[EnvoyProcess]:
-    """A real Envoy whose bootstrap says it runs in zone-a."""
+    """A real Envoy whose bootstrap says it runs in zone-a, over either xDS variant."""
     process = EnvoyProcess(
         node_id=f"test-{uuid.uuid4().hex[:6]}",
         xds_port=control_plane.xds_port,
         listener_port=settings.listener_port,
         workdir=tmp_path,
         zone="zone-a",
+        delta=request.param == "delta",
     )
     await process.start()
     try:
