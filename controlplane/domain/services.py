@@ -33,7 +33,7 @@ from controlplane.domain.policy import (
     model_policy_from_document,
     version_policy_from_document,
 )
-from controlplane.domain.state import EndpointSpec, state_from_document
+from controlplane.domain.state import EndpointSpec, endpoint_document, state_from_document
 
 __all__ = [
     "TOTAL_WEIGHT",
@@ -453,17 +453,7 @@ def version_document(model_name: str, version: ModelVersion) -> dict[str, Any]:
     return {
         "model": model_name,
         "version": version.name,
-        "endpoints": [
-            {
-                "address": e.address,
-                "port": e.port,
-                "zone": e.zone,
-                "accelerator": e.accelerator,
-                "weight": e.weight,
-                "batcher_port": e.batcher_port,
-            }
-            for e in version.endpoints
-        ],
+        "endpoints": [endpoint_document(e) for e in version.endpoints],
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from controlplane.domain.policy import (
     ModelPolicy,
@@ -87,17 +87,7 @@ def state_document(state: DesiredState) -> dict[str, Any]:
                 "versions": [
                     {
                         "name": v.name,
-                        "endpoints": [
-                            {
-                                "address": e.address,
-                                "port": e.port,
-                                "zone": e.zone,
-                                "accelerator": e.accelerator,
-                                "weight": e.weight,
-                                "batcher_port": e.batcher_port,
-                            }
-                            for e in v.endpoints
-                        ],
+                        "endpoints": [endpoint_document(e) for e in v.endpoints],
                         "policy": _policy_document(v.policy),
                     }
                     for v in m.versions
@@ -107,6 +97,35 @@ def state_document(state: DesiredState) -> dict[str, Any]:
             }
             for m in state.models
         ],
+    }
+
+
+class EndpointLike(Protocol):
+    """An endpoint as a spec or as a stored row: the fields a document records."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def zone(self) -> str | None: ...
+    @property
+    def accelerator(self) -> str | None: ...
+    @property
+    def weight(self) -> int: ...
+    @property
+    def batcher_port(self) -> int | None: ...
+
+
+def endpoint_document(endpoint: EndpointLike) -> dict[str, Any]:
+    """Return the JSON of one endpoint (revision states and audit events share it)."""
+    return {
+        "address": endpoint.address,
+        "port": endpoint.port,
+        "zone": endpoint.zone,
+        "accelerator": endpoint.accelerator,
+        "weight": endpoint.weight,
+        "batcher_port": endpoint.batcher_port,
     }
 
 

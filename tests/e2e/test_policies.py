@@ -26,6 +26,15 @@ from tests.support import EnvoyProcess, eventually
 pytestmark = pytest.mark.envoy
 
 MODEL = "llm"
+# Retries that move to another replica at once. Without a budget Envoy allows 3
+# concurrent retries per cluster (its max_retries default), too few for a
+# replica dying under load.
+FAILOVER_RETRIES = {
+    "retry_on": ["connect-failure", "reset", "5xx"],
+    "num_retries": 2,
+    "budget_percent": 25.0,
+    "budget_min_concurrency": 10,
+}
 URL = f"/models/{MODEL}/predict"
 
 
@@ -222,15 +231,7 @@ async def test_outlier_detection_keeps_success_when_a_replica_dies(
             },
         )
     )
-    retries = {
-        "retry_on": ["connect-failure", "reset", "5xx"],
-        "num_retries": 2,
-        # Without a budget Envoy allows 3 concurrent retries per cluster (its
-        # max_retries default), too few for a replica dying under load.
-        "budget_percent": 25.0,
-        "budget_min_concurrency": 10,
-    }
-    await _ok(await api.put(f"/v1/models/{MODEL}/policy", json={"retries": retries}))
+    await _ok(await api.put(f"/v1/models/{MODEL}/policy", json={"retries": FAILOVER_RETRIES}))
     await _applied(api, control_plane, envoy)
     async with httpx.AsyncClient(base_url=envoy.base_url, timeout=10) as client:
         await _routed(client)
@@ -416,15 +417,7 @@ async def test_local_zone_first_and_failover_when_it_goes_down(
     await _ok(
         await api.put(f"/v1/models/{MODEL}/versions/v1/policy", json={"health_check": health})
     )
-    retries = {
-        "retry_on": ["connect-failure", "reset", "5xx"],
-        "num_retries": 2,
-        # Without a budget Envoy allows 3 concurrent retries per cluster (its
-        # max_retries default), too few for a replica dying under load.
-        "budget_percent": 25.0,
-        "budget_min_concurrency": 10,
-    }
-    await _ok(await api.put(f"/v1/models/{MODEL}/policy", json={"retries": retries}))
+    await _ok(await api.put(f"/v1/models/{MODEL}/policy", json={"retries": FAILOVER_RETRIES}))
     await _applied(api, control_plane, zoned_envoy)
     async with httpx.AsyncClient(base_url=zoned_envoy.base_url, timeout=10) as client:
 
