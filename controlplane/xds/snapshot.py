@@ -115,6 +115,13 @@ class Snapshot:
                     problems.append(f"listener {name!r} needs RouteConfiguration {route_name!r}")
         return problems
 
+    def same_names_and_references(self, other: Snapshot) -> bool:
+        """Whether this snapshot has the same resource names as ``other`` and the very
+        same clusters, listeners and routes (so the same references between them)."""
+        return all(
+            self.resources[t].keys() == other.resources[t].keys() for t in PUSH_ORDER
+        ) and all(self.versions[t] == other.versions[t] for t in (CLUSTER, LISTENER, ROUTE))
+
     def check_consistent(self) -> Snapshot:
         """Return self, or raise InconsistentSnapshot listing the dangling references."""
         problems = self.inconsistencies()

@@ -119,3 +119,17 @@ async def test_next_snapshot_for_a_zone_returns_that_zones_snapshot() -> None:
     await cache.publish(_snapshot(1), {"a": zone_a})
 
     assert await asyncio.wait_for(cache.next_snapshot(None, "a"), TIMEOUT_S) is zone_a
+
+
+async def test_a_zone_snapshot_with_other_names_is_checked_on_its_own() -> None:
+    cache = SnapshotCache()
+    good = _snapshot(1)
+    same_names = _snapshot(1, local_zone="a")
+    assert same_names.same_names_and_references(good)
+    broken = _inconsistent()
+    assert not broken.same_names_and_references(good)
+    with pytest.raises(InconsistentSnapshot):
+        await cache.publish(good, {"a": same_names, "b": broken})
+    assert cache.snapshot is None
+    await cache.publish(good, {"a": same_names})
+    assert cache.snapshot_for("a") is same_names
