@@ -18,10 +18,11 @@ from controlplane.db.repositories import RevisionRepository, StateRepository
 from controlplane.notify import Notifier
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.resources import ENDPOINT
-from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.snapshot import Snapshot, rotate_pack_cache
 from controlplane.xds.translate import (
     ListenerOptions,
     endpoint_zones,
+    rotate_caches,
     translate,
     translate_endpoints,
 )
@@ -63,6 +64,9 @@ class StateSync:
             if connection.dialect.name == "postgresql":
                 await connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             state = await StateRepository(session).load()
+        # Resources unused by this revision and the one before are forgotten.
+        rotate_caches()
+        rotate_pack_cache()
         resources = translate(state, self._listener)
         snapshot = Snapshot.from_resources(state.revision, resources)
         by_zone = {

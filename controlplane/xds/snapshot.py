@@ -9,7 +9,6 @@ untouched leaves its version (and so its stream) alone.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -25,7 +24,13 @@ from google.protobuf.message import Message
 
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
 
-__all__ = ["InconsistentSnapshot", "Snapshot", "UnknownTypeUrl", "clear_pack_cache"]
+__all__ = [
+    "InconsistentSnapshot",
+    "Snapshot",
+    "UnknownTypeUrl",
+    "clear_pack_cache",
+    "rotate_pack_cache",
+]
 
 
 class UnknownTypeUrl(ValueError):
@@ -136,34 +141,42 @@ class _PackCache:
     The translator memoises unchanged resources, so most messages of a new
     snapshot are the very objects of the previous one: they are not serialised
     and hashed again. Entries hold their message, so an id is never reused
-    while its entry lives; the least recently used go first.
+    while its entry lives; like the translator's memo, an entry unused since
+    the previous ``rotate()`` is dropped at the next.
     """
 
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._entries: OrderedDict[int, tuple[Message, any_pb2.Any, str]] = OrderedDict()
+    def __init__(self) -> None:
+        self._current: dict[int, tuple[Message, any_pb2.Any, str]] = {}
+        self._previous: dict[int, tuple[Message, any_pb2.Any, str]] = {}
 
     def pack(self, message: Message) -> tuple[any_pb2.Any, str]:
         """Return ``message`` packed (deterministically) and the hash of its bytes."""
         key = id(message)
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] is message:
-            self._entries.move_to_end(key)
-            return entry[1], entry[2]
-        packed = any_pb2.Any()
-        packed.Pack(message, deterministic=True)
-        digest = hashlib.sha256(packed.value).hexdigest()[:16]
-        self._entries[key] = (message, packed, digest)
-        if len(self._entries) > self._size:
-            self._entries.popitem(last=False)
-        return packed, digest
+        entry = self._current.get(key) or self._previous.pop(key, None)
+        if entry is None or entry[0] is not message:
+            packed = any_pb2.Any()
+            packed.Pack(message, deterministic=True)
+            entry = (message, packed, hashlib.sha256(packed.value).hexdigest()[:16])
+        self._current[key] = entry
+        return entry[1], entry[2]
+
+    def rotate(self) -> None:
+        """Start a new generation; entries unused since the last rotation go."""
+        self._previous = self._current
+        self._current = {}
 
     def clear(self) -> None:
         """Forget every entry."""
-        self._entries.clear()
+        self._current.clear()
+        self._previous.clear()
 
 
-_PACKED = _PackCache(size=262144)
+_PACKED = _PackCache()
+
+
+def rotate_pack_cache() -> None:
+    """Start a new generation of packed resources (the sync loop, once per revision)."""
+    _PACKED.rotate()
 
 
 def clear_pack_cache() -> None:

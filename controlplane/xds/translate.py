@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 from controlplane.domain.policy import Retries
 from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
 from controlplane.xds.body_routing import body_routing_filters, body_routing_routes
+from controlplane.xds.memo import memoised
 from controlplane.xds.policies import apply_route_policy, apply_version_policy
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
 
@@ -44,6 +45,7 @@ __all__ = [
     "ListenerOptions",
     "clear_caches",
     "endpoint_zones",
+    "rotate_caches",
     "translate",
     "translate_endpoints",
 ]
@@ -100,8 +102,16 @@ def translate(
 
 def clear_caches() -> None:
     """Forget every memoised resource (benchmarks use it to time a cold translation)."""
-    for memoised in (_cluster, _load_assignment, _routes_of, _labels):
-        memoised.cache_clear()
+    for memo in (_cluster, _load_assignment, _routes_of):
+        memo.clear()
+    _labels.cache_clear()
+
+
+def rotate_caches() -> None:
+    """Start a new memo generation: resources unused since the previous rotation are
+    forgotten at this one. The sync loop calls it once per published revision."""
+    for memo in (_cluster, _load_assignment, _routes_of):
+        memo.rotate()
 
 
 def translate_endpoints(state: DesiredState, local_zone: str | None) -> dict[str, Message]:
@@ -144,11 +154,7 @@ def _packed(message: Message) -> any_pb2.Any:
     return packed
 
 
-# Big enough for every version and model of a large mesh, a few zones included.
-_MEMO_SIZE = 65536
-
-
-@lru_cache(maxsize=_MEMO_SIZE)
+@memoised
 def _cluster(name: str, version: VersionSpec, retries: Retries | None) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=name,
@@ -164,7 +170,7 @@ def _cluster(name: str, version: VersionSpec, retries: Retries | None) -> cluste
     return cluster
 
 
-@lru_cache(maxsize=_MEMO_SIZE)
+@memoised
 def _load_assignment(
     name: str, endpoints: tuple[EndpointSpec, ...], local_zone: str | None, batching: bool
 ) -> endpoint_pb2.ClusterLoadAssignment:
@@ -275,7 +281,7 @@ def _route_configuration(models: Iterable[ModelSpec]) -> route_pb2.RouteConfigur
     )
 
 
-@lru_cache(maxsize=_MEMO_SIZE)
+@memoised
 def _routes_of(
     model: ModelSpec,
 ) -> tuple[list[route_components_pb2.Route], list[route_components_pb2.Route]]:
