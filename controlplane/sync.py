@@ -17,15 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from controlplane.db.repositories import RevisionRepository, StateRepository
 from controlplane.notify import Notifier
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.packed import packed_endpoints, rotate_caches, translate_packed
 from controlplane.xds.resources import ENDPOINT
-from controlplane.xds.snapshot import Snapshot, rotate_pack_cache
-from controlplane.xds.translate import (
-    ListenerOptions,
-    endpoint_zones,
-    rotate_caches,
-    translate,
-    translate_endpoints,
-)
+from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.translate import ListenerOptions, endpoint_zones
 
 __all__ = ["StateSync"]
 
@@ -66,12 +61,11 @@ class StateSync:
             state = await StateRepository(session).load()
         # Resources unused by this revision and the one before are forgotten.
         rotate_caches()
-        rotate_pack_cache()
-        resources = translate(state, self._listener)
-        snapshot = Snapshot.from_resources(state.revision, resources)
+        resources = translate_packed(state, self._listener)
+        snapshot = Snapshot.from_packed(state.revision, resources)
         by_zone = {
-            zone: Snapshot.from_resources(
-                state.revision, {**resources, ENDPOINT: translate_endpoints(state, zone)}
+            zone: Snapshot.from_packed(
+                state.revision, {**resources, ENDPOINT: packed_endpoints(state, zone)}
             )
             for zone in endpoint_zones(state)
         }

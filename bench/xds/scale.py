@@ -5,9 +5,10 @@ pushing one endpoint change.
 
 Part 1 (pure, in one process): for each size (models x 3 versions x 10 endpoints),
 interleaved A, B, C, A, B, C... after one discarded warm-up round, time
-``translate()``, ``Snapshot.from_resources()`` and the consistency check that
-``SnapshotCache.publish`` runs; count the bytes of every type (packed resources,
-and a full state-of-the-world push) and print the growth between sizes.
+``translate_packed()`` (the sync loop's translation), ``Snapshot.from_packed()``
+and the consistency check that ``SnapshotCache.publish`` runs; count the bytes
+of every type (packed resources, and a full state-of-the-world push) and print
+the growth between sizes.
 
 Part 2 (pure): change one endpoint's port in one model and count what each ADS
 variant re-sends: the resources whose version moved, and their bytes.
@@ -44,9 +45,10 @@ from controlplane.domain.keys import Role
 from controlplane.domain.state import DesiredState
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
+from controlplane.xds.packed import clear_caches, translate_packed
 from controlplane.xds.resources import ENDPOINT, PUSH_ORDER, SHORT_NAMES
-from controlplane.xds.snapshot import Snapshot, clear_pack_cache
-from controlplane.xds.translate import clear_caches, translate
+from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.translate import translate
 
 from .adsclient import AdsClient
 from .common import (
@@ -87,16 +89,16 @@ def measure_translation(sizes: list[int], reps: int) -> dict[int, dict[str, Any]
     }
     for round_ in range(reps + 1):
         for n in sizes:
-            # Cold: no memoised resource or packed bytes, as in a fresh process.
+            # The sync loop's path: translate_packed, then the snapshot and its check.
+            # Cold: nothing memoised, as in a fresh process.
             clear_caches()
-            clear_pack_cache()
             gc.collect()
-            t_ms, resources = _timed(lambda n=n: translate(states[n]))  # type: ignore[misc]
-            s_ms, snapshot = _timed(lambda r=resources: Snapshot.from_resources(1, r))  # type: ignore[misc]
+            t_ms, resources = _timed(lambda n=n: translate_packed(states[n]))  # type: ignore[misc]
+            s_ms, snapshot = _timed(lambda r=resources: Snapshot.from_packed(1, r))  # type: ignore[misc]
             c_ms, _ = _timed(snapshot.check_consistent)
             # Memoised: the same state again, as after a change elsewhere in the mesh.
             m_ms, _ = _timed(
-                lambda n=n: Snapshot.from_resources(1, translate(states[n])).check_consistent()  # type: ignore[misc]
+                lambda n=n: Snapshot.from_packed(1, translate_packed(states[n])).check_consistent()  # type: ignore[misc]
             )
             if round_ == 0:
                 continue  # warm-up
@@ -315,7 +317,8 @@ def profile_translation(n: int) -> list[dict[str, Any]]:
     state = generate_state(n, VERSIONS, ENDPOINTS)
     profiler = cProfile.Profile()
     profiler.enable()
-    Snapshot.from_resources(1, translate(state)).check_consistent()
+    clear_caches()
+    Snapshot.from_packed(1, translate_packed(state)).check_consistent()
     profiler.disable()
     stream = io.StringIO()
     stats = pstats.Stats(profiler, stream=stream)

@@ -26,10 +26,10 @@ from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, 
 
 __all__ = [
     "InconsistentSnapshot",
+    "PackedResource",
     "Snapshot",
     "UnknownTypeUrl",
-    "clear_pack_cache",
-    "rotate_pack_cache",
+    "pack_resource",
 ]
 
 
@@ -58,6 +58,19 @@ class Snapshot:
         cls, revision: int, resources: Mapping[str, Mapping[str, Message]]
     ) -> Snapshot:
         """Pack ``resources`` and version them; reject unknown type URLs."""
+        return cls.from_packed(
+            revision,
+            {
+                type_url: {name: pack_resource(m) for name, m in by_name.items()}
+                for type_url, by_name in resources.items()
+            },
+        )
+
+    @classmethod
+    def from_packed(
+        cls, revision: int, resources: Mapping[str, Mapping[str, PackedResource]]
+    ) -> Snapshot:
+        """Version resources packed by :func:`pack_resource`; reject unknown type URLs."""
         unknown = sorted(set(resources) - set(PUSH_ORDER))
         if unknown:
             raise UnknownTypeUrl(f"unknown type URLs: {unknown}")
@@ -65,9 +78,7 @@ class Snapshot:
         versions: dict[str, str] = {}
         resource_versions: dict[str, Mapping[str, str]] = {}
         for type_url in PUSH_ORDER:
-            entries = {
-                name: _PACKED.pack(m) for name, m in sorted(resources.get(type_url, {}).items())
-            }
+            entries = dict(sorted(resources.get(type_url, {}).items()))
             by_name = {name: entry[0] for name, entry in entries.items()}
             packed[type_url] = MappingProxyType(by_name)
             versions[type_url] = _version(by_name)
@@ -135,53 +146,14 @@ class Snapshot:
         return self
 
 
-class _PackCache:
-    """Packed resources and their hashes, by message object.
-
-    The translator memoises unchanged resources, so most messages of a new
-    snapshot are the very objects of the previous one: they are not serialised
-    and hashed again. Entries hold their message, so an id is never reused
-    while its entry lives; like the translator's memo, an entry unused since
-    the previous ``rotate()`` is dropped at the next.
-    """
-
-    def __init__(self) -> None:
-        self._current: dict[int, tuple[Message, any_pb2.Any, str]] = {}
-        self._previous: dict[int, tuple[Message, any_pb2.Any, str]] = {}
-
-    def pack(self, message: Message) -> tuple[any_pb2.Any, str]:
-        """Return ``message`` packed (deterministically) and the hash of its bytes."""
-        key = id(message)
-        entry = self._current.get(key) or self._previous.pop(key, None)
-        if entry is None or entry[0] is not message:
-            packed = any_pb2.Any()
-            packed.Pack(message, deterministic=True)
-            entry = (message, packed, hashlib.sha256(packed.value).hexdigest()[:16])
-        self._current[key] = entry
-        return entry[1], entry[2]
-
-    def rotate(self) -> None:
-        """Start a new generation; entries unused since the last rotation go."""
-        self._previous = self._current
-        self._current = {}
-
-    def clear(self) -> None:
-        """Forget every entry."""
-        self._current.clear()
-        self._previous.clear()
+PackedResource = tuple[any_pb2.Any, str]
 
 
-_PACKED = _PackCache()
-
-
-def rotate_pack_cache() -> None:
-    """Start a new generation of packed resources (the sync loop, once per revision)."""
-    _PACKED.rotate()
-
-
-def clear_pack_cache() -> None:
-    """Forget every packed resource (benchmarks use it to time a cold snapshot)."""
-    _PACKED.clear()
+def pack_resource(message: Message) -> PackedResource:
+    """Return ``message`` packed deterministically, with the hash that versions it."""
+    packed = any_pb2.Any()
+    packed.Pack(message, deterministic=True)
+    return packed, hashlib.sha256(packed.value).hexdigest()[:16]
 
 
 def _version(by_name: Mapping[str, any_pb2.Any]) -> str:

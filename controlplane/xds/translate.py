@@ -3,10 +3,8 @@
 Same state in, same resources out, on every replica: nothing here reads the
 clock, the environment or the database.
 
-The resources of a version (its cluster and endpoints) and of a model (its
-routes) are memoised on their immutable specs, so a change re-renders only
-what it touched. The messages returned are therefore shared: read them, never
-modify them.
+``controlplane.xds.packed`` renders the same resources straight to packed
+bytes, memoised, for the sync loop.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ from google.protobuf.message import Message
 from controlplane.domain.policy import Retries
 from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
 from controlplane.xds.body_routing import body_routing_filters, body_routing_routes
-from controlplane.xds.memo import memoised
 from controlplane.xds.policies import apply_route_policy, apply_version_policy
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
 
@@ -43,9 +40,7 @@ __all__ = [
     "ROUTE_CONFIG_NAME",
     "VERSION_HEADER",
     "ListenerOptions",
-    "clear_caches",
     "endpoint_zones",
-    "rotate_caches",
     "translate",
     "translate_endpoints",
 ]
@@ -100,20 +95,6 @@ def translate(
     }
 
 
-def clear_caches() -> None:
-    """Forget every memoised resource (benchmarks use it to time a cold translation)."""
-    for memo in (_cluster, _load_assignment, _routes_of):
-        memo.clear()
-    _labels.cache_clear()
-
-
-def rotate_caches() -> None:
-    """Start a new memo generation: resources unused since the previous rotation are
-    forgotten at this one. The sync loop calls it once per published revision."""
-    for memo in (_cluster, _load_assignment, _routes_of):
-        memo.rotate()
-
-
 def translate_endpoints(state: DesiredState, local_zone: str | None) -> dict[str, Message]:
     """Return the ClusterLoadAssignments of ``state`` as seen from ``local_zone``."""
     return {
@@ -154,7 +135,6 @@ def _packed(message: Message) -> any_pb2.Any:
     return packed
 
 
-@memoised
 def _cluster(name: str, version: VersionSpec, retries: Retries | None) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=name,
@@ -170,7 +150,6 @@ def _cluster(name: str, version: VersionSpec, retries: Retries | None) -> cluste
     return cluster
 
 
-@memoised
 def _load_assignment(
     name: str, endpoints: tuple[EndpointSpec, ...], local_zone: str | None, batching: bool
 ) -> endpoint_pb2.ClusterLoadAssignment:
@@ -264,24 +243,29 @@ def _route_configuration(models: Iterable[ModelSpec]) -> route_pb2.RouteConfigur
         routes.extend(path_routes)
         header_routes.extend(model_header_routes)
     routes.extend(header_routes)
-    routes.extend(body_routing_routes())
-    routes.append(
+    routes.extend(_tail_routes())
+    return route_pb2.RouteConfiguration(
+        name=ROUTE_CONFIG_NAME, virtual_hosts=[_virtual_host(routes)]
+    )
+
+
+def _virtual_host(routes: list[route_components_pb2.Route]) -> route_components_pb2.VirtualHost:
+    return route_components_pb2.VirtualHost(name="models", domains=["*"], routes=routes)
+
+
+def _tail_routes() -> list[route_components_pb2.Route]:
+    """The routes after every model's: OpenAI body routing, then the 404 catch-all."""
+    return [
+        *body_routing_routes(),
         route_components_pb2.Route(
             name="unknown-model",
             match=route_components_pb2.RouteMatch(prefix="/"),
             direct_response=_json_response(404, NOT_FOUND_BODY),
             response_headers_to_add=[_header("content-type", "application/json")],
-        )
-    )
-    return route_pb2.RouteConfiguration(
-        name=ROUTE_CONFIG_NAME,
-        virtual_hosts=[
-            route_components_pb2.VirtualHost(name="models", domains=["*"], routes=routes)
-        ],
-    )
+        ),
+    ]
 
 
-@memoised
 def _routes_of(
     model: ModelSpec,
 ) -> tuple[list[route_components_pb2.Route], list[route_components_pb2.Route]]:

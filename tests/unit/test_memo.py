@@ -38,13 +38,14 @@ def test_keyword_arguments_are_refused() -> None:
 
 def test_translation_memo_stays_bounded_by_the_working_set() -> None:
     from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
-    from controlplane.xds import translate as translation
+    from controlplane.xds import packed
 
-    translation.clear_caches()
+    packed.clear_caches()
     for port in range(8000, 8050):
         model = ModelSpec("m", "http", (VersionSpec("v1", (EndpointSpec("10.0.0.1", port),)),))
-        translation.rotate_caches()
-        translation.translate(DesiredState(1, (model,)))
+        packed.rotate_caches()
+        packed.translate_packed(DesiredState(1, (model,)))
     # One model, one version: at most two generations of one of each resource.
-    assert len(translation._load_assignment) <= 2
-    assert len(translation._cluster) <= 2
+    assert len(packed._assignment) <= 2
+    assert len(packed._cluster) <= 2
+    assert len(packed._model_routes) <= 2
