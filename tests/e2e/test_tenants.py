@@ -134,6 +134,7 @@ async def test_rate_limit_per_tenant(
     other = await _tenant(api, "other", ["secret"], rps=1, burst=3)
     url = f"{envoy.base_url}/models/secret/predict"
     async with httpx.AsyncClient(timeout=10) as client:
+
         async def protected() -> bool:
             return (await client.get(url)).status_code == 401
 
