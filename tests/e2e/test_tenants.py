@@ -70,6 +70,7 @@ async def test_credentials_grants_and_revocation(
         assert response.status_code == 401
         assert response.headers["content-type"].startswith("application/json")
         assert response.json()["error"] == "unauthenticated"
+        assert response.json()["reason"] == "Jwt is missing", response.text
         header, payload, signature = token.split(".")
         flipped = signature[:10] + ("A" if signature[10] != "A" else "B") + signature[11:]
         response = await client.get(url, headers=_bearer(f"{header}.{payload}.{flipped}"))
