@@ -47,6 +47,8 @@ class ModelServer:
     version: str
     requests_served: int = 0
     paths: list[str] = field(default_factory=list)
+    # Requests that arrived with an Authorization header (Envoy strips tenant tokens).
+    authorized_requests: int = 0
 
     def app(self) -> web.Application:
         """Return the aiohttp application serving this model version."""
@@ -66,6 +68,8 @@ class ModelServer:
         body = await request.read()
         self.requests_served += 1
         self.paths.append(request.path_qs)
+        if "authorization" in request.headers:
+            self.authorized_requests += 1
         return web.json_response(
             {
                 "version": self.version,

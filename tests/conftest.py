@@ -34,6 +34,9 @@ from controlplane.settings import Settings
 from tests.support import EnvoyProcess
 
 DATA_TABLES = (
+    "tenant_credentials",
+    "tenants",
+    "signing_keys",
     "idempotency_records",
     "api_keys",
     "audit_events",

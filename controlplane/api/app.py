@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from controlplane import __version__
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.gateway import AdminGateway
-from controlplane.api.routes import audit, keys, models, revisions, system
+from controlplane.api.routes import audit, keys, models, revisions, system, tenants
 
 if TYPE_CHECKING:
     from controlplane.runtime import ControlPlane
@@ -38,11 +38,19 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app.include_router(revisions.router)
     app.include_router(keys.router)
     app.include_router(audit.router)
+    app.include_router(tenants.router)
     # The gateway matches routes itself (for the audit event of a request that never
     # reaches one: a 413, an idempotent replay), against the routers' own routes.
     routes = [
         route
-        for router in (system.router, models.router, revisions.router, keys.router, audit.router)
+        for router in (
+            system.router,
+            models.router,
+            revisions.router,
+            keys.router,
+            audit.router,
+            tenants.router,
+        )
         for route in router.routes
     ]
     app.add_middleware(AdminGateway, runtime=runtime, routes=routes)

@@ -14,6 +14,7 @@ from controlplane.domain.access import KeyService, authenticate
 from controlplane.domain.errors import PermissionDenied, Unauthenticated
 from controlplane.domain.keys import Permission, Principal
 from controlplane.domain.services import ActionContext, ModelService, committed_revision
+from controlplane.domain.tenants import TenantService
 
 if TYPE_CHECKING:
     from controlplane.runtime import ControlPlane
@@ -26,6 +27,7 @@ __all__ = [
     "ModelServiceDep",
     "RuntimeDep",
     "SessionDep",
+    "TenantServiceDep",
     "require",
 ]
 
@@ -182,3 +184,11 @@ def get_key_service(session: SessionDep, context: ContextDep) -> KeyService:
 
 
 KeyServiceDep = Annotated[KeyService, Depends(get_key_service)]
+
+
+def get_tenant_service(session: SessionDep, context: ContextDep) -> TenantService:
+    """Return the tenant service bound to this request's transaction."""
+    return TenantService(session, context)
+
+
+TenantServiceDep = Annotated[TenantService, Depends(get_tenant_service)]

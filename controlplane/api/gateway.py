@@ -68,9 +68,14 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "set_version_policy": ("version.policy.update", "version_policy"),
     "create_key": ("key.create", "key"),
     "revoke_key": ("key.revoke", "key"),
+    "create_tenant": ("tenant.create", "tenant"),
+    "update_tenant": ("tenant.update", "tenant"),
+    "delete_tenant": ("tenant.delete", "tenant"),
+    "create_credential": ("tenant.credential.create", "tenant_credential"),
+    "revoke_credential": ("tenant.credential.revoke", "tenant_credential"),
 }
 # Response fields that hold a secret: never stored for an idempotent replay.
-_SECRET_RESPONSE_FIELDS = {"create_key": ("key",)}
+_SECRET_RESPONSE_FIELDS = {"create_key": ("key",), "create_credential": ("token",)}
 
 
 def bearer_key(headers: Headers) -> str | None:
@@ -279,6 +284,12 @@ class AdminGateway:
             version = _short(fields.get("version"))
         if "key_id" in params:
             resource_id = str(params["key_id"])
+        elif endpoint == "create_tenant":
+            resource_id = _short(fields.get("name")) or ""
+        elif "credential_id" in params:
+            resource_id = f"{params.get('tenant')}/{params['credential_id']}"
+        elif "tenant" in params:
+            resource_id = str(params["tenant"])
         elif model is not None and version is not None:
             resource_id = f"{model}/{version}"
         else:

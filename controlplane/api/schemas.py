@@ -14,6 +14,8 @@ __all__ = [
     "AuditEventOut",
     "AuditPage",
     "AuditVerifyOut",
+    "CredentialCreated",
+    "CredentialOut",
     "DryRunOut",
     "EndpointIn",
     "EndpointOut",
@@ -28,11 +30,15 @@ __all__ = [
     "ModelPatch",
     "Name",
     "ProxyOut",
+    "RateLimit",
     "RevisionDetail",
     "RevisionDiff",
     "RevisionOut",
     "RevisionPage",
     "RollbackOut",
+    "TenantCreate",
+    "TenantOut",
+    "TenantPatch",
     "TrafficIn",
     "TrafficOut",
     "VersionCreate",
@@ -369,3 +375,58 @@ class KeyCreated(KeyOut):
     """A new key. ``key`` is shown this once (null when an Idempotency-Key replays it)."""
 
     key: str | None
+
+
+class RateLimit(_Strict):
+    """A tenant's token bucket in Envoy: refilled at ``requests_per_second``, holding
+    at most ``burst`` requests."""
+
+    requests_per_second: int = Field(ge=1, le=1_000_000)
+    burst: int = Field(ge=1, le=1_000_000)
+
+
+class TenantCreate(_Strict):
+    """POST /v1/tenants."""
+
+    name: Name
+    models: list[Name] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="models the tenant may call; naming a model makes it tenants-only",
+    )
+    rate_limit: RateLimit
+
+
+class TenantPatch(_Strict):
+    """PATCH /v1/tenants/{tenant}: replace the models and/or the rate limit."""
+
+    models: list[Name] | None = Field(default=None, max_length=1000)
+    rate_limit: RateLimit | None = None
+
+
+class TenantOut(BaseModel):
+    """A tenant: the models it may call and its rate limit."""
+
+    name: str
+    models: list[str]
+    rate_limit: RateLimit
+    created_at: datetime
+    updated_at: datetime
+
+
+class CredentialOut(BaseModel):
+    """A tenant credential as stored: its id (``jti``), never the token."""
+
+    id: int
+    tenant: str
+    jti: str
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+
+class CredentialCreated(CredentialOut):
+    """A new credential. ``token`` (a JWT for ``Authorization: Bearer``) is shown this
+    once (null when an Idempotency-Key replays it)."""
+
+    token: str | None

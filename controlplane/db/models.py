@@ -34,6 +34,9 @@ __all__ = [
     "IdempotencyRecord",
     "Model",
     "ModelVersion",
+    "SigningKey",
+    "Tenant",
+    "TenantCredential",
     "TrafficSplit",
 ]
 
@@ -234,4 +237,47 @@ class IdempotencyRecord(IdMixin, Base):
     status_code: Mapped[int] = mapped_column(Integer)
     response_body: Mapped[str] = mapped_column(Text)
     content_type: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Tenant(IdMixin, TimestampMixin, Base):
+    """A caller of inference traffic: the models it may call and its request rate."""
+
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint("requests_per_second >= 1", name="rate_positive"),
+        CheckConstraint("burst >= 1", name="burst_positive"),
+    )
+
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    # The ``sub`` of the tenant's credentials: random, so a tenant deleted and
+    # created again under the same name does not inherit the old credentials.
+    subject: Mapped[str] = mapped_column(String(64), unique=True)
+    models: Mapped[list[str]] = mapped_column(JSON)
+    requests_per_second: Mapped[int] = mapped_column(Integer)
+    burst: Mapped[int] = mapped_column(Integer)
+
+
+class TenantCredential(IdMixin, Base):
+    """A credential issued to a tenant: only its id (``jti``) is stored, never the token."""
+
+    __tablename__ = "tenant_credentials"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    jti: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class SigningKey(IdMixin, Base):
+    """The key that signs tenant credentials. The private half never leaves the
+    control plane; Envoy gets ``public_jwk`` only."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), unique=True)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    private_key: Mapped[str] = mapped_column(Text)
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -17,13 +17,18 @@ from controlplane.db.models import (
     Endpoint,
     Model,
     ModelVersion,
+    SigningKey,
+    Tenant,
+    TenantCredential,
     TrafficSplit,
 )
+from controlplane.domain.credentials import jwks_of
 from controlplane.domain.policy import model_policy_from_document, version_policy_from_document
 from controlplane.domain.state import (
     DesiredState,
     EndpointSpec,
     ModelSpec,
+    TenantSpec,
     VersionSpec,
     state_document,
 )
@@ -268,4 +273,45 @@ class StateRepository:
                     policy=model_policy_from_document(policy),
                 )
             )
-        return DesiredState(revision=revision, models=tuple(models))
+        return DesiredState(
+            revision=revision,
+            models=tuple(models),
+            tenants=await self._tenants(),
+            jwks=jwks_of(
+                [
+                    jwk
+                    for (jwk,) in await self._session.execute(
+                        select(SigningKey.public_jwk).order_by(SigningKey.kid)
+                    )
+                ]
+            ),
+        )
+
+    async def _tenants(self) -> tuple[TenantSpec, ...]:
+        revoked: dict[int, list[str]] = {}
+        for tenant_id, jti in await self._session.execute(
+            select(TenantCredential.tenant_id, TenantCredential.jti)
+            .where(TenantCredential.revoked_at.is_not(None))
+            .order_by(TenantCredential.tenant_id, TenantCredential.jti)
+        ):
+            revoked.setdefault(tenant_id, []).append(jti)
+        return tuple(
+            TenantSpec(
+                name=name,
+                subject=subject,
+                models=tuple(sorted(models or ())),
+                requests_per_second=rate,
+                burst=burst,
+                revoked=tuple(revoked.get(tenant_id, ())),
+            )
+            for tenant_id, name, subject, models, rate, burst in await self._session.execute(
+                select(
+                    Tenant.id,
+                    Tenant.name,
+                    Tenant.subject,
+                    Tenant.models,
+                    Tenant.requests_per_second,
+                    Tenant.burst,
+                ).order_by(Tenant.name)
+            )
+        )

@@ -22,6 +22,7 @@ __all__ = [
     "DesiredState",
     "EndpointSpec",
     "ModelSpec",
+    "TenantSpec",
     "VersionSpec",
     "state_document",
     "state_from_document",
@@ -65,11 +66,34 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantSpec:
+    """A tenant of inference traffic: its credentials' subject, the models it may
+    call, its request rate (a token bucket) and the ids (``jti``) of its revoked
+    credentials. Never a credential itself."""
+
+    name: str
+    subject: str
+    models: tuple[str, ...] = ()
+    requests_per_second: int = 10
+    burst: int = 20
+    revoked: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredState:
-    """Everything Envoy must be told, as of config ``revision``; models sorted by name."""
+    """Everything Envoy must be told, as of config ``revision``; models and tenants
+    sorted by name. ``jwks`` is the public JSON Web Key Set that verifies tenant
+    credentials (None until the first tenant exists)."""
 
     revision: int
     models: tuple[ModelSpec, ...] = ()
+    tenants: tuple[TenantSpec, ...] = ()
+    jwks: str | None = None
+
+    def protected_models(self) -> frozenset[str]:
+        """Return the names of the models that some tenant is granted: only tenants
+        with a valid credential may call them."""
+        return frozenset(model for tenant in self.tenants for model in tenant.models)
 
 
 def state_document(state: DesiredState) -> dict[str, Any]:
@@ -97,6 +121,18 @@ def state_document(state: DesiredState) -> dict[str, Any]:
             }
             for m in state.models
         ],
+        "tenants": [
+            {
+                "name": t.name,
+                "subject": t.subject,
+                "models": list(t.models),
+                "requests_per_second": t.requests_per_second,
+                "burst": t.burst,
+                "revoked": list(t.revoked),
+            }
+            for t in state.tenants
+        ],
+        "jwks": state.jwks,
     }
 
 
@@ -161,4 +197,17 @@ def state_from_document(document: dict[str, Any]) -> DesiredState:
             )
             for m in document["models"]
         ),
+        # Documents stored before tenants existed have neither "tenants" nor "jwks".
+        tenants=tuple(
+            TenantSpec(
+                name=t["name"],
+                subject=t["subject"],
+                models=tuple(t["models"]),
+                requests_per_second=int(t["requests_per_second"]),
+                burst=int(t["burst"]),
+                revoked=tuple(t["revoked"]),
+            )
+            for t in document.get("tenants", ())
+        ),
+        jwks=document.get("jwks"),
     )

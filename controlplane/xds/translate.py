@@ -33,6 +33,13 @@ from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, Ver
 from controlplane.xds.body_routing import body_routing_filters, body_routing_routes
 from controlplane.xds.policies import apply_route_policy, apply_version_policy
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
+from controlplane.xds.tenancy import (
+    ModelAccess,
+    access_of,
+    local_reply_config,
+    model_access_config,
+    tenancy_filters,
+)
 
 __all__ = [
     "LISTENER_NAME",
@@ -90,8 +97,8 @@ def translate(
     return {
         CLUSTER: clusters,
         ENDPOINT: translate_endpoints(state, local_zone),
-        LISTENER: {LISTENER_NAME: _listener(listener)},
-        ROUTE: {ROUTE_CONFIG_NAME: _route_configuration(state.models)},
+        LISTENER: {LISTENER_NAME: _listener(listener, state)},
+        ROUTE: {ROUTE_CONFIG_NAME: _route_configuration(state.models, access_of(state))},
     }
 
 
@@ -190,13 +197,15 @@ def _labels(accelerator: str) -> struct_pb2.Struct:
     return labels
 
 
-def _listener(options: ListenerOptions) -> listener_pb2.Listener:
+def _listener(options: ListenerOptions, state: DesiredState) -> listener_pb2.Listener:
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix="turnout",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG_NAME),
         http_filters=[
             *body_routing_filters(),
+            # After body routing: they must see the route an OpenAI body re-routes to.
+            *tenancy_filters(state),
             hcm_pb2.HttpFilter(
                 name="envoy.filters.http.router", typed_config=_packed(router_pb2.Router())
             ),
@@ -217,6 +226,9 @@ def _listener(options: ListenerOptions) -> listener_pb2.Listener:
         stream_idle_timeout=duration_pb2.Duration(seconds=300),
         request_headers_timeout=duration_pb2.Duration(seconds=10),
     )
+    replies = local_reply_config(state)
+    if replies is not None:
+        manager.local_reply_config.CopyFrom(replies)
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=address_pb2.Address(
@@ -235,11 +247,13 @@ def _listener(options: ListenerOptions) -> listener_pb2.Listener:
     )
 
 
-def _route_configuration(models: Iterable[ModelSpec]) -> route_pb2.RouteConfiguration:
+def _route_configuration(
+    models: Iterable[ModelSpec], access: dict[str, ModelAccess]
+) -> route_pb2.RouteConfiguration:
     routes: list[route_components_pb2.Route] = []
     header_routes: list[route_components_pb2.Route] = []
     for model in models:
-        path_routes, model_header_routes = _routes_of(model)
+        path_routes, model_header_routes = _routes_of(model, access.get(model.name))
         routes.extend(path_routes)
         header_routes.extend(model_header_routes)
     routes.extend(header_routes)
@@ -267,9 +281,10 @@ def _tail_routes() -> list[route_components_pb2.Route]:
 
 
 def _routes_of(
-    model: ModelSpec,
+    model: ModelSpec, access: ModelAccess | None
 ) -> tuple[list[route_components_pb2.Route], list[route_components_pb2.Route]]:
-    """Return a model's routes by path (``/models/{name}/...``) and by header."""
+    """Return a model's routes by path (``/models/{name}/...``) and by header; with
+    ``access`` (a protected model), each route checks the caller's credential."""
     by_path = route_components_pb2.RouteMatch(path_separated_prefix=f"/models/{model.name}")
     by_header = route_components_pb2.RouteMatch(
         prefix="/",
@@ -284,7 +299,14 @@ def _routes_of(
         pattern=regex_pb2.RegexMatcher(regex=f"^/models/{re.escape(model.name)}/?"),
         substitution="/",
     )
-    return _model_routes(model, by_path, path_rewrite), _model_routes(model, by_header, None)
+    by_path_routes = _model_routes(model, by_path, path_rewrite)
+    by_header_routes = _model_routes(model, by_header, None)
+    if access is not None:
+        checks = model_access_config(access)
+        for route in (*by_path_routes, *by_header_routes):
+            for name, config in checks.items():
+                route.typed_per_filter_config[name].CopyFrom(config)
+    return by_path_routes, by_header_routes
 
 
 def _model_routes(

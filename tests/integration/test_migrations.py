@@ -25,6 +25,9 @@ EXPECTED_TABLES = {
     "audit_head",
     "api_keys",
     "idempotency_records",
+    "tenants",
+    "tenant_credentials",
+    "signing_keys",
 }
 
 
