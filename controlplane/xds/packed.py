@@ -19,11 +19,18 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from google.protobuf import any_pb2
 
 from controlplane.domain.policy import Retries
-from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
+from controlplane.domain.state import (
+    DesiredState,
+    EndpointSpec,
+    ModelSpec,
+    TenantSpec,
+    VersionSpec,
+)
 from controlplane.xds import translate as render
 from controlplane.xds.memo import memoised
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
 from controlplane.xds.snapshot import PackedResource, pack_resource
+from controlplane.xds.tenancy import ModelAccess, access_of
 
 __all__ = ["clear_caches", "packed_endpoints", "rotate_caches", "translate_packed"]
 
@@ -43,11 +50,16 @@ def translate_packed(
         for m in state.models
         for v in m.versions
     }
+    access = access_of(state)
     return {
         CLUSTER: clusters,
         ENDPOINT: packed_endpoints(state, local_zone),
-        LISTENER: {render.LISTENER_NAME: _listener(listener)},
-        ROUTE: {render.ROUTE_CONFIG_NAME: _route_configuration(state.models)},
+        LISTENER: {render.LISTENER_NAME: _listener(listener, state.tenants, state.jwks)},
+        ROUTE: {
+            render.ROUTE_CONFIG_NAME: _route_configuration(
+                tuple((model, access.get(model.name)) for model in state.models)
+            )
+        },
     }
 
 
@@ -89,19 +101,25 @@ def _assignment(
 
 
 @lru_cache(maxsize=16)
-def _listener(options: render.ListenerOptions) -> PackedResource:
-    return pack_resource(render._listener(options))
+def _listener(
+    options: render.ListenerOptions, tenants: tuple[TenantSpec, ...], jwks: str | None
+) -> PackedResource:
+    # The listener depends on the options and, through its filters, on the tenants.
+    state = DesiredState(revision=0, tenants=tenants, jwks=jwks)
+    return pack_resource(render._listener(options, state))
 
 
 @memoised
-def _model_routes(model: ModelSpec) -> tuple[bytes, bytes]:
+def _model_routes(model: ModelSpec, access: ModelAccess | None) -> tuple[bytes, bytes]:
     """The model's path routes and header routes, each as VirtualHost.routes entries."""
-    path_routes, header_routes = render._routes_of(model)
+    path_routes, header_routes = render._routes_of(model, access)
     return _entries(path_routes), _entries(header_routes)
 
 
-def _route_configuration(models: tuple[ModelSpec, ...]) -> PackedResource:
-    parts = [_model_routes(model) for model in models]
+def _route_configuration(
+    models: tuple[tuple[ModelSpec, ModelAccess | None], ...],
+) -> PackedResource:
+    parts = [_model_routes(model, access) for model, access in models]
     virtual_host = b"".join(
         [
             _virtual_host_head(),

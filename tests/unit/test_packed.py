@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from controlplane.domain.policy import (
@@ -15,7 +17,13 @@ from controlplane.domain.policy import (
     Timeouts,
     VersionPolicy,
 )
-from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
+from controlplane.domain.state import (
+    DesiredState,
+    EndpointSpec,
+    ModelSpec,
+    TenantSpec,
+    VersionSpec,
+)
 from controlplane.xds.packed import clear_caches, rotate_caches, translate_packed
 from controlplane.xds.resources import PUSH_ORDER
 from controlplane.xds.snapshot import Snapshot
@@ -45,7 +53,18 @@ def _rich_state(port: int = 8000) -> DesiredState:
         policy,
     )
     empty = ModelSpec("empty", "http")
-    return DesiredState(7, (chat, empty))
+    tenant = TenantSpec("acme", "sub-1", models=("chat",), revoked=("jti-9",))
+    key = {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+        "kid": "k1",
+        "alg": "ES256",
+        "use": "sig",
+    }
+    jwks = json.dumps({"keys": [key]})
+    return DesiredState(7, (chat, empty), (tenant,), jwks)
 
 
 @pytest.mark.parametrize("zone", [None, "a", "b"])
