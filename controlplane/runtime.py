@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from controlplane.db.engine import create_engine, create_sessionmaker, is_sqlite
 from controlplane.db.migrate import current_revision, head_revision
+from controlplane.memory import pin_mmap_threshold
 from controlplane.notify import Notifier, PostgresListener
 from controlplane.settings import Settings
 from controlplane.sync import StateSync
@@ -82,6 +83,8 @@ class ControlPlane:
         from controlplane.api.app import create_app
 
         await self.check_schema()
+        # Large xDS responses are short-lived: give their memory back when freed.
+        pin_mmap_threshold()
         if not is_sqlite(self.settings.database_url):
             self._listener = PostgresListener(self.settings.database_url, self.notifier)
             await self._listener.start()

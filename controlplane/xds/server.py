@@ -42,6 +42,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         async for response in self._serve(SotwStream, request_iterator, context, "sotw"):
             yield response
+            del response  # not kept while the stream waits for its next change
 
     async def _serve(
         self,
@@ -58,6 +59,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         try:
             async for response in stream_class(self._cache, connection).responses(requests):
                 yield response
+                del response  # not kept while the stream waits for its next change
         finally:
             self._registry.disconnect(connection)
             log.info(
@@ -74,6 +76,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
         async for response in self._serve(DeltaStream, request_iterator, context, "delta"):
             yield response
+            del response  # not kept while the stream waits for its next change
 
 
 class XdsServer:

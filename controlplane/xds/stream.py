@@ -66,9 +66,12 @@ class StreamLoop(ABC, Generic[RequestT, ResponseT]):
                 if snapshot is None:
                     continue  # state not loaded yet: answer nothing (no empty push)
                 # Planned again after each round: sending clusters can make endpoints due.
-                while responses := self._respond(snapshot):
-                    for response in responses:
-                        yield response
+                while batch := self._respond(snapshot):
+                    # Handed over one by one and not kept: an idle stream must not
+                    # pin its last (possibly megabytes-large) responses.
+                    batch.reverse()
+                    while batch:
+                        yield batch.pop()
         finally:
             for task in (reader, watcher):
                 task.cancel()
