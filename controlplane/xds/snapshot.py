@@ -96,6 +96,17 @@ class Snapshot:
         """Return the version string of ``type_url``'s resources."""
         return self.versions[type_url]
 
+    def names(self, type_url: str) -> frozenset[str]:
+        """Return the names of a type's resources: one shared set per snapshot, so
+        that streams holding "everything" share it instead of keeping a copy each."""
+        return _names(self.resources[type_url])
+
+    def shared(self, type_url: str, names: frozenset[str]) -> frozenset[str]:
+        """Return ``names``, or this snapshot's equal set of names (which many streams
+        then share) when ``names`` are all of them."""
+        every = self.names(type_url)
+        return every if names == every else names
+
     def select(self, type_url: str, names: frozenset[str]) -> list[any_pb2.Any]:
         """Return the resources of a type, all of them for an empty (wildcard) ``names``."""
         by_name = self.resources[type_url]
@@ -154,6 +165,21 @@ def pack_resource(message: Message) -> PackedResource:
     packed = any_pb2.Any()
     packed.Pack(message, deterministic=True)
     return packed, hashlib.sha256(packed.value).hexdigest()[:16]
+
+
+_NAMES: dict[int, tuple[Mapping[str, any_pb2.Any], frozenset[str]]] = {}
+
+
+def _names(by_name: Mapping[str, any_pb2.Any]) -> frozenset[str]:
+    # Cached by the (immutable) mapping of one snapshot; dropped with the mapping's
+    # last snapshot rather than held forever: entries keep at most a few snapshots.
+    entry = _NAMES.get(id(by_name))
+    if entry is None or entry[0] is not by_name:
+        if len(_NAMES) > 64:
+            _NAMES.clear()
+        entry = (by_name, frozenset(by_name))
+        _NAMES[id(by_name)] = entry
+    return entry[1]
 
 
 def _version(by_name: Mapping[str, any_pb2.Any]) -> str:

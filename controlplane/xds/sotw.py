@@ -115,7 +115,9 @@ class SotwStream(StreamLoop[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
         else:
             state.subscribed = True
             state.acked_version = request.version_info or None
-        state.names = frozenset(request.resource_names)
+        names = frozenset(request.resource_names)
+        current = self._cache.snapshot_for(connection.zone)
+        state.names = current.shared(request.type_url, names) if current else names
 
     def _response(self, type_url: str, snapshot: Snapshot) -> discovery_pb2.DiscoveryResponse:
         state = self._connection.types[type_url]
@@ -123,7 +125,7 @@ class SotwStream(StreamLoop[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
         resources = snapshot.select(type_url, state.names)
         state.sent_version = snapshot.version(type_url)
         state.sent_nonce = nonce
-        state.sent_names = state.names if state.names else frozenset(snapshot.resources[type_url])
+        state.sent_names = state.names if state.names else snapshot.names(type_url)
         state.sent_snapshot = snapshot
         state.holding = state.sent_names
         state.pending = True
