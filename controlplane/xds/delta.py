@@ -21,6 +21,7 @@ https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#incremental-xd
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -83,13 +84,18 @@ class DeltaStream(
         if not state.subscribed:
             state.subscribed = True
             tracked.wildcard = not request.resource_names_subscribe
-            tracked.has = dict(request.initial_resource_versions)
+            tracked.has = {
+                sys.intern(name): version
+                for name, version in request.initial_resource_versions.items()
+            }
             tracked.seeded = bool(tracked.has)
         for name in request.resource_names_subscribe:
             if name == WILDCARD:
                 tracked.wildcard = True
             else:
-                tracked.names.add(name)
+                # Interned: a hundred proxies naming the same 3,000 clusters share
+                # one copy of each name.
+                tracked.names.add(sys.intern(name))
         for name in request.resource_names_unsubscribe:
             if name == WILDCARD:
                 tracked.wildcard = False
