@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections.abc import Collection, Iterable
+from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.repositories import RevisionRepository, StateRepository
+from controlplane.domain.state import DesiredState, ModelSpec
 from controlplane.notify import Notifier
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.packed import packed_endpoints, rotate_caches, translate_packed
@@ -22,7 +26,21 @@ from controlplane.xds.resources import ENDPOINT
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.translate import ListenerOptions, endpoint_zones
 
-__all__ = ["StateSync"]
+__all__ = ["FULL_READ_INTERVAL_S", "StateSync", "with_models"]
+
+# Partial reads are exact; a full read now and then bounds the damage of a bug.
+FULL_READ_INTERVAL_S = 300.0
+
+
+def with_models(
+    state: DesiredState, revision: int, changed: Collection[str], specs: Iterable[ModelSpec]
+) -> DesiredState:
+    """Return ``state`` at ``revision``: the ``changed`` models replaced by ``specs``
+    (a changed model without a spec was deleted), everything else as it was."""
+    models = {model.name: model for model in state.models if model.name not in changed}
+    models.update((spec.name, spec) for spec in specs)
+    return replace(state, revision=revision, models=tuple(models[name] for name in sorted(models)))
+
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +64,8 @@ class StateSync:
         self._poll_interval_s = poll_interval_s
         self.loaded = asyncio.Event()
         self.revision: int | None = None
+        self.state: DesiredState | None = None
+        self._full_read_at = -math.inf
 
     async def sync_once(self) -> bool:
         """Publish the latest revision if it is new; return whether it published."""
@@ -54,11 +74,7 @@ class StateSync:
         if current == self.revision:
             return False
         started = time.perf_counter()
-        async with self._sessionmaker() as session:
-            connection = await session.connection()
-            if connection.dialect.name == "postgresql":
-                await connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            state = await StateRepository(session).load()
+        state = await self._load()
         # Resources unused by this revision and the one before are forgotten.
         rotate_caches()
         resources = translate_packed(state, self._listener)
@@ -70,6 +86,7 @@ class StateSync:
             for zone in endpoint_zones(state)
         }
         await self._cache.publish(snapshot, by_zone)
+        self.state = state
         self.revision = state.revision
         self.loaded.set()
         log.info(
@@ -81,6 +98,26 @@ class StateSync:
             },
         )
         return True
+
+    async def _load(self) -> DesiredState:
+        """Read the state: only the models changed since the last read when every
+        revision in between says which, else (and now and then regardless) all."""
+        loop = asyncio.get_running_loop()
+        async with self._sessionmaker() as session:
+            connection = await session.connection()
+            if connection.dialect.name == "postgresql":
+                await connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            previous = self.state
+            fresh_enough = loop.time() - self._full_read_at < FULL_READ_INTERVAL_S
+            if previous is not None and fresh_enough:
+                current, changed = await RevisionRepository(session).changed_models(
+                    previous.revision
+                )
+                if changed is not None:
+                    specs = await StateRepository(session).models(changed)
+                    return with_models(previous, current, changed, specs)
+            self._full_read_at = loop.time()
+            return await StateRepository(session).load()
 
     async def run(self) -> None:
         """Sync forever: on every wake-up and at least every poll interval."""

@@ -151,6 +151,8 @@ class ConfigRevision(Base):
     action: Mapped[str] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
+    # The models this revision changed; NULL when it may have changed anything.
+    models: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class AuditEvent(Base):

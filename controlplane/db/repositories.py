@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -153,11 +153,19 @@ class RevisionRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def bump(self, *, actor: str, action: str, request_id: str | None) -> int:
+    async def bump(
+        self,
+        *,
+        actor: str,
+        action: str,
+        request_id: str | None,
+        models: Sequence[str] | None = None,
+    ) -> int:
         """Increment the revision and record it; return the new number.
 
-        The ``UPDATE`` takes the head row's lock, so concurrent writers commit
-        in revision order.
+        ``models`` names the models the change touched (None: anything may have
+        changed), so that replicas re-read only those. The ``UPDATE`` takes the
+        head row's lock, so concurrent writers commit in revision order.
         """
         revision = await self._session.scalar(
             update(ConfigHead)
@@ -167,7 +175,13 @@ class RevisionRepository:
         )
         if revision is None:
             raise RuntimeError("config_head is empty: run `turnout db upgrade`")
-        row = ConfigRevision(revision=revision, actor=actor, action=action, request_id=request_id)
+        row = ConfigRevision(
+            revision=revision,
+            actor=actor,
+            action=action,
+            request_id=request_id,
+            models=sorted(set(models)) if models is not None else None,
+        )
         self._session.add(row)
         await self._session.flush()
         # The desired state as of this revision, for history, diffs and rollback.
@@ -207,6 +221,26 @@ class RevisionRepository:
         )
         return state
 
+    async def changed_models(self, after: int) -> tuple[int, set[str] | None]:
+        """Return the latest revision and the models changed since revision ``after``
+        (None when some revision in between may have changed anything)."""
+        current = await self.current()
+        rows = (
+            await self._session.execute(
+                select(ConfigRevision.revision, ConfigRevision.models).where(
+                    ConfigRevision.revision > after, ConfigRevision.revision <= current
+                )
+            )
+        ).all()
+        if len(rows) != current - after:
+            return current, None  # a revision is missing: trust nothing
+        changed: set[str] = set()
+        for _revision, models in rows:
+            if models is None:
+                return current, None
+            changed.update(models)
+        return current, changed
+
     async def current(self) -> int:
         """Return the latest committed revision."""
         revision = await self._session.scalar(select(ConfigHead.revision).where(ConfigHead.id == 1))
@@ -226,56 +260,9 @@ class StateRepository:
         revision and the rows come from the same snapshot.
         """
         revision = await RevisionRepository(self._session).current()
-        # Plain rows, not ORM objects: this runs on every change, over every model.
-        # Flush first so that this transaction's own changes are seen.
-        await self._session.flush()
-        endpoints: dict[int, list[EndpointSpec]] = {}
-        for row in await self._session.execute(
-            select(
-                Endpoint.version_id,
-                Endpoint.address,
-                Endpoint.port,
-                Endpoint.zone,
-                Endpoint.accelerator,
-                Endpoint.weight,
-                Endpoint.batcher_port,
-            ).order_by(Endpoint.version_id, Endpoint.address, Endpoint.port)
-        ):
-            endpoints.setdefault(row[0], []).append(EndpointSpec(*row[1:]))
-        weights: dict[int, int] = dict(
-            (
-                await self._session.execute(select(TrafficSplit.version_id, TrafficSplit.weight))
-            ).all()
-        )
-        versions: dict[int, list[tuple[str, int, VersionSpec]]] = {}
-        for version_id, model_id, name, policy in await self._session.execute(
-            select(
-                ModelVersion.id, ModelVersion.model_id, ModelVersion.name, ModelVersion.policy
-            ).order_by(ModelVersion.model_id, ModelVersion.name)
-        ):
-            spec = VersionSpec(
-                name=name,
-                endpoints=tuple(endpoints.get(version_id, ())),
-                policy=version_policy_from_document(policy),
-            )
-            versions.setdefault(model_id, []).append((name, weights.get(version_id, 0), spec))
-        models = []
-        for model_id, name, protocol, policy in await self._session.execute(
-            select(Model.id, Model.name, Model.protocol, Model.policy).order_by(Model.name)
-        ):
-            own = versions.get(model_id, [])
-            models.append(
-                ModelSpec(
-                    name=name,
-                    protocol=protocol,
-                    versions=tuple(spec for _, _, spec in own),
-                    weights=tuple((v, w) for v, w, _ in own if w > 0),
-                    policy=model_policy_from_document(policy),
-                )
-            )
         return DesiredState(
             revision=revision,
-            models=tuple(models),
+            models=await self.models(),
             tenants=await self._tenants(),
             jwks=jwks_of(
                 [
@@ -286,6 +273,65 @@ class StateRepository:
                 ]
             ),
         )
+
+    async def models(self, names: Collection[str] | None = None) -> tuple[ModelSpec, ...]:
+        """Return the specs of the models called ``names`` that exist (every model
+        when ``names`` is None), sorted by name."""
+        # Plain rows, not ORM objects: this runs on every change, over every model.
+        # Flush first so that this transaction's own changes are seen.
+        await self._session.flush()
+        endpoint_query = select(
+            Endpoint.version_id,
+            Endpoint.address,
+            Endpoint.port,
+            Endpoint.zone,
+            Endpoint.accelerator,
+            Endpoint.weight,
+            Endpoint.batcher_port,
+        ).order_by(Endpoint.version_id, Endpoint.address, Endpoint.port)
+        split_query = select(TrafficSplit.version_id, TrafficSplit.weight)
+        version_query = select(
+            ModelVersion.id, ModelVersion.model_id, ModelVersion.name, ModelVersion.policy
+        ).order_by(ModelVersion.model_id, ModelVersion.name)
+        model_query = select(Model.id, Model.name, Model.protocol, Model.policy).order_by(
+            Model.name
+        )
+        if names is not None:
+            model_ids = select(Model.id).where(Model.name.in_(list(names)))
+            version_ids = select(ModelVersion.id).where(ModelVersion.model_id.in_(model_ids))
+            endpoint_query = endpoint_query.where(Endpoint.version_id.in_(version_ids))
+            split_query = split_query.where(TrafficSplit.version_id.in_(version_ids))
+            version_query = version_query.where(ModelVersion.model_id.in_(model_ids))
+            model_query = model_query.where(Model.id.in_(model_ids))
+        endpoints: dict[int, list[EndpointSpec]] = {}
+        for row in await self._session.execute(endpoint_query):
+            endpoints.setdefault(row[0], []).append(EndpointSpec(*row[1:]))
+        weights: dict[int, int] = dict((await self._session.execute(split_query)).all())
+        versions: dict[int, list[tuple[str, int, VersionSpec]]] = {}
+        for version_id, model_id, name, policy in await self._session.execute(version_query):
+            spec = VersionSpec(
+                name=name,
+                endpoints=tuple(endpoints.get(version_id, ())),
+                policy=version_policy_from_document(policy),
+            )
+            versions.setdefault(model_id, []).append((name, weights.get(version_id, 0), spec))
+        for own in versions.values():
+            own.sort(key=lambda entry: entry[0])  # by name, the same on every database
+        models = []
+        for model_id, name, protocol, policy in await self._session.execute(model_query):
+            own = versions.get(model_id, [])
+            models.append(
+                ModelSpec(
+                    name=name,
+                    protocol=protocol,
+                    versions=tuple(spec for _, _, spec in own),
+                    weights=tuple((v, w) for v, w, _ in own if w > 0),
+                    policy=model_policy_from_document(policy),
+                )
+            )
+        # Sorted here, not by the database's collation: full and partial reads of
+        # the same state must agree, on SQLite as on Postgres.
+        return tuple(sorted(models, key=lambda model: model.name))
 
     async def _tenants(self) -> tuple[TenantSpec, ...]:
         revoked: dict[int, list[str]] = {}

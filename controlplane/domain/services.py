@@ -404,7 +404,11 @@ async def record_change(
     """Bump the config revision and append the audit event of one change; return the
     new revision. Call once per mutation, inside its transaction."""
     revision = await RevisionRepository(session).bump(
-        actor=context.actor, action=action, request_id=context.request_id
+        actor=context.actor,
+        action=action,
+        request_id=context.request_id,
+        # A change under one model re-reads that model; anything else, everything.
+        models=[model] if model is not None else None,
     )
     await AuditRepository(session).append(
         context.entry(
