@@ -29,6 +29,12 @@ __all__ = [
 ]
 
 
+# The specs key the translator's memo, so they are hashed on every translation:
+# each computes its hash once (a frozen value cannot change) instead of walking
+# its whole tree every time.
+_HASH = field(default=0, init=False, repr=False, compare=False)
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointSpec:
     """One model-server replica."""
@@ -39,6 +45,14 @@ class EndpointSpec:
     accelerator: str | None = None
     weight: int = 1
     batcher_port: int | None = None
+    _hash: int = _HASH
+
+    def __post_init__(self) -> None:
+        fields = (self.address, self.port, self.zone, self.accelerator, self.weight)
+        object.__setattr__(self, "_hash", hash((*fields, self.batcher_port)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +62,13 @@ class VersionSpec:
     name: str
     endpoints: tuple[EndpointSpec, ...] = ()
     policy: VersionPolicy = field(default_factory=VersionPolicy)
+    _hash: int = _HASH
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.name, self.endpoints, self.policy)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +80,14 @@ class ModelSpec:
     versions: tuple[VersionSpec, ...] = ()
     weights: tuple[tuple[str, int], ...] = ()
     policy: ModelPolicy = field(default_factory=ModelPolicy)
+    _hash: int = _HASH
+
+    def __post_init__(self) -> None:
+        key = (self.name, self.protocol, self.versions, self.weights, self.policy)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def weight_of(self, version: str) -> int:
         """Return the traffic weight of ``version`` (0 when it has none)."""

@@ -21,7 +21,6 @@ from google.protobuf import any_pb2
 from controlplane.domain.policy import Retries
 from controlplane.domain.state import (
     DesiredState,
-    EndpointSpec,
     ModelSpec,
     TenantSpec,
     VersionSpec,
@@ -66,9 +65,7 @@ def translate_packed(
 def packed_endpoints(state: DesiredState, local_zone: str | None) -> dict[str, PackedResource]:
     """Return the packed ClusterLoadAssignments of ``state`` as seen from ``local_zone``."""
     return {
-        cluster_name(m.name, v.name): _assignment(
-            cluster_name(m.name, v.name), v.endpoints, local_zone, v.policy.batching_enabled()
-        )
+        cluster_name(m.name, v.name): _assignment(cluster_name(m.name, v.name), v, local_zone)
         for m in state.models
         for v in m.versions
     }
@@ -94,10 +91,11 @@ def _cluster(name: str, version: VersionSpec, retries: Retries | None) -> Packed
 
 
 @memoised
-def _assignment(
-    name: str, endpoints: tuple[EndpointSpec, ...], local_zone: str | None, batching: bool
-) -> PackedResource:
-    return pack_resource(render._load_assignment(name, endpoints, local_zone, batching))
+def _assignment(name: str, version: VersionSpec, local_zone: str | None) -> PackedResource:
+    # Keyed by the whole version, whose hash is computed once: cheaper to look up
+    # than its endpoints, at the price of a re-render when only its policy changes.
+    batching = version.policy.batching_enabled()
+    return pack_resource(render._load_assignment(name, version.endpoints, local_zone, batching))
 
 
 @lru_cache(maxsize=16)
