@@ -34,15 +34,17 @@ async def test_config_shows_what_the_proxy_holds(
         json={"version": "v1", "endpoints": [{"address": "127.0.0.1", "port": 9001}]},
     )
 
-    async def holds_cluster() -> dict[str, object] | None:
+    async def holds_cluster_and_endpoints() -> dict[str, object] | None:
         response = await api.get(f"/v1/proxies/{envoy.node_id}/config")
         if response.status_code != 200:
             return None
         config = response.json()
-        names = [r["name"] for r in config["clusters"]["resources"]]
-        return dict(config) if names == ["m/v1"] else None
+        clusters = [r["name"] for r in config["clusters"]["resources"]]
+        # Endpoints follow clusters (EDS after CDS): wait for both.
+        endpoints = [r["clusterName"] for r in config["endpoints"]["resources"]]
+        return dict(config) if clusters == endpoints == ["m/v1"] else None
 
-    config = await eventually(holds_cluster, timeout=10)
+    config = await eventually(holds_cluster_and_endpoints, timeout=10)
     assert config["endpoints"]["resources"][0]["clusterName"] == "m/v1"  # type: ignore[index]
     assert config["listeners"]["resources"][0]["name"] == "turnout_http"  # type: ignore[index]
     assert (await api.get("/v1/proxies/nobody/config")).status_code == 404
