@@ -19,9 +19,9 @@ from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from controlplane.xds.snapshot import Snapshot
-from controlplane.xds.status import ProxyConnection, SyncStatus
+from controlplane.xds.status import SyncStatus
 from controlplane.xds.translate import ROUTE_CONFIG_NAME, translate
-from tests.unit.test_sotw import FakeRequests
+from tests.unit.test_sotw import Stream
 
 TIMEOUT_S = 5.0
 
@@ -61,43 +61,15 @@ def _request(
     return request
 
 
-class DeltaHarness:
-    """One DeltaStream over a fake request stream."""
-
-    def __init__(self, cache: SnapshotCache) -> None:
-        self.cache = cache
-        self.connection = ProxyConnection(stream_id=1, variant="delta")
-        self.requests = FakeRequests()
-        self.responses: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse] = asyncio.Queue()
-        self.task = asyncio.create_task(self._pump())
-
-    async def _pump(self) -> None:
-        async for response in DeltaStream(self.cache, self.connection).responses(self.requests):
-            await self.responses.put(response)
-
-    def send(self, *requests: discovery_pb2.DeltaDiscoveryRequest) -> None:
-        for request in requests:
-            self.requests.send(request)
-
-    async def next(self, type_url: str) -> discovery_pb2.DeltaDiscoveryResponse:
-        response = await asyncio.wait_for(self.responses.get(), TIMEOUT_S)
-        assert response.type_url == type_url, response.type_url
-        return response
-
-    async def finish(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
-        self.requests.close()
-        await asyncio.wait_for(self.task, TIMEOUT_S)
-        rest = []
-        while not self.responses.empty():
-            rest.append(self.responses.get_nowait())
-        return rest
+def _delta_stream(cache: SnapshotCache) -> Stream:
+    return Stream(cache, DeltaStream, variant="delta")
 
 
 @pytest.fixture
-async def harness() -> AsyncIterator[DeltaHarness]:
+async def harness() -> AsyncIterator[Stream]:
     cache = SnapshotCache()
     await cache.publish(BASE)
-    opened = DeltaHarness(cache)
+    opened = _delta_stream(cache)
     try:
         yield opened
     finally:
@@ -107,7 +79,7 @@ async def harness() -> AsyncIterator[DeltaHarness]:
                 await opened.task
 
 
-async def _sync(harness: DeltaHarness) -> None:
+async def _sync(harness: Stream) -> None:
     """Play a well-behaved Envoy until every type is current."""
     harness.send(_request(CLUSTER), _request(LISTENER))
     clusters = await harness.next(CLUSTER)
@@ -121,7 +93,7 @@ async def _sync(harness: DeltaHarness) -> None:
 
 
 async def test_wildcard_subscription_gets_every_cluster_with_its_version(
-    harness: DeltaHarness,
+    harness: Stream,
 ) -> None:
     harness.send(_request(CLUSTER))
     response = await harness.next(CLUSTER)
@@ -132,7 +104,7 @@ async def test_wildcard_subscription_gets_every_cluster_with_its_version(
     assert list(response.removed_resources) == []
 
 
-async def test_a_change_sends_only_the_changed_resource(harness: DeltaHarness) -> None:
+async def test_a_change_sends_only_the_changed_resource(harness: Stream) -> None:
     await _sync(harness)
     moved = _snapshot(2, {"v1": 8001, "v2": 9999}, {"v1": 100})
     await harness.cache.publish(moved)
@@ -144,7 +116,7 @@ async def test_a_change_sends_only_the_changed_resource(harness: DeltaHarness) -
     assert harness.connection.types[ENDPOINT].status(moved.version(ENDPOINT)) == SyncStatus.SYNCED
 
 
-async def test_removed_resources_are_named(harness: DeltaHarness) -> None:
+async def test_removed_resources_are_named(harness: Stream) -> None:
     await _sync(harness)
     await harness.cache.publish(_snapshot(2, {"v1": 8001}, {"v1": 100}))
     clusters = await harness.next(CLUSTER)
@@ -153,7 +125,7 @@ async def test_removed_resources_are_named(harness: DeltaHarness) -> None:
 
 
 async def test_nack_is_recorded_and_not_resent_until_the_snapshot_changes(
-    harness: DeltaHarness,
+    harness: Stream,
 ) -> None:
     await _sync(harness)
     second = _snapshot(2, {"v1": 8001, "v2": 8002}, {"v2": 100})
@@ -171,7 +143,7 @@ async def test_nack_is_recorded_and_not_resent_until_the_snapshot_changes(
     assert await harness.finish() == []
 
 
-async def test_nack_records_the_error(harness: DeltaHarness) -> None:
+async def test_nack_records_the_error(harness: Stream) -> None:
     harness.send(_request(CLUSTER))
     clusters = await harness.next(CLUSTER)
     harness.send(_request(CLUSTER, nonce=clusters.nonce, error="bad cluster"))
@@ -181,7 +153,7 @@ async def test_nack_records_the_error(harness: DeltaHarness) -> None:
     assert state.error == "bad cluster"
 
 
-async def test_initial_versions_that_match_are_not_sent_again(harness: DeltaHarness) -> None:
+async def test_initial_versions_that_match_are_not_sent_again(harness: Stream) -> None:
     harness.send(_request(CLUSTER, initial=dict(BASE.resource_versions[CLUSTER])))
     endpoints = dict(BASE.resource_versions[ENDPOINT])
     harness.send(_request(ENDPOINT, sorted(endpoints), initial=endpoints))
@@ -191,7 +163,7 @@ async def test_initial_versions_that_match_are_not_sent_again(harness: DeltaHarn
     assert (await harness.next(LISTENER)).resources[0].name == "turnout_http"
 
 
-async def test_routes_wait_for_the_endpoints_of_every_cluster(harness: DeltaHarness) -> None:
+async def test_routes_wait_for_the_endpoints_of_every_cluster(harness: Stream) -> None:
     harness.send(_request(CLUSTER), _request(LISTENER))
     clusters = await harness.next(CLUSTER)
     harness.send(_request(ROUTE, [ROUTE_CONFIG_NAME]), _request(CLUSTER, nonce=clusters.nonce))
@@ -206,7 +178,7 @@ async def test_routes_wait_for_the_endpoints_of_every_cluster(harness: DeltaHarn
     assert (await harness.next(LISTENER)).resources
 
 
-async def test_unsubscribed_names_are_forgotten(harness: DeltaHarness) -> None:
+async def test_unsubscribed_names_are_forgotten(harness: Stream) -> None:
     harness.send(_request(ENDPOINT, ["m/v1", "m/v2"]))
     first = await harness.next(ENDPOINT)
     harness.send(_request(ENDPOINT, nonce=first.nonce, unsubscribe=["m/v2"]))
@@ -219,7 +191,7 @@ async def test_unsubscribed_names_are_forgotten(harness: DeltaHarness) -> None:
 async def test_a_first_subscription_is_answered_even_when_empty() -> None:
     cache = SnapshotCache()
     await cache.publish(Snapshot.from_resources(1, translate(DesiredState(1, ()))))
-    harness = DeltaHarness(cache)
+    harness = _delta_stream(cache)
     harness.send(_request(CLUSTER), _request(LISTENER))
     clusters = await harness.next(CLUSTER)
     assert list(clusters.resources) == []

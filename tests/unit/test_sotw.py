@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import copy
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import pytest
 from envoy.config.core.v3 import base_pb2
@@ -23,6 +24,7 @@ from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, 
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.sotw import SotwStream, plan_types
 from controlplane.xds.status import ProxyConnection, SyncStatus, TypeState
+from controlplane.xds.stream import StreamLoop
 from controlplane.xds.translate import ROUTE_CONFIG_NAME, translate
 
 TIMEOUT_S = 5.0
@@ -112,18 +114,25 @@ class FakeRequests:
 
 
 class Stream:
-    """One SotwStream over a fake request stream, its responses collected in a queue."""
+    """One ADS stream (state of the world unless told otherwise) over a fake request
+    stream, its responses collected in a queue. The delta tests use it too."""
 
-    def __init__(self, cache: SnapshotCache) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        stream_class: type[StreamLoop[Any, Any]] = SotwStream,
+        variant: str = "sotw",
+    ) -> None:
         self.cache = cache
-        self.connection = ProxyConnection(stream_id=1)
+        self.connection = ProxyConnection(stream_id=1, variant=variant)
         self.requests = FakeRequests()
-        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
+        self.responses: asyncio.Queue[Any] = asyncio.Queue()
+        self._stream_class = stream_class
         self.task = asyncio.create_task(self._pump())
 
     async def _pump(self) -> None:
-        sotw = SotwStream(self.cache, self.connection)
-        async for response in sotw.responses(self.requests):
+        stream = self._stream_class(self.cache, self.connection)
+        async for response in stream.responses(self.requests):
             await self.responses.put(response)
 
     def send(self, *requests: discovery_pb2.DiscoveryRequest) -> None:
