@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp
 
 from controlplane.db.engine import create_engine, create_sessionmaker, is_sqlite
 from controlplane.db.migrate import current_revision, head_revision
@@ -78,10 +80,9 @@ class ControlPlane:
                 "run `turnout db upgrade`"
             )
 
-    async def start(self, *, serve_api: bool = True) -> None:
-        """Check the schema, load the state, then start the xDS server and the API."""
-        from controlplane.api.app import create_app
-
+    async def start(self, api: Callable[[ControlPlane], ASGIApp] | None = None) -> None:
+        """Check the schema, load the state, then start the xDS server and, when
+        ``api`` builds an admin API for this replica, serve it."""
         await self.check_schema()
         # Large xDS responses are short-lived: give their memory back when freed.
         pin_mmap_threshold()
@@ -92,14 +93,12 @@ class ControlPlane:
         await self.sync.sync_once()
         self._tasks.sync = asyncio.create_task(self.sync.run(), name="turnout-sync")
         self.xds_port = await self.xds.start(self.settings.xds_host, self.settings.xds_port)
-        if serve_api:
+        if api is not None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.settings.api_host, self.settings.api_port))
             self.api_port = sock.getsockname()[1]
-            config = uvicorn.Config(
-                create_app(self), log_config=None, access_log=False, lifespan="off"
-            )
+            config = uvicorn.Config(api(self), log_config=None, access_log=False, lifespan="off")
             self._api_server = uvicorn.Server(config)
             self._tasks.api = asyncio.create_task(
                 self._api_server.serve(sockets=[sock]), name="turnout-api"

@@ -12,13 +12,13 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Collection, Iterable
 from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.db.repositories import RevisionRepository, StateRepository
-from controlplane.domain.state import DesiredState, ModelSpec
+from controlplane.db.revisions import RevisionRepository
+from controlplane.db.state import load_access, load_models, load_state
+from controlplane.domain.state import DesiredState
 from controlplane.notify import Notifier
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.packed import packed_endpoints, rotate_caches, translate_packed
@@ -26,20 +26,10 @@ from controlplane.xds.resources import ENDPOINT
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.translate import ListenerOptions, endpoint_zones
 
-__all__ = ["FULL_READ_INTERVAL_S", "StateSync", "with_models"]
+__all__ = ["FULL_READ_INTERVAL_S", "StateSync"]
 
 # Partial reads are exact; a full read now and then bounds the damage of a bug.
 FULL_READ_INTERVAL_S = 300.0
-
-
-def with_models(
-    state: DesiredState, revision: int, changed: Collection[str], specs: Iterable[ModelSpec]
-) -> DesiredState:
-    """Return ``state`` at ``revision``: the ``changed`` models replaced by ``specs``
-    (a changed model without a spec was deleted), everything else as it was."""
-    models = {model.name: model for model in state.models if model.name not in changed}
-    models.update((spec.name, spec) for spec in specs)
-    return replace(state, revision=revision, models=tuple(models[name] for name in sorted(models)))
 
 
 log = logging.getLogger(__name__)
@@ -110,14 +100,19 @@ class StateSync:
             previous = self.state
             fresh_enough = loop.time() - self._full_read_at < FULL_READ_INTERVAL_S
             if previous is not None and fresh_enough:
-                current, changed = await RevisionRepository(session).changed_models(
-                    previous.revision
-                )
+                revisions = RevisionRepository(session)
+                current, changed, access_changed = await revisions.changed_since(previous.revision)
                 if changed is not None:
-                    specs = await StateRepository(session).models(changed)
-                    return with_models(previous, current, changed, specs)
+                    specs = {spec.name: spec for spec in await load_models(session, changed)}
+                    state = previous.with_models(
+                        current, {name: specs.get(name) for name in changed}
+                    )
+                    if access_changed:
+                        tenants, jwks = await load_access(session)
+                        state = replace(state, tenants=tenants, jwks=jwks)
+                    return state
             self._full_read_at = loop.time()
-            return await StateRepository(session).load()
+            return await load_state(session)
 
     async def run(self) -> None:
         """Sync forever: on every wake-up and at least every poll interval."""

@@ -22,12 +22,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from controlplane.db.base import utcnow
+from controlplane.api.app import create_app
 from controlplane.db.engine import create_engine
 from controlplane.db.key_repository import ApiKeyRepository
 from controlplane.db.migrate import upgrade
 from controlplane.db.models import ApiKey
 from controlplane.domain.audit import GENESIS_HASH
+from controlplane.domain.clock import utcnow
 from controlplane.domain.keys import Role, generate_key, hash_key, key_display_prefix
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
@@ -41,6 +42,8 @@ DATA_TABLES = (
     "api_keys",
     "audit_events",
     "config_revisions",
+    "revision_models",
+    "state_documents",
     "traffic_splits",
     "endpoints",
     "model_versions",
@@ -165,7 +168,7 @@ def settings(database_url: str) -> Settings:
 async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
     """A running control plane (admin API and xDS)."""
     plane = ControlPlane(settings)
-    await plane.start()
+    await plane.start(api=create_app)
     try:
         yield plane
     finally:

@@ -12,7 +12,7 @@ import httpx
 from aiohttp import web
 
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
-from controlplane.db.repositories import RevisionRepository
+from controlplane.db.revisions import RevisionRepository
 from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
 from controlplane.runtime import ControlPlane
 from examples.model_server import ModelServer, bound_port, serve

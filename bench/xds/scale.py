@@ -40,6 +40,7 @@ import grpc
 import httpx
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.api.app import create_app
 from controlplane.cli.admin import create_key_with
 from controlplane.domain.keys import Role
 from controlplane.domain.state import DesiredState
@@ -232,7 +233,7 @@ async def measure_push(n: int, reps: int, workdir: Path) -> dict[str, Any]:
         return published
 
     plane.sync.sync_once = timed_sync_once  # type: ignore[method-assign]
-    await plane.start()
+    await plane.start(api=create_app)
     _row, key = await create_key_with(plane.engine, "bench", Role.ADMIN)
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{plane.xds_port}",

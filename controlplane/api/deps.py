@@ -10,11 +10,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.gateway import request_context
-from controlplane.domain.access import KeyService, authenticate
+from controlplane.api.unit_of_work import UnitOfWork
+from controlplane.domain.audit import ActionContext
 from controlplane.domain.errors import PermissionDenied, Unauthenticated
 from controlplane.domain.keys import Permission, Principal
-from controlplane.domain.services import ActionContext, ModelService, committed_revision
-from controlplane.domain.tenants import TenantService
+from controlplane.services.changes import committed_revision
+from controlplane.services.keys import KeyService, authenticate
+from controlplane.services.models import ModelService
+from controlplane.services.tenants import TenantService
 
 if TYPE_CHECKING:
     from controlplane.runtime import ControlPlane
@@ -22,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ContextDep",
     "CurrentPrincipal",
-    "DryRun",
     "KeyServiceDep",
     "ModelServiceDep",
     "RuntimeDep",
@@ -41,60 +43,22 @@ def get_runtime(request: Request) -> ControlPlane:
 RuntimeDep = Annotated["ControlPlane", Depends(get_runtime)]
 
 
-class DryRun(Exception):
-    """Raised after a ``?dry_run=true`` change: it carries what the change would have
-    done; the gateway rolls the transaction back (see ``DRY_RUN_HEADER``)."""
-
-    def __init__(self, outcome: dict[str, Any]) -> None:
-        super().__init__("dry run")
-        self.outcome = outcome
-
-
 async def get_session(request: Request, runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
     """One session and one transaction per request.
 
-    A mutating request uses the transaction the gateway opened (it commits or
-    rolls back there, with the audit event); any other request gets its own,
-    committed before the response. After a commit that bumped the config
-    revision, the xDS sync is woken. With ``dry_run`` a change is computed and
-    diffed against the state before it, and the gateway rolls it back.
+    A mutating request uses its unit of work's transaction (the gateway commits
+    or rolls it back, with the audit event, and answers a dry run); any other
+    request gets its own, committed before the response.
     """
-    owned: AsyncSession | None = getattr(request.state, "session", None)
-    if owned is not None:
-        yield owned
-        # Any change takes ?dry_run=true (described in the API's description rather
-        # than on each operation, whose documented answer is the real one).
-        if request.query_params.get("dry_run", "").lower() in ("true", "1"):
-            raise DryRun(await _dry_run_outcome(owned, committed_revision(owned), runtime))
+    unit: UnitOfWork | None = getattr(request.state, "unit_of_work", None)
+    if unit is not None:
+        yield unit.session
         return
     async with runtime.sessionmaker() as session:
         async with session.begin():
             yield session
         if committed_revision(session) is not None:
             runtime.notifier.notify()
-
-
-async def _dry_run_outcome(
-    session: AsyncSession, revision: int | None, runtime: ControlPlane
-) -> dict[str, Any]:
-    from controlplane.db.repositories import StateRepository
-    from controlplane.domain.revisions import RevisionService, state_diff
-    from controlplane.xds.diff import resource_diff
-    from controlplane.xds.translate import ListenerOptions, translate
-
-    if revision is None:  # the change touches no desired state (an API key, say)
-        return {"dry_run": True, "revision": None, "state": {}, "resources": {}}
-    after = await StateRepository(session).load()
-    before = await RevisionService(session, ActionContext()).state_at(revision - 1)
-    listener = ListenerOptions(
-        host=runtime.settings.listener_host, port=runtime.settings.listener_port
-    )
-    return {
-        "dry_run": True,
-        "revision": revision,
-        "state": state_diff(before, after),
-        "resources": resource_diff(translate(before, listener), translate(after, listener)),
-    }
 
 
 # scope="function": commit when the handler returns, before the response goes out,

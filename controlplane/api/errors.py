@@ -74,23 +74,8 @@ async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "conflict", "the change conflicts with a concurrent change")
 
 
-async def _dry_run(_request: Request, exc: Exception) -> JSONResponse:
-    from controlplane.api.deps import DryRun
-    from controlplane.api.gateway import DRY_RUN_HEADER
-
-    assert isinstance(exc, DryRun)
-    return JSONResponse(
-        status_code=200,
-        content=jsonable_encoder(exc.outcome),
-        headers={DRY_RUN_HEADER.decode(): "true"},
-    )
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Register every error mapping on ``app``."""
-    from controlplane.api.deps import DryRun
-
-    app.add_exception_handler(DryRun, _dry_run)
     app.add_exception_handler(TurnoutError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -4,8 +4,10 @@ event.
 
 A mutating request (POST, PUT, PATCH, DELETE) runs like this:
 
-1. Its body is read, up to ``max_request_bytes`` (413 beyond).
-2. A transaction opens and takes the audit chain lock first, so mutating
+1. Its body is read, up to ``max_request_bytes`` (413 beyond), and its query
+   parsed: a change takes ``?dry_run=true|false|1|0`` and nothing else (422).
+2. A unit of work (:class:`~controlplane.api.unit_of_work.UnitOfWork`) opens a
+   transaction and takes the audit chain lock first, so mutating
    requests run one at a time: an ``If-Match`` check and the write it guards
    see the same state, on SQLite as on Postgres.
 3. The caller's key is looked up. A POST with an ``Idempotency-Key`` that was
@@ -13,9 +15,14 @@ A mutating request (POST, PUT, PATCH, DELETE) runs like this:
    body differs) without running the route.
 4. The route runs inside that transaction. On a 2xx the idempotency record and,
    if the route wrote none, an audit event are added and the transaction
-   commits before the response goes out. Otherwise it rolls back, and one
-   audit event (denied, rejected or error, with the status code) is written in
-   a transaction of its own.
+   commits before the response goes out, with the revision it created in
+   ``x-turnout-revision``. A dry run answers what the change would do (the
+   state and Envoy resources it alters) and rolls back. Otherwise it rolls
+   back, and one audit event (denied, rejected, error or dry run, with the
+   status code) is written in a transaction of its own.
+
+The audit action of each route is declared on the route
+(:func:`~controlplane.api.unit_of_work.audited`).
 """
 
 from __future__ import annotations
@@ -27,55 +34,40 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
+from fastapi.encoders import jsonable_encoder
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane.api.errors import error_response
+from controlplane.api.unit_of_work import Audited, UnitOfWork, audited_of, parse_dry_run
 from controlplane.db.audit_repository import AuditRepository, was_audited
-from controlplane.db.base import utcnow
 from controlplane.db.key_repository import IdempotencyRepository
 from controlplane.db.models import IdempotencyRecord
-from controlplane.domain.access import authenticate
-from controlplane.domain.audit import AuditEntry, Outcome
+from controlplane.db.revisions import RevisionRepository
+from controlplane.db.state import load_state
+from controlplane.domain.audit import ActionContext, AuditEntry, Outcome
+from controlplane.domain.clock import utcnow
+from controlplane.domain.errors import InvalidInput
 from controlplane.domain.keys import Principal
-from controlplane.domain.services import ActionContext, committed_revision
+from controlplane.services.changes import committed_revision
+from controlplane.services.keys import authenticate
+from controlplane.services.revisions import whole_diff
+from controlplane.xds.translate import ListenerOptions
 
 if TYPE_CHECKING:
     from controlplane.runtime import ControlPlane
 
-__all__ = ["DRY_RUN_HEADER", "MUTATING_METHODS", "AdminGateway", "bearer_key"]
+__all__ = ["MUTATING_METHODS", "REVISION_HEADER", "AdminGateway", "bearer_key"]
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Set on the answer to a ``?dry_run=true`` change: roll back, audit as a dry run.
-DRY_RUN_HEADER = b"x-turnout-dry-run"
+# On the answer to a change that created a config revision: its number.
+REVISION_HEADER = b"x-turnout-revision"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-
-# Route (endpoint function name) -> (audit action, resource type).
-ACTIONS: dict[str, tuple[str, str]] = {
-    "create_model": ("model.create", "model"),
-    "update_model": ("model.update", "model"),
-    "delete_model": ("model.delete", "model"),
-    "create_version": ("version.create", "version"),
-    "update_version": ("version.update", "version"),
-    "delete_version": ("version.delete", "version"),
-    "set_traffic": ("traffic.update", "traffic"),
-    "rollback_revision": ("revision.rollback", "revision"),
-    "set_model_policy": ("model.policy.update", "model_policy"),
-    "set_version_policy": ("version.policy.update", "version_policy"),
-    "create_key": ("key.create", "key"),
-    "revoke_key": ("key.revoke", "key"),
-    "create_tenant": ("tenant.create", "tenant"),
-    "update_tenant": ("tenant.update", "tenant"),
-    "delete_tenant": ("tenant.delete", "tenant"),
-    "create_credential": ("tenant.credential.create", "tenant_credential"),
-    "revoke_credential": ("tenant.credential.revoke", "tenant_credential"),
-}
-# Response fields that hold a secret: never stored for an idempotent replay.
-_SECRET_RESPONSE_FIELDS = {"create_key": ("key",), "create_credential": ("token",)}
 
 
 def bearer_key(headers: Headers) -> str | None:
@@ -109,7 +101,7 @@ class _Captured:
 class _Route:
     """What the audit log records of a request, known before the route runs."""
 
-    endpoint: str | None
+    declared: Audited | None
     path_params: dict[str, Any]
     action: str
     resource_type: str
@@ -160,22 +152,37 @@ class AdminGateway:
         state = scope["state"]
         principal: Principal | None = None
         route = self._route(scope, body)
+        try:
+            dry_run = parse_dry_run(_query(scope))
+        except InvalidInput as exc:
+            await self._audit_failure(scope, headers, route, None, 422)
+            response = error_response(422, exc.code, exc.detail)
+            await response(scope, receive, send)
+            return
         captured = _Captured()
+        outcome = Outcome.SUCCESS
         try:
             async with self.runtime.sessionmaker() as session:
                 try:
                     async with session.begin():
                         await AuditRepository(session).lock()
                         principal = await authenticate(session, bearer_key(headers))
-                        state.update(session=session, principal=principal, authenticated=True)
+                        state.update(
+                            unit_of_work=UnitOfWork(session, principal, dry_run),
+                            principal=principal,
+                            authenticated=True,
+                        )
                         captured = await self._respond(session, scope, headers, body, receive)
-                        if captured.status >= 400 or captured.header(DRY_RUN_HEADER):
+                        if captured.status >= 400:
+                            raise _Rollback
+                        if dry_run:
+                            outcome = Outcome.DRY_RUN
+                            captured = await self._dry_run(session)
                             raise _Rollback
                         await self._remember(
                             session, scope, headers, body, principal, route, captured
                         )
                         if not was_audited(session):
-                            outcome = Outcome.SUCCESS
                             if captured.header(b"idempotent-replayed") == "true":
                                 outcome = Outcome.REPLAYED
                             await AuditRepository(session).append(
@@ -186,20 +193,45 @@ class AdminGateway:
                 except _Rollback:
                     pass
                 else:
-                    if committed_revision(session) is not None:
+                    revision = committed_revision(session)
+                    if revision is not None:
+                        captured.headers.append((REVISION_HEADER, str(revision).encode()))
                         self.runtime.notifier.notify()
         except Exception:
             await self._audit_failure(scope, headers, route, principal, 500)
             raise
         finally:
-            state.pop("session", None)
+            state.pop("unit_of_work", None)
         if captured.status >= 400:
             await self._audit_failure(scope, headers, route, principal, captured.status)
-        elif captured.header(DRY_RUN_HEADER):
+        elif outcome == Outcome.DRY_RUN:
             await self._audit_failure(
                 scope, headers, route, principal, captured.status, Outcome.DRY_RUN
             )
         await captured.send_to(send)
+
+    async def _dry_run(self, session: AsyncSession) -> _Captured:
+        """Return what the change made in ``session`` would do: the state and the
+        Envoy resources it alters (nothing when it made no config revision)."""
+        revision = committed_revision(session)
+        outcome: dict[str, Any] = {"dry_run": True, "revision": revision}
+        if revision is None:  # the change touches no desired state (an API key, say)
+            outcome.update(state={}, resources={})
+        else:
+            before = await RevisionRepository(session).state_at(revision - 1)
+            after = await load_state(session)
+            settings = self.runtime.settings
+            listener = ListenerOptions(host=settings.listener_host, port=settings.listener_port)
+            outcome.update(whole_diff(before or after, after, listener))
+        payload = json.dumps(jsonable_encoder(outcome)).encode()
+        return _Captured(
+            status=200,
+            headers=[
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+            body=bytearray(payload),
+        )
 
     async def _respond(
         self, session: AsyncSession, scope: Scope, headers: Headers, body: bytes, receive: Receive
@@ -246,7 +278,7 @@ class AdminGateway:
         if captured.header(b"idempotent-replayed") == "true":
             return
         stored = captured.body.decode()
-        secrets = _SECRET_RESPONSE_FIELDS.get(route.endpoint or "", ())
+        secrets = route.declared.secrets if route.declared is not None else ()
         if secrets:
             document = json.loads(stored)
             document.update(dict.fromkeys(secrets))
@@ -264,37 +296,40 @@ class AdminGateway:
         )
 
     def _route(self, scope: Scope, body: bytes) -> _Route:
-        endpoint: str | None = None
+        declared: Audited | None = None
         params: dict[str, Any] = {}
         for candidate in self.routes:
             match, child = candidate.matches(scope)
             if match == Match.FULL:
-                endpoint = getattr(child.get("endpoint"), "__name__", None)
+                declared = audited_of(child.get("endpoint"))
                 params = dict(child.get("path_params", {}))
                 break
-        action, resource_type = ACTIONS.get(
-            endpoint or "", (f"{scope['method'].lower()} {scope['path']}"[:64], "unknown")
-        )
+        if declared is not None:
+            action, resource_type = declared.action.value, declared.resource_type
+        else:
+            action, resource_type = f"{scope['method'].lower()} {scope['path']}"[:64], "unknown"
         fields = _json_object(body)
         model = params.get("model")
         version = params.get("version")
-        if endpoint == "create_model":
-            model = _short(fields.get("name"))
-        if endpoint == "create_version":
-            version = _short(fields.get("version"))
+        if declared is not None and declared.model_field:
+            model = _short(fields.get(declared.model_field))
+        if declared is not None and declared.version_field:
+            version = _short(fields.get(declared.version_field))
         if "key_id" in params:
             resource_id = str(params["key_id"])
-        elif endpoint == "create_tenant":
-            resource_id = _short(fields.get("name")) or ""
+        elif declared is not None and declared.id_field:
+            resource_id = _short(fields.get(declared.id_field)) or ""
         elif "credential_id" in params:
             resource_id = f"{params.get('tenant')}/{params['credential_id']}"
         elif "tenant" in params:
             resource_id = str(params["tenant"])
+        elif "revision" in params:
+            resource_id = str(params["revision"])
         elif model is not None and version is not None:
             resource_id = f"{model}/{version}"
         else:
             resource_id = model or ""
-        return _Route(endpoint, params, action, resource_type, resource_id[:160], model, version)
+        return _Route(declared, params, action, resource_type, resource_id[:160], model, version)
 
     def _entry(
         self,
@@ -353,6 +388,11 @@ def request_context(
     )
 
 
+def _query(scope: Scope) -> dict[str, list[str]]:
+    raw = scope.get("query_string", b"").decode("latin-1")
+    return parse_qs(raw, keep_blank_values=True)
+
+
 def _short(value: Any) -> str | None:
     return value[:63] if isinstance(value, str) else None
 
@@ -360,7 +400,7 @@ def _short(value: Any) -> str | None:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body) if body else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -272,12 +272,24 @@ class ResourceChanges(BaseModel):
     changed: list[str]
 
 
-class StateChanges(BaseModel):
-    """Models that a change adds, removes or alters (with both sides)."""
+class TenantChanges(BaseModel):
+    """Tenants that a change adds, removes or alters (with both sides)."""
 
     added: list[str]
     removed: list[str]
     changed: dict[str, dict[str, Any]]
+
+
+class StateChanges(BaseModel):
+    """What differs between two whole states: models added, removed or altered (with
+    both sides), the same for tenants, and whether the credential key set changed.
+    All empty means the states, and so Envoy's resources, are equal."""
+
+    added: list[str]
+    removed: list[str]
+    changed: dict[str, dict[str, Any]]
+    tenants: TenantChanges
+    key_set_changed: bool
 
 
 class RevisionDiff(BaseModel):

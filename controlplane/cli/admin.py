@@ -7,9 +7,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from controlplane.db.audit_repository import AuditRepository, ChainReport
 from controlplane.db.engine import create_engine, create_sessionmaker
 from controlplane.db.models import ApiKey
-from controlplane.domain.access import KeyService
+from controlplane.domain.audit import ActionContext
 from controlplane.domain.keys import Role
-from controlplane.domain.services import ActionContext
+from controlplane.services.keys import KeyService
 
 __all__ = ["CLI_ACTOR", "create_key", "list_keys", "revoke_key", "verify_audit"]
 

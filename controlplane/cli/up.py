@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import typer
 
+from controlplane.api.app import create_app
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
 from controlplane.cli.admin import create_key_with
 from controlplane.db.migrate import upgrade
@@ -40,7 +41,7 @@ async def run_control_plane(settings: Settings) -> None:
     """Serve the API and xDS until SIGINT or SIGTERM."""
     control_plane = ControlPlane(settings)
     try:
-        await control_plane.start()
+        await control_plane.start(api=create_app)
     except SchemaNotReady as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         await control_plane.stop()
@@ -64,7 +65,7 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
     children: list[ChildProcess] = []
     stop = _stop_event()
     try:
-        await control_plane.start()
+        await control_plane.start(api=create_app)
         api = f"http://{settings.api_host}:{control_plane.api_port}"
         typer.echo(f"admin API on {api} (docs at {api}/docs)")
         demo_ports = {v: settings.demo_base_port + i for i, v in enumerate(DEMO_VERSIONS)}

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.base import utcnow
 from controlplane.db.models import AuditEvent, AuditHead
 from controlplane.domain.audit import (
     CHAINED_FIELDS,
@@ -24,6 +23,7 @@ from controlplane.domain.audit import (
     chain_hash,
     find_break,
 )
+from controlplane.domain.clock import utcnow
 
 __all__ = ["AUDITED_KEY", "AuditQuery", "AuditRepository", "ChainReport", "was_audited"]
 

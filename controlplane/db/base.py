@@ -10,6 +10,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from controlplane.domain.clock import utcnow
+
 __all__ = ["Base", "IdMixin", "TimestampMixin", "UTCDateTime", "utcnow"]
 
 NAMING_CONVENTION = {
@@ -22,11 +24,6 @@ NAMING_CONVENTION = {
 
 # BIGINT on Postgres, INTEGER on SQLite (where only INTEGER PRIMARY KEY autoincrements).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def utcnow() -> datetime:
-    """Return the current time, timezone-aware, in UTC."""
-    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -34,7 +34,9 @@ __all__ = [
     "IdempotencyRecord",
     "Model",
     "ModelVersion",
+    "RevisionModel",
     "SigningKey",
+    "StateDocument",
     "Tenant",
     "TenantCredential",
     "TrafficSplit",
@@ -141,7 +143,13 @@ class ConfigHead(Base):
 
 
 class ConfigRevision(Base):
-    """One committed revision of the desired state."""
+    """One committed revision of the desired state.
+
+    What it changed is stored beside it: a :class:`RevisionModel` row per model
+    it changed, and the digest of the access state it left (a
+    :class:`StateDocument`). ``access_digest`` is NULL only for revisions from
+    before states were stored, whose state cannot be shown.
+    """
 
     __tablename__ = "config_revisions"
 
@@ -150,9 +158,29 @@ class ConfigRevision(Base):
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(64))
-    state: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
-    # The models this revision changed; NULL when it may have changed anything.
-    models: Mapped[list[str] | None] = mapped_column(JSON)
+    access_digest: Mapped[str | None] = mapped_column(String(64))
+
+
+class RevisionModel(Base):
+    """One model as a revision left it: the digest of its document, or NULL when
+    the revision deleted it. A model's state at revision N is its row with the
+    greatest revision at or below N."""
+
+    __tablename__ = "revision_models"
+
+    model: Mapped[str] = mapped_column(String(63), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, primary_key=True, index=True)
+    digest: Mapped[str | None] = mapped_column(String(64))
+
+
+class StateDocument(Base):
+    """A model or access document (controlplane.domain.documents), stored once
+    under the SHA-256 of its canonical JSON."""
+
+    __tablename__ = "state_documents"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class AuditEvent(Base):

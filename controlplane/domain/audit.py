@@ -13,11 +13,14 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 __all__ = [
     "CHAINED_FIELDS",
     "GENESIS_HASH",
+    "ActionContext",
+    "AuditAction",
     "AuditEntry",
     "ChainBreak",
     "Outcome",
@@ -49,6 +52,28 @@ CHAINED_FIELDS = (
     "outcome",
     "status_code",
 )
+
+
+class AuditAction(StrEnum):
+    """Every change the admin API makes, as its audit events name it."""
+
+    MODEL_CREATE = "model.create"
+    MODEL_UPDATE = "model.update"
+    MODEL_DELETE = "model.delete"
+    VERSION_CREATE = "version.create"
+    VERSION_UPDATE = "version.update"
+    VERSION_DELETE = "version.delete"
+    TRAFFIC_UPDATE = "traffic.update"
+    MODEL_POLICY_UPDATE = "model.policy.update"
+    VERSION_POLICY_UPDATE = "version.policy.update"
+    REVISION_ROLLBACK = "revision.rollback"
+    KEY_CREATE = "key.create"
+    KEY_REVOKE = "key.revoke"
+    TENANT_CREATE = "tenant.create"
+    TENANT_UPDATE = "tenant.update"
+    TENANT_DELETE = "tenant.delete"
+    CREDENTIAL_CREATE = "tenant.credential.create"
+    CREDENTIAL_REVOKE = "tenant.credential.revoke"
 
 
 class Outcome:
@@ -162,3 +187,50 @@ def find_break(
         last_id = int(row["id"])
         position += 1
     return None, position, prev_hash, last_id
+
+
+@dataclass(frozen=True, slots=True)
+class ActionContext:
+    """Who asked for a change, and the request it came with (for the audit log)."""
+
+    actor: str = "anonymous"
+    request_id: str | None = None
+    actor_id: int | None = None
+    role: str | None = None
+    source_ip: str | None = None
+    user_agent: str | None = None
+    status_code: int | None = None
+
+    def entry(
+        self,
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        *,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        revision: int | None = None,
+        outcome: str = Outcome.SUCCESS,
+        status_code: int | None = None,
+    ) -> AuditEntry:
+        """Return the audit entry of ``action`` by this caller."""
+        return AuditEntry(
+            actor=self.actor,
+            actor_id=self.actor_id,
+            role=self.role,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            model=model,
+            version=version,
+            before=before,
+            after=after,
+            request_id=self.request_id,
+            revision=revision,
+            source_ip=self.source_ip,
+            user_agent=self.user_agent,
+            outcome=outcome,
+            status_code=status_code if status_code is not None else self.status_code,
+        )

@@ -6,27 +6,11 @@ translator stays a pure function of it.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
 
-from controlplane.domain.policy import (
-    ModelPolicy,
-    VersionPolicy,
-    model_policy_from_document,
-    version_policy_from_document,
-)
+from controlplane.domain.policy import ModelPolicy, VersionPolicy
 
-__all__ = [
-    "DesiredState",
-    "EndpointSpec",
-    "ModelSpec",
-    "TenantSpec",
-    "VersionSpec",
-    "state_document",
-    "state_from_document",
-]
+__all__ = ["DesiredState", "EndpointSpec", "ModelSpec", "TenantSpec", "VersionSpec"]
 
 
 # The specs key the translator's memo, so they are hashed on every translation:
@@ -124,119 +108,24 @@ class DesiredState:
         with a valid credential may call them."""
         return frozenset(model for tenant in self.tenants for model in tenant.models)
 
+    def model(self, name: str) -> ModelSpec | None:
+        """Return the model called ``name``, or None."""
+        for model in self.models:
+            if model.name == name:
+                return model
+        return None
 
-def state_document(state: DesiredState) -> dict[str, Any]:
-    """Return ``state`` as JSON-compatible data (stored with each config revision).
+    def with_models(self, revision: int, changed: dict[str, ModelSpec | None]) -> DesiredState:
+        """Return this state at ``revision`` with the ``changed`` models replaced
+        (None: deleted), everything else as it was."""
+        models = {model.name: model for model in self.models}
+        for name, spec in changed.items():
+            if spec is None:
+                models.pop(name, None)
+            else:
+                models[name] = spec
+        return replace(self, revision=revision, models=tuple(models[n] for n in sorted(models)))
 
-    The same shape as ``dataclasses.asdict(state)`` (tuples become lists in
-    JSON), built by hand because this runs on every change over every model.
-    """
-    return {
-        "revision": state.revision,
-        "models": [
-            {
-                "name": m.name,
-                "protocol": m.protocol,
-                "versions": [
-                    {
-                        "name": v.name,
-                        "endpoints": [endpoint_document(e) for e in v.endpoints],
-                        "policy": _policy_document(v.policy),
-                    }
-                    for v in m.versions
-                ],
-                "weights": [[name, weight] for name, weight in m.weights],
-                "policy": _policy_document(m.policy),
-            }
-            for m in state.models
-        ],
-        "tenants": [
-            {
-                "name": t.name,
-                "subject": t.subject,
-                "models": list(t.models),
-                "requests_per_second": t.requests_per_second,
-                "burst": t.burst,
-                "revoked": list(t.revoked),
-            }
-            for t in state.tenants
-        ],
-        "jwks": state.jwks,
-    }
-
-
-class EndpointLike(Protocol):
-    """An endpoint as a spec or as a stored row: the fields a document records."""
-
-    @property
-    def address(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def zone(self) -> str | None: ...
-    @property
-    def accelerator(self) -> str | None: ...
-    @property
-    def weight(self) -> int: ...
-    @property
-    def batcher_port(self) -> int | None: ...
-
-
-def endpoint_document(endpoint: EndpointLike) -> dict[str, Any]:
-    """Return the JSON of one endpoint (revision states and audit events share it)."""
-    return {
-        "address": endpoint.address,
-        "port": endpoint.port,
-        "zone": endpoint.zone,
-        "accelerator": endpoint.accelerator,
-        "weight": endpoint.weight,
-        "batcher_port": endpoint.batcher_port,
-    }
-
-
-@lru_cache(maxsize=4096)
-def _policy_json(policy: ModelPolicy | VersionPolicy) -> str:
-    return json.dumps(asdict(policy))
-
-
-def _policy_document(policy: ModelPolicy | VersionPolicy) -> Any:
-    # A fresh copy each time (from cached JSON): documents may be changed by callers.
-    return json.loads(_policy_json(policy))
-
-
-def state_from_document(document: dict[str, Any]) -> DesiredState:
-    """Rebuild a DesiredState from :func:`state_document`'s output."""
-    return DesiredState(
-        revision=int(document["revision"]),
-        models=tuple(
-            ModelSpec(
-                name=m["name"],
-                protocol=m["protocol"],
-                versions=tuple(
-                    VersionSpec(
-                        name=v["name"],
-                        endpoints=tuple(EndpointSpec(**e) for e in v["endpoints"]),
-                        # Documents stored before policies existed have no "policy".
-                        policy=version_policy_from_document(v.get("policy")),
-                    )
-                    for v in m["versions"]
-                ),
-                weights=tuple((name, int(weight)) for name, weight in m["weights"]),
-                policy=model_policy_from_document(m.get("policy")),
-            )
-            for m in document["models"]
-        ),
-        # Documents stored before tenants existed have neither "tenants" nor "jwks".
-        tenants=tuple(
-            TenantSpec(
-                name=t["name"],
-                subject=t["subject"],
-                models=tuple(t["models"]),
-                requests_per_second=int(t["requests_per_second"]),
-                burst=int(t["burst"]),
-                revoked=tuple(t["revoked"]),
-            )
-            for t in document.get("tenants", ())
-        ),
-        jwks=document.get("jwks"),
-    )
+    def traffic(self) -> DesiredState:
+        """Return the traffic half of this state (models only, no access state)."""
+        return DesiredState(revision=self.revision, models=self.models)

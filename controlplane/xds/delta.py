@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.db.base import utcnow
+from controlplane.domain.clock import utcnow
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER
 from controlplane.xds.snapshot import Snapshot

@@ -27,7 +27,7 @@ import logging
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.db.base import utcnow
+from controlplane.domain.clock import utcnow
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.status import TypeState

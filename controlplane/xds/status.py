@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from controlplane.db.base import utcnow
+from controlplane.domain.clock import utcnow
 from controlplane.xds.resources import PUSH_ORDER
 from controlplane.xds.snapshot import Snapshot
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from controlplane.db.repositories import RevisionRepository
+from controlplane.db.revisions import RevisionRepository
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
 from tests.e2e.servers import TestServer

@@ -260,19 +260,15 @@ async def test_concurrent_creates_of_one_name_yield_one_model(api: httpx.AsyncCl
 async def test_each_revision_keeps_its_desired_state(
     api: httpx.AsyncClient, control_plane: ControlPlane
 ) -> None:
-    from sqlalchemy import select
-
-    from controlplane.db.models import ConfigRevision
-    from controlplane.domain.state import state_from_document
+    from controlplane.db.revisions import RevisionRepository
 
     await _model_with_versions(api, "v1", "v2")
     await api.put("/v1/models/m/traffic", json={"weights": {"v1": 30, "v2": 70}})
     await api.patch("/v1/models/m/versions/v2", json={"endpoints": [{**EP, "port": 9100}]})
     async with control_plane.sessionmaker() as session:
-        rows = (
-            await session.scalars(select(ConfigRevision.state).order_by(ConfigRevision.revision))
-        ).all()
-    states = [state_from_document(row) for row in rows if row is not None]
+        revisions = RevisionRepository(session)
+        found = [await revisions.state_at(n) for n in range(1, await revisions.current() + 1)]
+    states = [state for state in found if state is not None]
     assert [s.revision for s in states] == [1, 2, 3, 4, 5]
     assert [len(s.models[0].versions) for s in states] == [0, 1, 2, 2, 2]
     assert dict(states[2].models[0].weights) == {"v1": 100}

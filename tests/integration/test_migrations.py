@@ -28,6 +28,8 @@ EXPECTED_TABLES = {
     "tenants",
     "tenant_credentials",
     "signing_keys",
+    "revision_models",
+    "state_documents",
 }
 
 

@@ -5,6 +5,13 @@ from __future__ import annotations
 import httpx
 
 EP = {"address": "127.0.0.1", "port": 9001}
+NO_CHANGE = {
+    "added": [],
+    "removed": [],
+    "changed": {},
+    "tenants": {"added": [], "removed": [], "changed": {}},
+    "key_set_changed": False,
+}
 
 
 async def _setup(api: httpx.AsyncClient) -> None:
@@ -60,7 +67,7 @@ async def test_rollback_restores_an_earlier_state_as_a_new_revision(
     assert v2["endpoints"][0]["port"] == 9002
     # The new revision's state equals the restored one.
     same = (await api.get("/v1/revisions/7/diff", params={"against": 3})).json()
-    assert same["state"] == {"added": [], "removed": [], "changed": {}}
+    assert same["state"] == NO_CHANGE
     assert same["resources"] == {}
     event = (await api.get("/v1/audit/events", params={"limit": 1})).json()["items"][0]
     assert (event["action"], event["resource_id"], event["revision"]) == (

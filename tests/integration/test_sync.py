@@ -6,17 +6,17 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from controlplane.db.repositories import StateRepository
-from controlplane.domain.state import DesiredState, ModelSpec, state_document
+from controlplane.db.state import load_state
+from controlplane.domain.documents import encode_state
+from controlplane.domain.state import DesiredState, ModelSpec
 from controlplane.runtime import ControlPlane
-from controlplane.sync import with_models
 
 EP = {"address": "127.0.0.1", "port": 9001}
 
 
 async def _full_read(control_plane: ControlPlane) -> DesiredState:
     async with control_plane.sessionmaker() as session:
-        return await StateRepository(session).load()
+        return await load_state(session)
 
 
 async def test_partial_reads_follow_every_kind_of_change(
@@ -65,12 +65,12 @@ async def test_partial_reads_follow_every_kind_of_change(
         await control_plane.sync.sync_once()
         synced = control_plane.sync.state
         assert synced is not None
-        assert state_document(synced) == state_document(await _full_read(control_plane))
+        assert encode_state(synced) == encode_state(await _full_read(control_plane))
 
 
 def test_with_models_replaces_adds_and_removes() -> None:
     state = DesiredState(1, (ModelSpec("a", "http"), ModelSpec("c", "http")))
-    changed = with_models(state, 2, {"a", "b"}, [ModelSpec("b", "openai")])
+    changed = state.with_models(2, {"a": None, "b": ModelSpec("b", "openai")})
     assert [m.name for m in changed.models] == ["b", "c"]
     assert changed.revision == 2
     assert changed.models[0].protocol == "openai"

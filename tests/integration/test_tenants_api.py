@@ -6,9 +6,9 @@ from __future__ import annotations
 import httpx
 import jwt
 
-from controlplane.db.repositories import StateRepository
+from controlplane.db.state import load_state
 from controlplane.domain.credentials import ALGORITHM, AUDIENCE, ISSUER
-from controlplane.domain.state import state_document, state_from_document
+from controlplane.domain.documents import decode_state, encode_state
 from controlplane.runtime import ControlPlane
 from tests.conftest import seed_key
 from tests.support import config_state
@@ -41,11 +41,11 @@ async def test_tenant_lifecycle(api: httpx.AsyncClient, control_plane: ControlPl
     assert (await api.get("/v1/tenants/acme")).json()["rate_limit"]["burst"] == 2
 
     async with control_plane.sessionmaker() as session:
-        state = await StateRepository(session).load()
+        state = await load_state(session)
     assert [t.name for t in state.tenants] == ["acme"]
     assert state.protected_models() == {"m1", "m2"}
     assert state.jwks is not None and '"d"' not in state.jwks  # public key only
-    assert state_from_document(state_document(state)) == state
+    assert decode_state(encode_state(state)) == state
 
     assert (await api.delete("/v1/tenants/acme")).status_code == 204
     missing = await api.get("/v1/tenants/acme")
@@ -67,7 +67,7 @@ async def test_credentials_issue_list_revoke(
     header = jwt.get_unverified_header(token)
     assert header["alg"] == ALGORITHM
     async with control_plane.sessionmaker() as session:
-        state = await StateRepository(session).load()
+        state = await load_state(session)
     assert state.jwks is not None
     key = jwt.PyJWKSet.from_json(state.jwks)[header["kid"]]
     claims = jwt.decode(token, key.key, algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUER)
@@ -86,7 +86,7 @@ async def test_credentials_issue_list_revoke(
     assert again.status_code == 404
     assert again.json()["error"] == "not_found"
     async with control_plane.sessionmaker() as session:
-        state = await StateRepository(session).load()
+        state = await load_state(session)
     assert state.tenants[0].revoked == (body["jti"],)
 
 

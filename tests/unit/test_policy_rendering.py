@@ -9,6 +9,7 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_pb2
 
+from controlplane.domain.documents import decode_state, encode_state
 from controlplane.domain.policy import (
     CircuitBreakers,
     Experiment,
@@ -27,8 +28,6 @@ from controlplane.domain.state import (
     EndpointSpec,
     ModelSpec,
     VersionSpec,
-    state_document,
-    state_from_document,
 )
 from controlplane.xds.resources import CLUSTER, ROUTE
 from controlplane.xds.snapshot import InconsistentSnapshot, Snapshot
@@ -94,17 +93,17 @@ def _state() -> DesiredState:
 
 def test_state_document_round_trips_policies_through_json() -> None:
     state = _state()
-    document = json.loads(json.dumps(state_document(state)))
-    assert state_from_document(document) == state
+    document = json.loads(json.dumps(encode_state(state)))
+    assert decode_state(document) == state
 
 
 def test_documents_from_before_policies_load_with_empty_policies() -> None:
-    document = json.loads(json.dumps(state_document(_state())))
+    document = json.loads(json.dumps(encode_state(_state())))
     for model in document["models"]:
         del model["policy"]
         for version in model["versions"]:
             del version["policy"]
-    loaded = state_from_document(document)
+    loaded = decode_state(document)
     assert all(m.policy == ModelPolicy() for m in loaded.models)
     assert all(v.policy == VersionPolicy() for m in loaded.models for v in m.versions)
 

@@ -12,14 +12,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from controlplane.domain.credentials import generate_signing_key, jwks_of
+from controlplane.domain.documents import decode_state, encode_state
 from controlplane.domain.state import (
     DesiredState,
     EndpointSpec,
     ModelSpec,
     TenantSpec,
     VersionSpec,
-    state_document,
-    state_from_document,
 )
 from controlplane.xds.resources import LISTENER, ROUTE
 from controlplane.xds.tenancy import JWT_FILTER, RBAC_FILTER
@@ -51,10 +50,10 @@ def _filters(resources: dict[str, dict[str, object]]) -> list[str]:
 
 def test_documents_round_trip_and_old_documents_load() -> None:
     state = _state()
-    assert state_from_document(state_document(state)) == state
-    old = state_document(DesiredState(1, (_model("m"),)))
+    assert decode_state(encode_state(state)) == state
+    old = encode_state(DesiredState(1, (_model("m"),)))
     del old["tenants"], old["jwks"]
-    loaded = state_from_document(old)
+    loaded = decode_state(old)
     assert loaded.tenants == () and loaded.jwks is None
 
 

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Header, Path, Response, status
 
 from controlplane.api.deps import KeyServiceDep, require
 from controlplane.api.schemas import ErrorBody, KeyCreate, KeyCreated, KeyOut
+from controlplane.api.unit_of_work import audited
+from controlplane.domain.audit import AuditAction
 from controlplane.domain.keys import Permission, Role
 
 __all__ = ["router"]
@@ -26,6 +28,7 @@ router = APIRouter(
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
+@audited(AuditAction.KEY_CREATE, "key", secrets=("key",))
 async def create_key(
     body: KeyCreate,
     service: KeyServiceDep,
@@ -47,6 +50,7 @@ async def list_keys(service: KeyServiceDep) -> list[KeyOut]:
     status_code=status.HTTP_204_NO_CONTENT,
     responses={404: {"model": ErrorBody, "description": "no such active key"}},
 )
+@audited(AuditAction.KEY_REVOKE, "key")
 async def revoke_key(
     key_id: Annotated[int, Path(ge=1, le=2**62)], service: KeyServiceDep
 ) -> Response:

@@ -29,11 +29,12 @@ from controlplane.api.schemas import (
     VersionOut,
     VersionPatch,
 )
+from controlplane.api.unit_of_work import audited
 from controlplane.db.audit_repository import AuditQuery, AuditRepository
 from controlplane.db.models import ModelVersion
-from controlplane.domain.audit import Outcome
+from controlplane.domain.audit import AuditAction, Outcome
 from controlplane.domain.keys import Permission
-from controlplane.domain.services import model_etag, traffic_etag, version_etag
+from controlplane.services.models import model_etag, traffic_etag, version_etag
 
 __all__ = ["router"]
 
@@ -82,6 +83,7 @@ def _version_out(model: str, row: ModelVersion) -> VersionOut:
     status_code=status.HTTP_201_CREATED,
     responses={409: {"model": ErrorBody, "description": "the name is taken"}},
 )
+@audited(AuditAction.MODEL_CREATE, "model", model_field="name")
 async def create_model(
     body: ModelCreate,
     service: ModelServiceDep,
@@ -109,6 +111,7 @@ async def get_model(model: Name, service: ModelServiceDep, response: Response) -
 
 
 @router.patch("/{model}", responses=_STALE)
+@audited(AuditAction.MODEL_UPDATE, "model")
 async def update_model(
     model: Name,
     body: ModelPatch,
@@ -126,6 +129,7 @@ async def update_model(
 
 
 @router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT, responses=_STALE)
+@audited(AuditAction.MODEL_DELETE, "model")
 async def delete_model(model: Name, service: ModelServiceDep, if_match: IfMatch = None) -> Response:
     """Delete a model with its versions and traffic split."""
     await service.delete_model(model, if_match=if_match)
@@ -137,6 +141,7 @@ async def delete_model(model: Name, service: ModelServiceDep, if_match: IfMatch 
     status_code=status.HTTP_201_CREATED,
     responses={409: {"model": ErrorBody, "description": "the version exists"}},
 )
+@audited(AuditAction.VERSION_CREATE, "version", version_field="version")
 async def create_version(
     model: Name,
     body: VersionCreate,
@@ -168,6 +173,7 @@ async def get_version(
 
 
 @router.patch("/{model}/versions/{version}", responses=_STALE)
+@audited(AuditAction.VERSION_UPDATE, "version")
 async def update_version(
     model: Name,
     version: Name,
@@ -192,6 +198,7 @@ async def update_version(
         **_STALE,
     },
 )
+@audited(AuditAction.VERSION_DELETE, "version")
 async def delete_version(
     model: Name, version: Name, service: ModelServiceDep, if_match: IfMatch = None
 ) -> Response:
@@ -220,6 +227,7 @@ async def get_traffic(
 
 
 @router.put("/{model}/traffic", responses=_STALE)
+@audited(AuditAction.TRAFFIC_UPDATE, "traffic")
 async def set_traffic(
     model: Name,
     body: TrafficIn,
@@ -259,6 +267,7 @@ async def get_model_policy(model: Name, service: ModelServiceDep) -> ModelPolicy
 
 
 @router.put("/{model}/policy")
+@audited(AuditAction.MODEL_POLICY_UPDATE, "model_policy")
 async def set_model_policy(
     model: Name, body: ModelPolicyBody, service: ModelServiceDep
 ) -> ModelPolicyBody:
@@ -276,6 +285,7 @@ async def get_version_policy(
 
 
 @router.put("/{model}/versions/{version}/policy")
+@audited(AuditAction.VERSION_POLICY_UPDATE, "version_policy")
 async def set_version_policy(
     model: Name, version: Name, body: VersionPolicyBody, service: ModelServiceDep
 ) -> VersionPolicyBody:

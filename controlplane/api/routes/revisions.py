@@ -15,8 +15,10 @@ from controlplane.api.schemas import (
     RevisionPage,
     RollbackOut,
 )
+from controlplane.api.unit_of_work import audited
+from controlplane.domain.audit import AuditAction
 from controlplane.domain.keys import Permission
-from controlplane.domain.revisions import RevisionService
+from controlplane.services.revisions import RevisionService
 from controlplane.xds.translate import ListenerOptions
 
 __all__ = ["router"]
@@ -57,7 +59,15 @@ async def get_revision(
     revision: RevisionNumber, session: SessionDep, context: ContextDep
 ) -> RevisionDetail:
     """One revision and the desired state it left behind."""
-    return RevisionDetail.model_validate(await RevisionService(session, context).get(revision))
+    row, state = await RevisionService(session, context).get(revision)
+    return RevisionDetail(
+        revision=row.revision,
+        created_at=row.created_at,
+        actor=row.actor,
+        action=row.action,
+        request_id=row.request_id,
+        state=state,
+    )
 
 
 @router.get("/{revision}/diff")
@@ -82,9 +92,12 @@ async def diff_revision(
 
 
 @router.post("/{revision}/rollback")
+@audited(AuditAction.REVISION_ROLLBACK, "revision")
 async def rollback_revision(
     revision: RevisionNumber, session: SessionDep, context: ContextDep
 ) -> RollbackOut:
-    """Make an earlier revision's desired state current again, as a new revision."""
+    """Make an earlier revision's traffic state current again, as a new revision:
+    models, versions, endpoints, weights and policies. Access state (tenants,
+    grants, rate limits, credentials, revocations) stays as it is now."""
     new_revision = await RevisionService(session, context).rollback(revision)
     return RollbackOut(revision=new_revision, restored=revision)

@@ -21,7 +21,9 @@ from controlplane.api.schemas import (
     TenantOut,
     TenantPatch,
 )
+from controlplane.api.unit_of_work import audited
 from controlplane.db.models import Tenant, TenantCredential
+from controlplane.domain.audit import AuditAction
 from controlplane.domain.keys import Permission
 
 __all__ = ["router"]
@@ -68,6 +70,7 @@ def _credential_out(tenant: str, row: TenantCredential) -> CredentialOut:
     status_code=status.HTTP_201_CREATED,
     responses={409: {"model": ErrorBody, "description": "the name is taken"}},
 )
+@audited(AuditAction.TENANT_CREATE, "tenant", id_field="name")
 async def create_tenant(
     body: TenantCreate,
     service: TenantServiceDep,
@@ -93,6 +96,7 @@ async def get_tenant(tenant: Name, service: TenantServiceDep) -> TenantOut:
 
 
 @router.patch("/{tenant}")
+@audited(AuditAction.TENANT_UPDATE, "tenant")
 async def update_tenant(tenant: Name, body: TenantPatch, service: TenantServiceDep) -> TenantOut:
     """Replace a tenant's models and/or its rate limit."""
     rate = body.rate_limit
@@ -106,6 +110,7 @@ async def update_tenant(tenant: Name, body: TenantPatch, service: TenantServiceD
 
 
 @router.delete("/{tenant}", status_code=status.HTTP_204_NO_CONTENT)
+@audited(AuditAction.TENANT_DELETE, "tenant")
 async def delete_tenant(tenant: Name, service: TenantServiceDep) -> Response:
     """Delete a tenant; its credentials stop working."""
     await service.delete_tenant(tenant)
@@ -113,6 +118,7 @@ async def delete_tenant(tenant: Name, service: TenantServiceDep) -> Response:
 
 
 @router.post("/{tenant}/credentials", status_code=status.HTTP_201_CREATED)
+@audited(AuditAction.CREDENTIAL_CREATE, "tenant_credential", secrets=("token",))
 async def create_credential(
     tenant: Name,
     service: TenantServiceDep,
@@ -130,6 +136,7 @@ async def list_credentials(tenant: Name, service: TenantServiceDep) -> list[Cred
 
 
 @router.delete("/{tenant}/credentials/{credential_id}", status_code=status.HTTP_204_NO_CONTENT)
+@audited(AuditAction.CREDENTIAL_REVOKE, "tenant_credential")
 async def revoke_credential(
     tenant: Name, credential_id: CredentialId, service: TenantServiceDep
 ) -> Response:

@@ -1,29 +1,26 @@
-"""Services: the operations on desired state that the admin API exposes.
+"""Models, their versions, traffic splits and policies: the traffic state.
 
 Every mutation runs inside the caller's transaction and does three things:
 changes the state, appends exactly one audit event and bumps the config
-revision. The caller commits once, at the request boundary.
+revision (:func:`~controlplane.services.changes.record_change`). The caller
+commits once, at the request boundary.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.audit_repository import AuditRepository
-from controlplane.db.models import Endpoint, Model, ModelVersion
-from controlplane.db.repositories import (
-    ModelRepository,
-    RevisionRepository,
-    TrafficRepository,
-    VersionRepository,
-)
-from controlplane.domain.audit import AuditEntry, Outcome
+from controlplane.db.models import Model, ModelVersion
+from controlplane.db.repositories import ModelRepository, TrafficRepository, VersionRepository
+from controlplane.db.revisions import RevisionRepository
+from controlplane.db.state import endpoint_rows, endpoint_spec, policy_column
+from controlplane.domain.audit import ActionContext, AuditAction
+from controlplane.domain.documents import encode_endpoint, encode_policy
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
 from controlplane.domain.etags import check_if_match, etag_of
 from controlplane.domain.policy import (
@@ -33,68 +30,12 @@ from controlplane.domain.policy import (
     model_policy_from_document,
     version_policy_from_document,
 )
-from controlplane.domain.state import EndpointSpec, endpoint_document, state_from_document
+from controlplane.domain.state import EndpointSpec
+from controlplane.services.changes import record_change
 
-__all__ = [
-    "TOTAL_WEIGHT",
-    "ActionContext",
-    "ModelService",
-    "endpoint_rows",
-    "model_etag",
-    "record_change",
-    "traffic_etag",
-    "version_etag",
-]
+__all__ = ["TOTAL_WEIGHT", "ModelService", "model_etag", "traffic_etag", "version_etag"]
 
 TOTAL_WEIGHT = 100
-REVISION_KEY = "turnout.revision"
-
-
-@dataclass(frozen=True, slots=True)
-class ActionContext:
-    """Who asked for a change, and the request it came with (for the audit log)."""
-
-    actor: str = "anonymous"
-    request_id: str | None = None
-    actor_id: int | None = None
-    role: str | None = None
-    source_ip: str | None = None
-    user_agent: str | None = None
-    status_code: int | None = None
-
-    def entry(
-        self,
-        action: str,
-        resource_type: str,
-        resource_id: str,
-        *,
-        before: dict[str, Any] | None = None,
-        after: dict[str, Any] | None = None,
-        model: str | None = None,
-        version: str | None = None,
-        revision: int | None = None,
-        outcome: str = Outcome.SUCCESS,
-        status_code: int | None = None,
-    ) -> AuditEntry:
-        """Return the audit entry of ``action`` by this caller."""
-        return AuditEntry(
-            actor=self.actor,
-            actor_id=self.actor_id,
-            role=self.role,
-            action=action,
-            resource_type=resource_type,
-            resource_id=resource_id,
-            model=model,
-            version=version,
-            before=before,
-            after=after,
-            request_id=self.request_id,
-            revision=revision,
-            source_ip=self.source_ip,
-            user_agent=self.user_agent,
-            outcome=outcome,
-            status_code=status_code if status_code is not None else self.status_code,
-        )
 
 
 class ModelService:
@@ -130,7 +71,9 @@ class ModelService:
                 await self._models.add(model)
         except IntegrityError as exc:
             raise Conflict(f"model {name!r} already exists") from exc
-        await self._record("model.create", "model", name, None, model_document(model), name)
+        await self._record(
+            AuditAction.MODEL_CREATE, "model", name, None, model_document(model), name
+        )
         return model
 
     async def update_model(
@@ -145,7 +88,9 @@ class ModelService:
         for field, value in changes.items():
             setattr(model, field, value)
         await self._models.flush()
-        await self._record("model.update", "model", name, before, model_document(model), name)
+        await self._record(
+            AuditAction.MODEL_UPDATE, "model", name, before, model_document(model), name
+        )
         return model
 
     async def delete_model(self, name: str, *, if_match: str | None = None) -> None:
@@ -154,7 +99,7 @@ class ModelService:
         check_if_match(if_match, model_etag(model))
         before = model_document(model)
         await self._models.delete(model)
-        await self._record("model.delete", "model", name, before, None, name)
+        await self._record(AuditAction.MODEL_DELETE, "model", name, before, None, name)
 
     # -- versions ---------------------------------------------------------------
 
@@ -187,7 +132,13 @@ class ModelService:
         after = version_document(model_name, row)
         after["weight"] = TOTAL_WEIGHT if is_first else 0
         await self._record(
-            "version.create", "version", f"{model_name}/{version}", None, after, model_name, version
+            AuditAction.VERSION_CREATE,
+            "version",
+            f"{model_name}/{version}",
+            None,
+            after,
+            model_name,
+            version,
         )
         return row
 
@@ -207,7 +158,7 @@ class ModelService:
         before = version_document(model_name, row)
         await self._versions.replace_endpoints(row, endpoint_rows(endpoints))
         await self._record(
-            "version.update",
+            AuditAction.VERSION_UPDATE,
             "version",
             f"{model_name}/{version}",
             before,
@@ -238,7 +189,7 @@ class ModelService:
         before = version_document(model_name, row)
         await self._versions.delete(row)
         await self._record(
-            "version.delete",
+            AuditAction.VERSION_DELETE,
             "version",
             f"{model_name}/{version}",
             before,
@@ -257,12 +208,13 @@ class ModelService:
         """Return ``{version: weight}`` of a model as of time ``at``, from the
         desired state kept with each config revision; NotFound if the model did
         not exist then."""
-        document = await RevisionRepository(self._session).state_at(at)
-        if document is not None:
-            for spec in state_from_document(document).models:
-                if spec.name == model_name:
-                    weights = dict(spec.weights)
-                    return {v.name: weights.get(v.name, 0) for v in spec.versions}
+        revisions = RevisionRepository(self._session)
+        revision = await revisions.revision_at(at)
+        if revision is not None:
+            spec = (await revisions.models_at(revision, [model_name]))[model_name]
+            if spec is not None:
+                weights = dict(spec.weights)
+                return {v.name: weights.get(v.name, 0) for v in spec.versions}
         raise NotFound(f"model {model_name!r} did not exist at {at.isoformat()}")
 
     async def set_traffic(
@@ -296,7 +248,7 @@ class ModelService:
         await self._traffic.set(model, {versions[name].id: w for name, w in weights.items()})
         after = {name: weights.get(name, 0) for name in sorted(versions)}
         await self._record(
-            "traffic.update",
+            AuditAction.TRAFFIC_UPDATE,
             "traffic",
             model_name,
             {"model": model_name, "weights": before},
@@ -321,14 +273,14 @@ class ModelService:
         versions = [v.name for v in await self._versions.of_model(model)]
         check_model_policy(policy, model_name, versions)
         before = model_policy_from_document(model.policy)
-        model.policy = _policy_column(policy, ModelPolicy())
+        model.policy = policy_column(policy)
         await self._models.flush()
         await self._record(
-            "model.policy.update",
+            AuditAction.MODEL_POLICY_UPDATE,
             "model_policy",
             model_name,
-            {"model": model_name, "policy": asdict(before)},
-            {"model": model_name, "policy": asdict(policy)},
+            {"model": model_name, "policy": encode_policy(before)},
+            {"model": model_name, "policy": encode_policy(policy)},
             model_name,
         )
         return policy
@@ -344,15 +296,15 @@ class ModelService:
         """Replace the cluster policy of a version."""
         row = await self.get_version(model_name, version)
         before = version_policy_from_document(row.policy)
-        row.policy = _policy_column(policy, VersionPolicy())
+        row.policy = policy_column(policy)
         await self._models.flush()
         resource = f"{model_name}/{version}"
         await self._record(
-            "version.policy.update",
+            AuditAction.VERSION_POLICY_UPDATE,
             "version_policy",
             resource,
-            {"model": model_name, "version": version, "policy": asdict(before)},
-            {"model": model_name, "version": version, "policy": asdict(policy)},
+            {"model": model_name, "version": version, "policy": encode_policy(before)},
+            {"model": model_name, "version": version, "policy": encode_policy(policy)},
             model_name,
             version,
         )
@@ -389,49 +341,6 @@ class ModelService:
         )
 
 
-async def record_change(
-    session: AsyncSession,
-    context: ActionContext,
-    *,
-    action: str,
-    resource_type: str,
-    resource_id: str,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-    model: str | None = None,
-    version: str | None = None,
-) -> int:
-    """Bump the config revision and append the audit event of one change; return the
-    new revision. Call once per mutation, inside its transaction."""
-    revision = await RevisionRepository(session).bump(
-        actor=context.actor,
-        action=action,
-        request_id=context.request_id,
-        # A change under one model re-reads that model; anything else, everything.
-        models=[model] if model is not None else None,
-    )
-    await AuditRepository(session).append(
-        context.entry(
-            action,
-            resource_type,
-            resource_id,
-            before=before,
-            after=after,
-            model=model,
-            version=version,
-            revision=revision,
-        )
-    )
-    session.info[REVISION_KEY] = revision
-    return revision
-
-
-def committed_revision(session: AsyncSession) -> int | None:
-    """Return the revision this session's transaction bumped to, if any."""
-    value = session.info.get(REVISION_KEY)
-    return int(value) if value is not None else None
-
-
 def model_etag(model: Model) -> str:
     """Return the strong ETag of a model's stored state."""
     return etag_of(model_document(model))
@@ -457,30 +366,8 @@ def version_document(model_name: str, version: ModelVersion) -> dict[str, Any]:
     return {
         "model": model_name,
         "version": version.name,
-        "endpoints": [endpoint_document(e) for e in version.endpoints],
+        "endpoints": [encode_endpoint(endpoint_spec(e)) for e in version.endpoints],
     }
-
-
-def _policy_column(
-    policy: ModelPolicy | VersionPolicy, empty: ModelPolicy | VersionPolicy
-) -> dict[str, Any] | None:
-    # No row carries an empty policy: NULL is the one way to say "none set".
-    return None if policy == empty else asdict(policy)
-
-
-def endpoint_rows(endpoints: Sequence[EndpointSpec]) -> list[Endpoint]:
-    """Return new (unsaved) endpoint rows for ``endpoints``."""
-    return [
-        Endpoint(
-            address=e.address,
-            port=e.port,
-            zone=e.zone,
-            accelerator=e.accelerator,
-            weight=e.weight,
-            batcher_port=e.batcher_port,
-        )
-        for e in endpoints
-    ]
 
 
 def _check_unique_endpoints(endpoints: Sequence[EndpointSpec]) -> None:

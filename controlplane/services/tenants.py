@@ -16,10 +16,11 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.base import utcnow
 from controlplane.db.models import SigningKey, Tenant, TenantCredential
 from controlplane.db.repositories import ModelRepository
 from controlplane.db.tenant_repository import TenantRepository
+from controlplane.domain.audit import ActionContext, AuditAction
+from controlplane.domain.clock import utcnow
 from controlplane.domain.credentials import (
     ALGORITHM,
     generate_signing_key,
@@ -28,7 +29,7 @@ from controlplane.domain.credentials import (
     new_subject,
 )
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
-from controlplane.domain.services import ActionContext, record_change
+from controlplane.services.changes import record_change
 
 __all__ = ["TenantService", "credential_document", "tenant_document"]
 
@@ -94,7 +95,7 @@ class TenantService:
                 await self._tenants.add(tenant)
         except IntegrityError as exc:
             raise Conflict(f"tenant {name!r} already exists") from exc
-        await self._record("tenant.create", name, None, tenant_document(tenant))
+        await self._record(AuditAction.TENANT_CREATE, name, None, tenant_document(tenant))
         return tenant
 
     async def update_tenant(
@@ -116,7 +117,7 @@ class TenantService:
         if burst is not None:
             tenant.burst = burst
         await self._tenants.flush()
-        await self._record("tenant.update", name, before, tenant_document(tenant))
+        await self._record(AuditAction.TENANT_UPDATE, name, before, tenant_document(tenant))
         return tenant
 
     async def delete_tenant(self, name: str) -> None:
@@ -124,7 +125,7 @@ class TenantService:
         tenant = await self.get_tenant(name)
         before = tenant_document(tenant)
         await self._tenants.delete(tenant)
-        await self._record("tenant.delete", name, before, None)
+        await self._record(AuditAction.TENANT_DELETE, name, before, None)
 
     async def list_credentials(self, name: str) -> Sequence[TenantCredential]:
         """Return the credentials of tenant ``name`` (without tokens), oldest first."""
@@ -155,11 +156,12 @@ class TenantService:
         await record_change(
             self._session,
             self._context,
-            action="tenant.credential.create",
+            action=AuditAction.CREDENTIAL_CREATE,
             resource_type="tenant_credential",
             resource_id=f"{name}/{credential.id}",
             before=None,
             after=credential_document(name, credential),
+            access=True,
         )
         return credential, token
 
@@ -175,11 +177,12 @@ class TenantService:
         await record_change(
             self._session,
             self._context,
-            action="tenant.credential.revoke",
+            action=AuditAction.CREDENTIAL_REVOKE,
             resource_type="tenant_credential",
             resource_id=f"{name}/{credential.id}",
             before=before,
             after=credential_document(name, credential),
+            access=True,
         )
         return credential
 
@@ -217,4 +220,5 @@ class TenantService:
             resource_id=name,
             before=before,
             after=after,
+            access=True,
         )

@@ -13,9 +13,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.audit_repository import AuditRepository
-from controlplane.db.base import utcnow
 from controlplane.db.key_repository import ApiKeyRepository
 from controlplane.db.models import ApiKey
+from controlplane.domain.audit import ActionContext, AuditAction
+from controlplane.domain.clock import utcnow
 from controlplane.domain.errors import NotFound
 from controlplane.domain.keys import (
     Principal,
@@ -25,7 +26,6 @@ from controlplane.domain.keys import (
     is_well_formed,
     key_display_prefix,
 )
-from controlplane.domain.services import ActionContext
 
 __all__ = ["KeyService", "authenticate", "key_document"]
 
@@ -74,7 +74,7 @@ class KeyService:
             )
         )
         await AuditRepository(self._session).append(
-            self._context.entry("key.create", "key", str(row.id), after=key_document(row))
+            self._context.entry(AuditAction.KEY_CREATE, "key", str(row.id), after=key_document(row))
         )
         return row, key
 
@@ -92,7 +92,7 @@ class KeyService:
         await self._keys.flush()
         await AuditRepository(self._session).append(
             self._context.entry(
-                "key.revoke", "key", str(row.id), before=before, after=key_document(row)
+                AuditAction.KEY_REVOKE, "key", str(row.id), before=before, after=key_document(row)
             )
         )
         return row
