@@ -127,3 +127,44 @@ async def test_dry_run_is_audited_as_such_and_creates_no_key(api: httpx.AsyncCli
     assert (await api.get("/v1/models/x")).status_code == 404
     events = (await api.get("/v1/audit/events", params={"limit": 2})).json()["items"]
     assert [e["outcome"] for e in events] == ["dry_run", "dry_run"]
+
+
+async def test_diff_names_tenant_changes_and_the_listener_they_change(
+    api: httpx.AsyncClient,
+) -> None:
+    await _setup(api)
+    rate = {"requests_per_second": 5, "burst": 10}
+    created = await api.post(
+        "/v1/tenants", json={"name": "acme", "models": ["m"], "rate_limit": rate}
+    )
+    assert created.status_code == 201, created.text
+    revision = int(created.headers["x-turnout-revision"])
+    diff = (await api.get(f"/v1/revisions/{revision}/diff")).json()
+    assert diff["state"]["tenants"]["added"] == ["acme"]
+    assert diff["state"]["key_set_changed"] is True
+    assert diff["state"]["changed"] == {}
+    assert "acme" not in str(diff["state"]["tenants"]["changed"])
+    assert diff["resources"]["listeners"]["changed"] == ["turnout_http"]
+
+    await api.patch("/v1/tenants/acme", json={"rate_limit": {"requests_per_second": 7, "burst": 9}})
+    changed = (await api.get(f"/v1/revisions/{revision + 1}/diff")).json()
+    sides = changed["state"]["tenants"]["changed"]["acme"]
+    assert (sides["before"]["requests_per_second"], sides["after"]["requests_per_second"]) == (5, 7)
+    assert changed["resources"] != {}
+
+
+async def test_rollback_keeps_the_current_access_state(api: httpx.AsyncClient) -> None:
+    await _setup(api)  # revision 4: no tenant yet
+    rate = {"requests_per_second": 5, "burst": 10}
+    await api.post("/v1/tenants", json={"name": "acme", "models": ["m"], "rate_limit": rate})
+    credential = (await api.post("/v1/tenants/acme/credentials")).json()
+    await api.delete(f"/v1/tenants/acme/credentials/{credential['id']}")
+    rollback = await api.post("/v1/revisions/4/rollback")
+    assert rollback.status_code == 200, rollback.text
+    after = int(rollback.headers["x-turnout-revision"])
+    assert [t["name"] for t in (await api.get("/v1/tenants")).json()] == ["acme"]
+    state = (await api.get(f"/v1/revisions/{after}")).json()["state"]
+    assert [t["name"] for t in state["tenants"]] == ["acme"]
+    assert state["tenants"][0]["revoked"] == [credential["jti"]]
+    # Nothing of the traffic state differed, so the rollback changed no model.
+    assert (await api.get(f"/v1/revisions/{after}/diff")).json()["state"] == NO_CHANGE
