@@ -9,7 +9,7 @@ shape and ranges.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -171,6 +171,15 @@ class LoadBalancingBody(_Strict):
         return self
 
 
+_BATCHING_DEFAULTS = domain.Batching()
+
+
+def _batching_field(name: str) -> Any:
+    """The field ``name`` of the batching policy, with the domain's default and range."""
+    low, high = domain.BATCHING_RANGES[name]
+    return Field(default=getattr(_BATCHING_DEFAULTS, name), ge=low, le=high)
+
+
 class BatchingBody(_Strict):
     """Coalesce concurrent calls into batches in the batcher beside each replica.
 
@@ -179,11 +188,11 @@ class BatchingBody(_Strict):
     change within a second.
     """
 
-    enabled: bool = True
-    max_batch_size: int = Field(default=32, ge=1, le=4096)
-    max_queue_delay_ms: float = Field(default=10.0, ge=0, le=60_000)
-    max_queue: int = Field(default=1024, ge=1, le=1_000_000)
-    slo_ms: float = Field(default=1000.0, ge=1, le=3_600_000)
+    enabled: bool = _BATCHING_DEFAULTS.enabled
+    max_batch_size: int = _batching_field("max_batch_size")
+    max_queue_delay_ms: float = _batching_field("max_queue_delay_ms")
+    max_queue: int = _batching_field("max_queue")
+    slo_ms: float = _batching_field("slo_ms")
 
 
 class VersionPolicyBody(_Strict):

@@ -20,9 +20,11 @@ from typing import Any, TypeVar
 from controlplane.domain.errors import InvalidInput
 
 __all__ = [
+    "BATCHING_RANGES",
     "DEFAULT_REQUEST_TIMEOUT_MS",
     "DEFAULT_RETRY_ON",
     "RETRY_ON",
+    "Batching",
     "CircuitBreakers",
     "Experiment",
     "HealthCheck",
@@ -164,10 +166,26 @@ class LoadBalancing:
     hash_header: str | None = None
 
 
+# The batching policy's ranges, inclusive: the admin API's schema takes them (and
+# ``Batching``'s defaults) from here. The batcher (filters.batcher) may not import
+# the control plane and holds its own copy; tests/unit/test_batching_contract.py
+# checks that the two agree.
+BATCHING_RANGES: Mapping[str, tuple[int, int] | tuple[float, float]] = {
+    "max_batch_size": (1, 4096),
+    "max_queue_delay_ms": (0.0, 60_000.0),
+    "max_queue": (1, 1_000_000),
+    "slo_ms": (1.0, 3_600_000.0),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Batching:
     """Send the version's traffic through the batcher beside each replica (the
-    endpoints' ``batcher_port``), which coalesces concurrent calls."""
+    endpoints' ``batcher_port``), which coalesces concurrent calls.
+
+    The defaults here are the policy's defaults everywhere (the API, the
+    batcher); each number lies in its ``BATCHING_RANGES`` entry.
+    """
 
     enabled: bool = True
     max_batch_size: int = 32
