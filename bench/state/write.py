@@ -66,6 +66,7 @@ from bench.xds.common import (
     seed_database,
     temp_workdir,
 )
+from controlplane.api.app import create_app
 from controlplane.cli.admin import create_key_with
 from controlplane.db.engine import create_engine
 from controlplane.domain.keys import Role
@@ -228,7 +229,7 @@ async def start_arm(name: str, url: str, models: int) -> Arm:
             poll_interval_s=5.0,
         )
     )
-    await plane.start()
+    await plane.start(api=create_app)
     _row, key = await create_key_with(plane.engine, "bench", Role.ADMIN)
     api = httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{plane.api_port}",

@@ -196,7 +196,8 @@ def _seed_sync(database_url: str, models: int, versions: int, endpoints: int) ->
 async def _seed(database_url: str, models: int, versions: int, endpoints: int) -> None:
     from controlplane.db.engine import create_engine, create_sessionmaker
     from controlplane.db.models import Endpoint, Model, ModelVersion, TrafficSplit
-    from controlplane.db.repositories import RevisionRepository
+    from controlplane.db.revisions import RevisionRepository
+    from controlplane.db.state import load_models
 
     engine = create_engine(database_url)
     try:
@@ -230,7 +231,10 @@ async def _seed(database_url: str, models: int, versions: int, endpoints: int) -
                     weight = weights.get(name, 0)
                     session.add(TrafficSplit(model_id=model.id, version_id=row.id, weight=weight))
             await session.flush()
-            await RevisionRepository(session).bump(actor="bench", action="seed", request_id=None)
+            stored = {spec.name: spec for spec in await load_models(session)}
+            await RevisionRepository(session).bump(
+                actor="bench", action="seed", request_id=None, models=stored, access=((), None)
+            )
     finally:
         await engine.dispose()
 

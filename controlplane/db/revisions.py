@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import ConfigHead, ConfigRevision, RevisionModel, StateDocument
@@ -91,7 +92,7 @@ class RevisionRepository:
             digest = await self._store(encode_model(spec)) if spec is not None else None
             self._session.add(RevisionModel(model=name, revision=revision, digest=digest))
         await self._session.flush()
-        if self._session.get_bind().dialect.name == "postgresql":
+        if self._dialect() == "postgresql":
             # Delivered to every LISTENing replica when (and only if) this commits.
             await self._session.execute(
                 text("SELECT pg_notify(:channel, :revision)"),
@@ -100,13 +101,18 @@ class RevisionRepository:
         return int(revision)
 
     async def _store(self, document: dict[str, Any]) -> str:
+        """Store ``document`` under its digest unless it is there already."""
         digest = digest_of(document)
-        exists = await self._session.scalar(
-            select(StateDocument.digest).where(StateDocument.digest == digest)
+        insert = postgresql.insert if self._dialect() == "postgresql" else sqlite.insert
+        await self._session.execute(
+            insert(StateDocument)
+            .values(digest=digest, body=document)
+            .on_conflict_do_nothing(index_elements=[StateDocument.digest])
         )
-        if exists is None:
-            self._session.add(StateDocument(digest=digest, body=document))
         return digest
+
+    def _dialect(self) -> str:
+        return self._session.get_bind().dialect.name
 
     async def page(self, *, before: int | None, limit: int) -> Sequence[ConfigRevision]:
         """Return up to ``limit`` revisions, newest first, below ``before``."""

@@ -226,8 +226,9 @@ class ModelService:
         that do not add up to 100; PreconditionFailed for a stale ``if_match``.
         """
         model = await self.get_model(model_name)
-        check_if_match(if_match, traffic_etag(model_name, await self._traffic.weights(model)))
-        versions = {v.name: v for v in await self._versions.of_model(model)}
+        before = await self._traffic.weights(model)
+        check_if_match(if_match, traffic_etag(model_name, before))
+        versions = await self._versions.ids_of(model)
         unknown = sorted(set(weights) - set(versions))
         if unknown:
             raise InvalidInput(
@@ -244,8 +245,7 @@ class ModelService:
             raise InvalidInput(
                 {"message": f"weights must add up to {TOTAL_WEIGHT}, not {total}", "total": total}
             )
-        before = await self._traffic.weights(model)
-        await self._traffic.set(model, {versions[name].id: w for name, w in weights.items()})
+        await self._traffic.set(model, {versions[name]: w for name, w in weights.items()})
         after = {name: weights.get(name, 0) for name in sorted(versions)}
         await self._record(
             AuditAction.TRAFFIC_UPDATE,
