@@ -102,24 +102,23 @@ def access_of(state: DesiredState) -> dict[str, ModelAccess]:
     }
 
 
-def tenancy_filters(state: DesiredState) -> list[hcm_pb2.HttpFilter]:
+def tenancy_filters(tenants: Iterable[TenantSpec], jwks: str | None) -> list[hcm_pb2.HttpFilter]:
     """Return the JWT, RBAC and rate-limit filters (in that order), or none before
-    the first tenant exists."""
-    if state.jwks is None:
+    the first tenant exists (no ``jwks``)."""
+    if jwks is None:
         return []
     return [
-        hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=_packed(_jwt_authentication(state.jwks))),
+        hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=_packed(_jwt_authentication(jwks))),
         # No rules: allow everything unless a route's RBACPerRoute says otherwise.
         hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=_packed(rbac_pb2.RBAC())),
-        hcm_pb2.HttpFilter(
-            name=RATE_LIMIT_FILTER, typed_config=_packed(_rate_limit(state.tenants))
-        ),
+        hcm_pb2.HttpFilter(name=RATE_LIMIT_FILTER, typed_config=_packed(_rate_limit(tenants))),
     ]
 
 
-def local_reply_config(state: DesiredState) -> hcm_pb2.LocalReplyConfig | None:
-    """Return JSON bodies for Envoy's own 401, 403 and 429 replies (None without tenants)."""
-    if state.jwks is None:
+def local_reply_config(jwks: str | None) -> hcm_pb2.LocalReplyConfig | None:
+    """Return JSON bodies for Envoy's own 401, 403 and 429 replies (None before the
+    first tenant exists: no ``jwks``)."""
+    if jwks is None:
         return None
     return hcm_pb2.LocalReplyConfig(
         mappers=[_json_mapper(status, error, detail) for status, (error, detail) in _BODIES.items()]
