@@ -27,7 +27,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from controlplane.domain.policy import Retries
@@ -40,7 +40,7 @@ from controlplane.domain.state import (
 )
 from controlplane.xds.body_routing import body_routing_filters, body_routing_routes
 from controlplane.xds.policies import apply_route_policy, apply_version_policy
-from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
+from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name, to_any
 from controlplane.xds.tenancy import (
     ModelAccess,
     access_of,
@@ -153,12 +153,6 @@ def _ads() -> config_source_pb2.ConfigSource:
     )
 
 
-def _packed(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
 def version_cluster(
     name: str, version: VersionSpec, retries: Retries | None
 ) -> cluster_pb2.Cluster:
@@ -228,7 +222,7 @@ def build_listener(
             # After body routing: they must see the route an OpenAI body re-routes to.
             *tenancy_filters(tenants, jwks),
             hcm_pb2.HttpFilter(
-                name="envoy.filters.http.router", typed_config=_packed(router_pb2.Router())
+                name="envoy.filters.http.router", typed_config=to_any(router_pb2.Router())
             ),
         ],
         # Edge defaults, after Envoy's "configuring Envoy as an edge proxy" guide.
@@ -260,7 +254,7 @@ def build_listener(
                 filters=[
                     listener_components_pb2.Filter(
                         name="envoy.filters.network.http_connection_manager",
-                        typed_config=_packed(manager),
+                        typed_config=to_any(manager),
                     )
                 ]
             )
