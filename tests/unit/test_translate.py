@@ -19,6 +19,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf import duration_pb2, json_format
+from google.protobuf.message import Message
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -364,7 +365,23 @@ def test_translated_resources_validate_with_envoy(tmp_path: Path) -> None:
     """Envoy itself accepts what we send: clusters as sent, endpoints and routes inlined."""
     # A name with "-" and "." checks that RE2 accepts the escaped rewrite pattern.
     unweighted = ModelSpec("idle-model.v2", "http", (VersionSpec("v1"),))
-    resources = translate(_state(unweighted, _sentiment()))
+    _assert_envoy_accepts(translate(_state(unweighted, _sentiment())), tmp_path)
+
+
+@pytest.mark.envoy
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(state=desired_states())
+def test_envoy_accepts_the_translation_of_any_valid_state(
+    state: DesiredState, tmp_path: Path
+) -> None:
+    _assert_envoy_accepts(translate(state), tmp_path)
+
+
+def _assert_envoy_accepts(resources: dict[str, dict[str, Message]], tmp_path: Path) -> None:
     listener = resources[LISTENER][LISTENER_NAME]
     assert isinstance(listener, listener_pb2.Listener)
     # Validate mode has no xDS server: inline the routes and give each assignment a
@@ -386,7 +403,7 @@ def test_translated_resources_validate_with_envoy(tmp_path: Path) -> None:
     bootstrap = render_bootstrap("n1", [XdsAddress("127.0.0.1", 18000)])
     bootstrap["static_resources"]["clusters"] += [json_format.MessageToDict(c) for c in clusters]
     bootstrap["static_resources"]["listeners"] = [json_format.MessageToDict(listener)]
-    path = tmp_path / "translated.json"
+    path = tmp_path / "translated.json"  # replaced by each example
     path.write_text(json.dumps(bootstrap))
 
     result = subprocess.run(
