@@ -21,7 +21,7 @@ from controlplane.db.state import load_access, load_models, load_state
 from controlplane.domain.state import DesiredState
 from controlplane.notify import Notifier
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.packed import packed_endpoints, rotate_caches, translate_packed
+from controlplane.xds.packed import PackedTranslator
 from controlplane.xds.resources import ENDPOINT
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.translate import ListenerOptions, endpoint_zones
@@ -52,6 +52,8 @@ class StateSync:
         self._notifier = notifier
         self._listener = listener
         self._poll_interval_s = poll_interval_s
+        # Its memo lives as long as this loop, and follows the revisions it publishes.
+        self._translator = PackedTranslator()
         self.loaded = asyncio.Event()
         self.revision: int | None = None
         self.state: DesiredState | None = None
@@ -66,12 +68,12 @@ class StateSync:
         started = time.perf_counter()
         state = await self._load()
         # Resources unused by this revision and the one before are forgotten.
-        rotate_caches()
-        resources = translate_packed(state, self._listener)
+        self._translator.rotate()
+        resources = self._translator.translate(state, self._listener)
         snapshot = Snapshot.from_packed(state.revision, resources)
         by_zone = {
             zone: Snapshot.from_packed(
-                state.revision, {**resources, ENDPOINT: packed_endpoints(state, zone)}
+                state.revision, {**resources, ENDPOINT: self._translator.endpoints(state, zone)}
             )
             for zone in endpoint_zones(state)
         }

@@ -5,7 +5,7 @@ pushing one endpoint change.
 
 Part 1 (pure, in one process): for each size (models x 3 versions x 10 endpoints),
 interleaved A, B, C, A, B, C... after one discarded warm-up round, time
-``translate_packed()`` (the sync loop's translation), ``Snapshot.from_packed()``
+``PackedTranslator.translate()`` (the sync loop's translation), ``Snapshot.from_packed()``
 and the consistency check that ``SnapshotCache.publish`` runs; count the bytes
 of every type (packed resources, and a full state-of-the-world push) and print
 the growth between sizes.
@@ -46,7 +46,7 @@ from controlplane.domain.keys import Role
 from controlplane.domain.state import DesiredState
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
-from controlplane.xds.packed import clear_caches, translate_packed
+from controlplane.xds.packed import PackedTranslator
 from controlplane.xds.resources import ENDPOINT, PUSH_ORDER, SHORT_NAMES
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.translate import translate
@@ -90,16 +90,18 @@ def measure_translation(sizes: list[int], reps: int) -> dict[int, dict[str, Any]
     }
     for round_ in range(reps + 1):
         for n in sizes:
-            # The sync loop's path: translate_packed, then the snapshot and its check.
-            # Cold: nothing memoised, as in a fresh process.
-            clear_caches()
+            # The sync loop's path: its translator, then the snapshot and its check.
+            # Cold: a new translator, nothing memoised, as in a fresh process.
+            translator = PackedTranslator()
             gc.collect()
-            t_ms, resources = _timed(lambda n=n: translate_packed(states[n]))  # type: ignore[misc]
+            t_ms, resources = _timed(lambda n=n, t=translator: t.translate(states[n]))  # type: ignore[misc]
             s_ms, snapshot = _timed(lambda r=resources: Snapshot.from_packed(1, r))  # type: ignore[misc]
             c_ms, _ = _timed(snapshot.check_consistent)
             # Memoised: the same state again, as after a change elsewhere in the mesh.
             m_ms, _ = _timed(
-                lambda n=n: Snapshot.from_packed(1, translate_packed(states[n])).check_consistent()  # type: ignore[misc]
+                lambda n=n, t=translator: (  # type: ignore[misc]
+                    Snapshot.from_packed(1, t.translate(states[n])).check_consistent()
+                )
             )
             if round_ == 0:
                 continue  # warm-up
@@ -318,8 +320,8 @@ def profile_translation(n: int) -> list[dict[str, Any]]:
     state = generate_state(n, VERSIONS, ENDPOINTS)
     profiler = cProfile.Profile()
     profiler.enable()
-    clear_caches()
-    Snapshot.from_packed(1, translate_packed(state)).check_consistent()
+    translator = PackedTranslator()
+    Snapshot.from_packed(1, translator.translate(state)).check_consistent()
     profiler.disable()
     stream = io.StringIO()
     stats = pstats.Stats(profiler, stream=stream)
@@ -340,7 +342,7 @@ def profile_translation(n: int) -> list[dict[str, Any]]:
 
 def _print_translation(results: dict[int, dict[str, Any]]) -> None:
     print(
-        "\n-- full translation, cold (memo and pack caches cleared: a fresh process), and "
+        "\n-- full translation, cold (a new translator, nothing memoised: a fresh process), and "
         "memoised (the same state again)\n   ms, min / p50 / max over reps"
     )
     print(

@@ -38,8 +38,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import any_pb2
-from google.protobuf.message import Message
+
+from controlplane.xds.resources import to_any
 
 __all__ = ["OPENAI_PATHS", "body_routing_filters", "body_routing_routes"]
 
@@ -79,12 +79,6 @@ NO_MODEL_BODY = json.dumps(
 )
 
 
-def _packed(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
 def _json_to_metadata() -> json_to_metadata_pb2.JsonToMetadata:
     rule = json_to_metadata_pb2.JsonToMetadata.Rule(
         selectors=[json_to_metadata_pb2.JsonToMetadata.Selector(key="model")],
@@ -103,11 +97,11 @@ def body_routing_filters() -> list[hcm_pb2.HttpFilter]:
     """Return the two HTTP filters (disabled by default) that go before the router."""
     return [
         hcm_pb2.HttpFilter(
-            name=JSON_FILTER, typed_config=_packed(_json_to_metadata()), disabled=True
+            name=JSON_FILTER, typed_config=to_any(_json_to_metadata()), disabled=True
         ),
         hcm_pb2.HttpFilter(
             name=LUA_FILTER,
-            typed_config=_packed(
+            typed_config=to_any(
                 lua_pb2.Lua(
                     source_codes={LUA_SCRIPT_NAME: base_pb2.DataSource(inline_string=LUA_SOURCE)}
                 )
@@ -121,12 +115,10 @@ def body_routing_routes() -> list[route_components_pb2.Route]:
     """Return the fallback routes of the OpenAI paths, which enable the two filters."""
     enable = {
         # Envoy takes no empty per-route config, so each filter gets a real one.
-        JSON_FILTER: _packed(
-            route_components_pb2.FilterConfig(config=_packed(_json_to_metadata()))
-        ),
-        LUA_FILTER: _packed(
+        JSON_FILTER: to_any(route_components_pb2.FilterConfig(config=to_any(_json_to_metadata()))),
+        LUA_FILTER: to_any(
             route_components_pb2.FilterConfig(
-                config=_packed(lua_pb2.LuaPerRoute(name=LUA_SCRIPT_NAME))
+                config=to_any(lua_pb2.LuaPerRoute(name=LUA_SCRIPT_NAME))
             )
         ),
     }

@@ -1,9 +1,11 @@
-"""Memoised pure functions whose memory follows the working set.
+"""A memo whose memory follows the working set, owned by the object that uses it.
 
 An entry lives while it is used: ``rotate()`` starts a new generation, and an
 entry not used since the previous rotation is dropped at the next one. The
-sync loop rotates once per published revision, so the memo holds at most the
-resources of the last two revisions, however much the state churns.
+translator that owns the memos rotates them once per published revision, so
+they hold at most the resources of the last two revisions, however much the
+state churns. There is no module-level memo: each lives and dies with its
+owner, and two owners never share entries.
 """
 
 from __future__ import annotations
@@ -11,20 +13,23 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Generic, ParamSpec, TypeVar
 
-__all__ = ["Memoised", "memoised"]
+__all__ = ["Memoised"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 class Memoised(Generic[P, R]):
-    """A pure function with a two-generation memo keyed by its (hashable) arguments."""
+    """A pure function with a two-generation memo keyed by its (hashable) arguments.
+
+    Keys are the argument values themselves (compared by equality), never
+    object identities, so an equal value built anew finds its entry.
+    """
 
     def __init__(self, function: Callable[P, R]) -> None:
         self._function = function
         self._current: dict[tuple[Hashable, ...], R] = {}
         self._previous: dict[tuple[Hashable, ...], R] = {}
-        self.__doc__ = function.__doc__
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if kwargs:
@@ -46,15 +51,5 @@ class Memoised(Generic[P, R]):
         self._previous = self._current
         self._current = {}
 
-    def clear(self) -> None:
-        """Forget everything."""
-        self._current.clear()
-        self._previous.clear()
-
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)
-
-
-def memoised(function: Callable[P, R]) -> Memoised[P, R]:
-    """Decorate a pure function with a :class:`Memoised` memo."""
-    return Memoised(function)

@@ -15,8 +15,7 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (
     previous_priorities_config_pb2,
 )
 from envoy.type.v3 import percent_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
-from google.protobuf.message import Message
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from controlplane.domain.policy import (
     DEFAULT_REQUEST_TIMEOUT_MS,
@@ -24,7 +23,7 @@ from controlplane.domain.policy import (
     VersionPolicy,
 )
 from controlplane.domain.state import ModelSpec
-from controlplane.xds.resources import cluster_name
+from controlplane.xds.resources import cluster_name, to_any
 
 __all__ = [
     "apply_route_policy",
@@ -167,7 +166,7 @@ def _retry_policy(retries: Retries) -> route_components_pb2.RetryPolicy:
         retry_host_predicate=[
             route_components_pb2.RetryPolicy.RetryHostPredicate(
                 name="envoy.retry_host_predicates.previous_hosts",
-                typed_config=_packed(previous_hosts_pb2.PreviousHostsPredicate()),
+                typed_config=to_any(previous_hosts_pb2.PreviousHostsPredicate()),
             )
         ],
         host_selection_retry_max_attempts=3,
@@ -176,7 +175,7 @@ def _retry_policy(retries: Retries) -> route_components_pb2.RetryPolicy:
         # https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/http/http_connection_management#retry-plugin-configuration
         retry_priority=route_components_pb2.RetryPolicy.RetryPriority(
             name="envoy.retry_priorities.previous_priorities",
-            typed_config=_packed(
+            typed_config=to_any(
                 previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=2)
             ),
         ),
@@ -205,9 +204,3 @@ def _mirror(
             )
         ),
     )
-
-
-def _packed(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed

@@ -1,8 +1,12 @@
-"""Type URLs of the resources Turnout serves, in the order ADS pushes them."""
+"""Type URLs of the resources Turnout serves, in the order ADS pushes them, and
+the one way a message nested in a resource is packed."""
 
 from __future__ import annotations
 
 from typing import Final
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
 __all__ = [
     "CLUSTER",
@@ -12,6 +16,7 @@ __all__ = [
     "ROUTE",
     "SHORT_NAMES",
     "cluster_name",
+    "to_any",
 ]
 
 _PREFIX = "type.googleapis.com/envoy.config."
@@ -36,3 +41,16 @@ SHORT_NAMES: Final = {
 def cluster_name(model: str, version: str) -> str:
     """Return the Envoy cluster (and EDS service) name of a model version."""
     return f"{model}/{version}"
+
+
+def to_any(message: Message) -> any_pb2.Any:
+    """Return ``message`` packed in an Any for a ``typed_config`` inside a resource.
+
+    Serialized deterministically (map entries sorted by key): a plain ``Pack``
+    writes maps in an order that varies between processes, and the bytes of a
+    nested Any are kept as they are when the resource around it is serialized,
+    so the same state would get different versions on different replicas.
+    """
+    packed = any_pb2.Any()
+    packed.Pack(message, deterministic=True)
+    return packed

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -52,6 +52,10 @@ class Snapshot:
     resources: Mapping[str, Mapping[str, any_pb2.Any]]
     versions: Mapping[str, str]
     resource_versions: Mapping[str, Mapping[str, str]]
+    # The names of each type, made on first use and kept as long as the snapshot.
+    _names: dict[str, frozenset[str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_resources(
@@ -99,7 +103,10 @@ class Snapshot:
     def names(self, type_url: str) -> frozenset[str]:
         """Return the names of a type's resources: one shared set per snapshot, so
         that streams holding "everything" share it instead of keeping a copy each."""
-        return _names(self.resources[type_url])
+        names = self._names.get(type_url)
+        if names is None:
+            names = self._names[type_url] = frozenset(self.resources[type_url])
+        return names
 
     def shared(self, type_url: str, names: frozenset[str]) -> frozenset[str]:
         """Return ``names``, or this snapshot's equal set of names (which many streams
@@ -165,21 +172,6 @@ def pack_resource(message: Message) -> PackedResource:
     packed = any_pb2.Any()
     packed.Pack(message, deterministic=True)
     return packed, hashlib.sha256(packed.value).hexdigest()[:16]
-
-
-_NAMES: dict[int, tuple[Mapping[str, any_pb2.Any], frozenset[str]]] = {}
-
-
-def _names(by_name: Mapping[str, any_pb2.Any]) -> frozenset[str]:
-    # Cached by the (immutable) mapping of one snapshot; dropped with the mapping's
-    # last snapshot rather than held forever: entries keep at most a few snapshots.
-    entry = _NAMES.get(id(by_name))
-    if entry is None or entry[0] is not by_name:
-        if len(_NAMES) > 64:
-            _NAMES.clear()
-        entry = (by_name, frozenset(by_name))
-        _NAMES[id(by_name)] = entry
-    return entry[1]
 
 
 def _version(by_name: Mapping[str, any_pb2.Any]) -> str:

@@ -47,10 +47,10 @@ from envoy.type.matcher.v3 import string_pb2, value_pb2
 from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
-from google.protobuf.message import Message
 
 from controlplane.domain.credentials import AUDIENCE, ISSUER
 from controlplane.domain.state import DesiredState, TenantSpec
+from controlplane.xds.resources import to_any
 
 __all__ = [
     "JWT_FILTER",
@@ -102,24 +102,23 @@ def access_of(state: DesiredState) -> dict[str, ModelAccess]:
     }
 
 
-def tenancy_filters(state: DesiredState) -> list[hcm_pb2.HttpFilter]:
+def tenancy_filters(tenants: Iterable[TenantSpec], jwks: str | None) -> list[hcm_pb2.HttpFilter]:
     """Return the JWT, RBAC and rate-limit filters (in that order), or none before
-    the first tenant exists."""
-    if state.jwks is None:
+    the first tenant exists (no ``jwks``)."""
+    if jwks is None:
         return []
     return [
-        hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=_packed(_jwt_authentication(state.jwks))),
+        hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=to_any(_jwt_authentication(jwks))),
         # No rules: allow everything unless a route's RBACPerRoute says otherwise.
-        hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=_packed(rbac_pb2.RBAC())),
-        hcm_pb2.HttpFilter(
-            name=RATE_LIMIT_FILTER, typed_config=_packed(_rate_limit(state.tenants))
-        ),
+        hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=to_any(rbac_pb2.RBAC())),
+        hcm_pb2.HttpFilter(name=RATE_LIMIT_FILTER, typed_config=to_any(_rate_limit(tenants))),
     ]
 
 
-def local_reply_config(state: DesiredState) -> hcm_pb2.LocalReplyConfig | None:
-    """Return JSON bodies for Envoy's own 401, 403 and 429 replies (None without tenants)."""
-    if state.jwks is None:
+def local_reply_config(jwks: str | None) -> hcm_pb2.LocalReplyConfig | None:
+    """Return JSON bodies for Envoy's own 401, 403 and 429 replies (None before the
+    first tenant exists: no ``jwks``)."""
+    if jwks is None:
         return None
     return hcm_pb2.LocalReplyConfig(
         mappers=[_json_mapper(status, error, detail) for status, (error, detail) in _BODIES.items()]
@@ -129,8 +128,8 @@ def local_reply_config(state: DesiredState) -> hcm_pb2.LocalReplyConfig | None:
 def model_access_config(access: ModelAccess) -> dict[str, any_pb2.Any]:
     """Return the ``typed_per_filter_config`` of every route of a protected model."""
     return {
-        JWT_FILTER: _packed(jwt_pb2.PerRouteConfig(requirement_name=REQUIREMENT)),
-        RBAC_FILTER: _packed(rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=_rules(access)))),
+        JWT_FILTER: to_any(jwt_pb2.PerRouteConfig(requirement_name=REQUIREMENT)),
+        RBAC_FILTER: to_any(rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=_rules(access)))),
     }
 
 
@@ -252,9 +251,3 @@ def _json_mapper(status: int, error: str, detail: str) -> hcm_pb2.ResponseMapper
             json_format=body
         ),
     )
-
-
-def _packed(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed

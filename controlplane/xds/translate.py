@@ -4,16 +4,18 @@ Same state in, same resources out, on every replica: nothing here reads the
 clock, the environment or the database.
 
 ``controlplane.xds.packed`` renders the same resources straight to packed
-bytes, memoised, for the sync loop.
+bytes, memoised, for the sync loop. It builds them with the functions here
+(one cluster, one assignment, one model's routes, the listener, the route
+order), so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
@@ -25,14 +27,20 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from controlplane.domain.policy import Retries
-from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
+from controlplane.domain.state import (
+    DesiredState,
+    EndpointSpec,
+    ModelSpec,
+    TenantSpec,
+    VersionSpec,
+)
 from controlplane.xds.body_routing import body_routing_filters, body_routing_routes
 from controlplane.xds.policies import apply_route_policy, apply_version_policy
-from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
+from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name, to_any
 from controlplane.xds.tenancy import (
     ModelAccess,
     access_of,
@@ -47,10 +55,19 @@ __all__ = [
     "ROUTE_CONFIG_NAME",
     "VERSION_HEADER",
     "ListenerOptions",
+    "build_listener",
     "endpoint_zones",
+    "load_assignment",
+    "model_routes",
+    "route_order",
+    "tail_routes",
     "translate",
     "translate_endpoints",
+    "version_cluster",
+    "virtual_host",
 ]
+
+T = TypeVar("T")
 
 LISTENER_NAME = "turnout_http"
 ROUTE_CONFIG_NAME = "turnout_routes"
@@ -93,11 +110,11 @@ def translate(
     for model in state.models:
         for version in model.versions:
             name = cluster_name(model.name, version.name)
-            clusters[name] = _cluster(name, version, model.policy.retries)
+            clusters[name] = version_cluster(name, version, model.policy.retries)
     return {
         CLUSTER: clusters,
         ENDPOINT: translate_endpoints(state, local_zone),
-        LISTENER: {LISTENER_NAME: _listener(listener, state)},
+        LISTENER: {LISTENER_NAME: build_listener(listener, state.tenants, state.jwks)},
         ROUTE: {ROUTE_CONFIG_NAME: _route_configuration(state.models, access_of(state))},
     }
 
@@ -105,7 +122,7 @@ def translate(
 def translate_endpoints(state: DesiredState, local_zone: str | None) -> dict[str, Message]:
     """Return the ClusterLoadAssignments of ``state`` as seen from ``local_zone``."""
     return {
-        cluster_name(model.name, version.name): _load_assignment(
+        cluster_name(model.name, version.name): load_assignment(
             cluster_name(model.name, version.name),
             version.endpoints,
             local_zone,
@@ -136,13 +153,10 @@ def _ads() -> config_source_pb2.ConfigSource:
     )
 
 
-def _packed(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
-def _cluster(name: str, version: VersionSpec, retries: Retries | None) -> cluster_pb2.Cluster:
+def version_cluster(
+    name: str, version: VersionSpec, retries: Retries | None
+) -> cluster_pb2.Cluster:
+    """Return the EDS cluster ``name`` of one version (its model's retry budget included)."""
     cluster = cluster_pb2.Cluster(
         name=name,
         alt_stat_name=re.sub(r"[^A-Za-z0-9_-]", "_", name),
@@ -157,9 +171,12 @@ def _cluster(name: str, version: VersionSpec, retries: Retries | None) -> cluste
     return cluster
 
 
-def _load_assignment(
+def load_assignment(
     name: str, endpoints: tuple[EndpointSpec, ...], local_zone: str | None, batching: bool
 ) -> endpoint_pb2.ClusterLoadAssignment:
+    """Return the ClusterLoadAssignment ``name``: ``endpoints`` by zone, the
+    ``local_zone`` first (priority 0) when it has any, through their batchers
+    when ``batching``."""
     by_zone: dict[str, list[EndpointSpec]] = {}
     for endpoint in endpoints:
         by_zone.setdefault(endpoint.zone or "", []).append(endpoint)
@@ -186,18 +203,16 @@ def _lb_endpoint(endpoint: EndpointSpec, batching: bool) -> endpoint_components_
     socket_address.port_value = port
     lb_endpoint.load_balancing_weight.value = endpoint.weight
     if endpoint.accelerator:
-        lb_endpoint.metadata.filter_metadata["turnout"].CopyFrom(_labels(endpoint.accelerator))
+        labels = lb_endpoint.metadata.filter_metadata["turnout"]
+        labels.fields["accelerator"].string_value = endpoint.accelerator
     return lb_endpoint
 
 
-@lru_cache(maxsize=256)
-def _labels(accelerator: str) -> struct_pb2.Struct:
-    labels = struct_pb2.Struct()
-    labels.update({"accelerator": accelerator})
-    return labels
-
-
-def _listener(options: ListenerOptions, state: DesiredState) -> listener_pb2.Listener:
+def build_listener(
+    options: ListenerOptions, tenants: Sequence[TenantSpec], jwks: str | None
+) -> listener_pb2.Listener:
+    """Return the data-plane listener: where it binds, and its HTTP filters, which
+    depend on the tenants (credential checks, rate limits) and nothing else."""
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix="turnout",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
@@ -205,9 +220,9 @@ def _listener(options: ListenerOptions, state: DesiredState) -> listener_pb2.Lis
         http_filters=[
             *body_routing_filters(),
             # After body routing: they must see the route an OpenAI body re-routes to.
-            *tenancy_filters(state),
+            *tenancy_filters(tenants, jwks),
             hcm_pb2.HttpFilter(
-                name="envoy.filters.http.router", typed_config=_packed(router_pb2.Router())
+                name="envoy.filters.http.router", typed_config=to_any(router_pb2.Router())
             ),
         ],
         # Edge defaults, after Envoy's "configuring Envoy as an edge proxy" guide.
@@ -226,7 +241,7 @@ def _listener(options: ListenerOptions, state: DesiredState) -> listener_pb2.Lis
         stream_idle_timeout=duration_pb2.Duration(seconds=300),
         request_headers_timeout=duration_pb2.Duration(seconds=10),
     )
-    replies = local_reply_config(state)
+    replies = local_reply_config(jwks)
     if replies is not None:
         manager.local_reply_config.CopyFrom(replies)
     return listener_pb2.Listener(
@@ -239,7 +254,7 @@ def _listener(options: ListenerOptions, state: DesiredState) -> listener_pb2.Lis
                 filters=[
                     listener_components_pb2.Filter(
                         name="envoy.filters.network.http_connection_manager",
-                        typed_config=_packed(manager),
+                        typed_config=to_any(manager),
                     )
                 ]
             )
@@ -247,27 +262,36 @@ def _listener(options: ListenerOptions, state: DesiredState) -> listener_pb2.Lis
     )
 
 
+def route_order(per_model: Sequence[tuple[T, T]], tail: T) -> list[T]:
+    """Return the route groups of the route configuration in match order, first
+    match first: every model's routes by path (in model order), then every
+    model's routes by header, then ``tail`` (:func:`tail_routes`).
+
+    ``per_model`` holds each model's (path routes, header routes), as messages
+    or as their encoded bytes. Paths come before headers so that a request's
+    path names its model even when an ``x-turnout-model`` header names another.
+    """
+    return [*(path for path, _ in per_model), *(header for _, header in per_model), tail]
+
+
 def _route_configuration(
     models: Iterable[ModelSpec], access: dict[str, ModelAccess]
 ) -> route_pb2.RouteConfiguration:
-    routes: list[route_components_pb2.Route] = []
-    header_routes: list[route_components_pb2.Route] = []
-    for model in models:
-        path_routes, model_header_routes = _routes_of(model, access.get(model.name))
-        routes.extend(path_routes)
-        header_routes.extend(model_header_routes)
-    routes.extend(header_routes)
-    routes.extend(_tail_routes())
+    groups = route_order(
+        [model_routes(model, access.get(model.name)) for model in models], tail_routes()
+    )
+    routes = [route for group in groups for route in group]
     return route_pb2.RouteConfiguration(
-        name=ROUTE_CONFIG_NAME, virtual_hosts=[_virtual_host(routes)]
+        name=ROUTE_CONFIG_NAME, virtual_hosts=[virtual_host(routes)]
     )
 
 
-def _virtual_host(routes: list[route_components_pb2.Route]) -> route_components_pb2.VirtualHost:
+def virtual_host(routes: list[route_components_pb2.Route]) -> route_components_pb2.VirtualHost:
+    """Return the one virtual host, for every domain, with ``routes``."""
     return route_components_pb2.VirtualHost(name="models", domains=["*"], routes=routes)
 
 
-def _tail_routes() -> list[route_components_pb2.Route]:
+def tail_routes() -> list[route_components_pb2.Route]:
     """The routes after every model's: OpenAI body routing, then the 404 catch-all."""
     return [
         *body_routing_routes(),
@@ -280,7 +304,7 @@ def _tail_routes() -> list[route_components_pb2.Route]:
     ]
 
 
-def _routes_of(
+def model_routes(
     model: ModelSpec, access: ModelAccess | None
 ) -> tuple[list[route_components_pb2.Route], list[route_components_pb2.Route]]:
     """Return a model's routes by path (``/models/{name}/...``) and by header; with
@@ -299,8 +323,8 @@ def _routes_of(
         pattern=regex_pb2.RegexMatcher(regex=f"^/models/{re.escape(model.name)}/?"),
         substitution="/",
     )
-    by_path_routes = _model_routes(model, by_path, path_rewrite)
-    by_header_routes = _model_routes(model, by_header, None)
+    by_path_routes = _routes_by(model, by_path, path_rewrite)
+    by_header_routes = _routes_by(model, by_header, None)
     if access is not None:
         checks = model_access_config(access)
         for route in (*by_path_routes, *by_header_routes):
@@ -309,7 +333,7 @@ def _routes_of(
     return by_path_routes, by_header_routes
 
 
-def _model_routes(
+def _routes_by(
     model: ModelSpec,
     match: route_components_pb2.RouteMatch,
     rewrite: regex_pb2.RegexMatchAndSubstitute | None,

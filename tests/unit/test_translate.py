@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf import duration_pb2, json_format
+from google.protobuf.message import Message
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from controlplane.bootstrap import XdsAddress, render_bootstrap
 from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
@@ -30,6 +36,7 @@ from controlplane.xds.translate import (
     endpoint_zones,
     translate,
 )
+from tests.strategies import desired_states
 
 
 def _sentiment(weights: tuple[tuple[str, int], ...] = (("v1", 80), ("v2", 20))) -> ModelSpec:
@@ -249,17 +256,75 @@ def test_empty_state_still_has_the_404_catch_all() -> None:
     assert routes[-1].name == "unknown-model"
 
 
-def test_translating_the_same_state_twice_gives_identical_bytes() -> None:
-    def serialised(state: DesiredState) -> dict[str, dict[str, bytes]]:
-        return {
-            type_url: {
-                name: message.SerializeToString(deterministic=True)
-                for name, message in by_name.items()
-            }
-            for type_url, by_name in translate(state).items()
+def _serialised(state: DesiredState, zone: str | None = None) -> dict[str, dict[str, bytes]]:
+    return {
+        type_url: {
+            name: message.SerializeToString(deterministic=True) for name, message in by_name.items()
         }
+        for type_url, by_name in translate(state, ListenerOptions(), zone).items()
+    }
 
-    assert serialised(_state()) == serialised(_state())
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(state=desired_states())
+def test_translate_is_deterministic(state: DesiredState) -> None:
+    """Same state, same bytes: translated twice, and from an equal state built anew."""
+    first = _serialised(state)
+    assert _serialised(state) == first
+    rebuilt = copy.deepcopy(state)
+    assert rebuilt == state
+    assert _serialised(rebuilt) == first
+    for zone in endpoint_zones(state):
+        assert _serialised(state, zone) == _serialised(rebuilt, zone)
+
+
+_VERSIONS_OF = """
+import json, sys
+from controlplane.domain import policy, state
+from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.translate import endpoint_zones, translate
+
+out = []
+for state in eval(sys.stdin.read(), {**vars(policy), **vars(state)}):
+    zones = [None, *endpoint_zones(state)]
+    out.append([dict(Snapshot.from_resources(1, translate(state, local_zone=z)).versions)
+                for z in zones])
+print(json.dumps(out))
+"""
+
+
+# Each example starts two processes: no shrinking (a failure shows the whole list).
+@settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
+@given(states=st.lists(desired_states(), min_size=1, max_size=8))
+def test_translate_gives_the_same_bytes_in_processes_with_other_hash_seeds(
+    states: list[DesiredState],
+) -> None:
+    """Every replica translates alike: no set or dict order leaks into the bytes."""
+    from controlplane.xds.snapshot import Snapshot
+
+    here = [
+        [
+            dict(Snapshot.from_resources(1, translate(state, local_zone=zone)).versions)
+            for zone in [None, *endpoint_zones(state)]
+        ]
+        for state in states
+    ]
+    for seed in ("0", "4242"):
+        result = subprocess.run(
+            [sys.executable, "-c", _VERSIONS_OF],
+            input=repr(states),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        )
+        assert json.loads(result.stdout) == here
 
 
 def test_listener_binds_the_configured_host_and_port() -> None:
@@ -300,7 +365,23 @@ def test_translated_resources_validate_with_envoy(tmp_path: Path) -> None:
     """Envoy itself accepts what we send: clusters as sent, endpoints and routes inlined."""
     # A name with "-" and "." checks that RE2 accepts the escaped rewrite pattern.
     unweighted = ModelSpec("idle-model.v2", "http", (VersionSpec("v1"),))
-    resources = translate(_state(unweighted, _sentiment()))
+    _assert_envoy_accepts(translate(_state(unweighted, _sentiment())), tmp_path)
+
+
+@pytest.mark.envoy
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(state=desired_states())
+def test_envoy_accepts_the_translation_of_any_valid_state(
+    state: DesiredState, tmp_path: Path
+) -> None:
+    _assert_envoy_accepts(translate(state), tmp_path)
+
+
+def _assert_envoy_accepts(resources: dict[str, dict[str, Message]], tmp_path: Path) -> None:
     listener = resources[LISTENER][LISTENER_NAME]
     assert isinstance(listener, listener_pb2.Listener)
     # Validate mode has no xDS server: inline the routes and give each assignment a
@@ -322,7 +403,7 @@ def test_translated_resources_validate_with_envoy(tmp_path: Path) -> None:
     bootstrap = render_bootstrap("n1", [XdsAddress("127.0.0.1", 18000)])
     bootstrap["static_resources"]["clusters"] += [json_format.MessageToDict(c) for c in clusters]
     bootstrap["static_resources"]["listeners"] = [json_format.MessageToDict(listener)]
-    path = tmp_path / "translated.json"
+    path = tmp_path / "translated.json"  # replaced by each example
     path.write_text(json.dumps(bootstrap))
 
     result = subprocess.run(
