@@ -40,6 +40,12 @@ HeaderName = Annotated[
     StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$"),
     AfterValidator(_not_envoy_header),
 ]
+# A header value a request can carry, for Envoy to match exactly: no control
+# characters (RFC 9110 field-value) and no surrounding whitespace (Envoy trims it).
+HeaderValue = Annotated[
+    str,
+    StringConstraints(pattern=r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]{0,254}[^\x00-\x20\x7f])?$"),
+]
 Millis = Annotated[int, Field(ge=1, le=86_400_000)]
 Count = Annotated[int, Field(ge=1, le=1_000_000)]
 RetryCondition = Literal[RETRY_ON]  # type: ignore[valid-type]
@@ -99,7 +105,7 @@ class ExperimentBody(_Strict):
     """Requests with ``header: value`` (exact) go to ``version``, ahead of the weights."""
 
     header: HeaderName
-    value: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    value: HeaderValue
     version: Name
 
 

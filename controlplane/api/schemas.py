@@ -54,6 +54,13 @@ Protocol = Literal["openai", "kserve-v2", "http"]
 
 
 def _ip_literal(value: str) -> str:
+    """An IP literal as Envoy parses it (``inet_pton``): Python's ``ipaddress`` also
+    takes an IPv6 zone id (``fe80::1%eth0``), which Envoy rejects, so it is refused."""
+    if "%" in value:
+        raise ValueError(
+            "address must not carry an IPv6 zone id (%...): Envoy rejects it; "
+            "use an address that needs no zone"
+        )
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
