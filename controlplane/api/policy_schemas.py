@@ -22,7 +22,12 @@ from pydantic import (
 
 from controlplane.api.schemas import Name
 from controlplane.domain import policy as domain
-from controlplane.domain.policy import DEFAULT_RETRY_ON, RETRY_ON
+from controlplane.domain.policy import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_RETRY_ON,
+    MAX_REQUEST_BYTES_LIMIT,
+    RETRY_ON,
+)
 
 __all__ = ["ModelPolicyBody", "VersionPolicyBody"]
 
@@ -123,6 +128,14 @@ class ModelPolicyBody(_Strict):
     shadow: ShadowBody | None = None
     experiments: list[ExperimentBody] = Field(default_factory=list, max_length=50)
     sticky: StickyBody | None = None
+    max_request_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_REQUEST_BYTES_LIMIT,
+        description=f"the largest request body the model takes, in bytes (null: "
+        f"{DEFAULT_MAX_REQUEST_BYTES}, 8 MiB); a larger one gets 413 from Envoy, "
+        "whether the path, the x-turnout-model header or the JSON body names the model",
+    )
 
     def to_policy(self) -> domain.ModelPolicy:
         """Return the domain value of this policy."""
