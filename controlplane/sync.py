@@ -4,6 +4,11 @@ The loop reads the config revision; when it moved, it loads the whole desired
 state in one transaction, translates it and publishes the snapshot. It runs
 on a wake-up (a commit in this process, or Postgres NOTIFY from another
 replica) and on a timer, so a lost wake-up delays a push but never loses it.
+
+What it publishes is the desired state with every model that Envoy rejected
+held at its last accepted config (``controlplane.xds.containment``): the loop
+listens to the proxies' ACKs and NACKs through the cache, and publishes again
+when the holds change, at the same revision.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import math
 import time
 from dataclasses import replace
 
+from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.revisions import RevisionRepository
@@ -21,8 +27,9 @@ from controlplane.db.state import load_access, load_models, load_state
 from controlplane.domain.state import DesiredState
 from controlplane.notify import Notifier
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.containment import Containment, Hold
 from controlplane.xds.packed import PackedTranslator
-from controlplane.xds.resources import ENDPOINT
+from controlplane.xds.resources import ENDPOINT, SHORT_NAMES
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.translate import ListenerOptions, endpoint_zones
 
@@ -33,6 +40,15 @@ FULL_READ_INTERVAL_S = 300.0
 
 
 log = logging.getLogger(__name__)
+
+MODEL_DEGRADED = Gauge(
+    "turnout_xds_model_degraded",
+    "1 while a model is held at its last accepted config because Envoy rejected its resources",
+    ["model"],
+)
+REJECTIONS = Counter(
+    "turnout_xds_rejections_total", "NACKs received from proxies, by resource type", ["type"]
+)
 
 
 class StateSync:
@@ -58,26 +74,45 @@ class StateSync:
         self.revision: int | None = None
         self.state: DesiredState | None = None
         self._full_read_at = -math.inf
+        self._containment = Containment()
+        self._published_generation = 0
+        self._degraded: set[str] = set()  # the models this loop reports in MODEL_DEGRADED
+        cache.observe(self)
+
+    def holds(self) -> list[Hold]:
+        """Return the models held at their last accepted config, and why."""
+        return self._containment.holds()
 
     async def sync_once(self) -> bool:
-        """Publish the latest revision if it is new; return whether it published."""
+        """Publish the latest revision if it is new, or again when the holds changed;
+        return whether it published."""
         async with self._sessionmaker() as session:
             current = await RevisionRepository(session).current()
-        if current == self.revision:
-            return False
         started = time.perf_counter()
-        state = await self._load()
-        # Resources unused by this revision and the one before are forgotten.
+        if current != self.revision:
+            state = await self._load()
+        elif self.state is not None and self._containment.generation != self._published_generation:
+            state = self.state
+        else:
+            return False
+        effective = self._containment.apply(state)
+        generation = self._containment.generation
+        # Resources unused by this translation and the one before are forgotten.
         self._translator.rotate()
-        resources = self._translator.translate(state, self._listener)
+        resources = self._translator.translate(effective, self._listener)
         snapshot = Snapshot.from_packed(state.revision, resources)
         by_zone = {
             zone: Snapshot.from_packed(
-                state.revision, {**resources, ENDPOINT: self._translator.endpoints(state, zone)}
+                state.revision,
+                {**resources, ENDPOINT: self._translator.endpoints(effective, zone)},
             )
-            for zone in endpoint_zones(state)
+            for zone in endpoint_zones(effective)
         }
+        for published in (snapshot, *by_zone.values()):
+            self._containment.published(published, effective)
         await self._cache.publish(snapshot, by_zone)
+        self._published_generation = generation
+        self._report_degraded()
         self.state = state
         self.revision = state.revision
         self.loaded.set()
@@ -86,10 +121,43 @@ class StateSync:
             extra={
                 "revision": state.revision,
                 "models": len(state.models),
+                "held": len(self._containment.holds()),
                 "ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
         return True
+
+    def accepted(self, snapshot: Snapshot) -> None:
+        """Feedback from a stream: a proxy holds all of ``snapshot``."""
+        if self._containment.accepted(snapshot):
+            self._notifier.notify()
+
+    def rejected(self, snapshot: Snapshot | None, type_url: str, error: str, node: str) -> None:
+        """Feedback from a stream: a proxy NACKed ``type_url``; hold back its culprits."""
+        REJECTIONS.labels(type=SHORT_NAMES.get(type_url, type_url)).inc()
+        holds = self._containment.rejected(snapshot, type_url, error, node)
+        for hold in holds:
+            log.warning(
+                "xds.model_held_back",
+                extra={
+                    "model": hold.model,
+                    "type_url": type_url,
+                    "resources": list(hold.resources),
+                    "confirmed": hold.confirmed,
+                    "node": node,
+                    "error": hold.reason,
+                },
+            )
+        if holds:
+            self._notifier.notify()
+
+    def _report_degraded(self) -> None:
+        held = {hold.model for hold in self._containment.holds()}
+        for model in self._degraded - held:
+            MODEL_DEGRADED.remove(model)
+        for model in held:
+            MODEL_DEGRADED.labels(model=model).set(1)
+        self._degraded = held
 
     async def _load(self) -> DesiredState:
         """Read the state: only the models changed since the last read when every

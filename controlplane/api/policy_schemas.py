@@ -22,7 +22,12 @@ from pydantic import (
 
 from controlplane.api.schemas import Name
 from controlplane.domain import policy as domain
-from controlplane.domain.policy import DEFAULT_RETRY_ON, RETRY_ON
+from controlplane.domain.policy import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_RETRY_ON,
+    MAX_REQUEST_BYTES_LIMIT,
+    RETRY_ON,
+)
 
 __all__ = ["ModelPolicyBody", "VersionPolicyBody"]
 
@@ -39,6 +44,12 @@ HeaderName = Annotated[
     str,
     StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$"),
     AfterValidator(_not_envoy_header),
+]
+# A header value a request can carry, for Envoy to match exactly: no control
+# characters (RFC 9110 field-value) and no surrounding whitespace (Envoy trims it).
+HeaderValue = Annotated[
+    str,
+    StringConstraints(pattern=r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]{0,254}[^\x00-\x20\x7f])?$"),
 ]
 Millis = Annotated[int, Field(ge=1, le=86_400_000)]
 Count = Annotated[int, Field(ge=1, le=1_000_000)]
@@ -99,7 +110,7 @@ class ExperimentBody(_Strict):
     """Requests with ``header: value`` (exact) go to ``version``, ahead of the weights."""
 
     header: HeaderName
-    value: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    value: HeaderValue
     version: Name
 
 
@@ -117,6 +128,14 @@ class ModelPolicyBody(_Strict):
     shadow: ShadowBody | None = None
     experiments: list[ExperimentBody] = Field(default_factory=list, max_length=50)
     sticky: StickyBody | None = None
+    max_request_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_REQUEST_BYTES_LIMIT,
+        description=f"the largest request body the model takes, in bytes (null: "
+        f"{DEFAULT_MAX_REQUEST_BYTES}, 8 MiB); a larger one gets 413 from Envoy, "
+        "whether the path, the x-turnout-model header or the JSON body names the model",
+    )
 
     def to_policy(self) -> domain.ModelPolicy:
         """Return the domain value of this policy."""

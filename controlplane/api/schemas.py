@@ -20,6 +20,7 @@ __all__ = [
     "EndpointIn",
     "EndpointOut",
     "ErrorBody",
+    "HeldOut",
     "HistoryEntry",
     "HistoryPage",
     "KeyCreate",
@@ -53,6 +54,13 @@ Protocol = Literal["openai", "kserve-v2", "http"]
 
 
 def _ip_literal(value: str) -> str:
+    """An IP literal as Envoy parses it (``inet_pton``): Python's ``ipaddress`` also
+    takes an IPv6 zone id (``fe80::1%eth0``), which Envoy rejects, so it is refused."""
+    if "%" in value:
+        raise ValueError(
+            "address must not carry an IPv6 zone id (%...): Envoy rejects it; "
+            "use an address that needs no zone"
+        )
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
@@ -88,8 +96,22 @@ class ModelPatch(_Strict):
     description: Annotated[str, StringConstraints(max_length=2000)] | None = None
 
 
+class HeldOut(BaseModel):
+    """A model that Envoy rejected: it stays at its last accepted config until it changes."""
+
+    model: str
+    type: str = Field(description="the resource type Envoy rejected: clusters, endpoints, ...")
+    resources: list[str] = Field(description="the rejected resources of that type")
+    reason: str = Field(description="Envoy's error message")
+    node: str = Field(description="the proxy that rejected it")
+    since: datetime
+    confirmed: bool = Field(
+        description="false while the model is one of several suspects, tried in turn"
+    )
+
+
 class ModelOut(BaseModel):
-    """A model."""
+    """A model, and whether Envoy serves its desired config (``status``)."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -98,6 +120,12 @@ class ModelOut(BaseModel):
     description: str | None
     created_at: datetime
     updated_at: datetime
+    status: Literal["ok", "degraded"] = Field(
+        default="ok",
+        description="degraded: Envoy rejected the model's config, which is held at its last "
+        "accepted one (see ``degraded``); other models are not affected",
+    )
+    degraded: list[HeldOut] | None = None
 
 
 class EndpointIn(_Strict):
@@ -192,6 +220,10 @@ class TypeStatusOut(BaseModel):
     error: str | None
     sent_at: datetime | None
     acked_at: datetime | None
+    held: list[HeldOut] = Field(
+        default_factory=list,
+        description="models whose resources of this type are held back, and why",
+    )
 
 
 class ProxyOut(BaseModel):
@@ -202,6 +234,9 @@ class ProxyOut(BaseModel):
     zone: str
     xds: str = Field(description="sotw (state of the world) or delta (incremental)")
     connected_at: datetime
+    degraded: bool = Field(
+        default=False, description="some model is held at its last accepted config"
+    )
     types: dict[str, TypeStatusOut]
 
 

@@ -21,8 +21,10 @@ from controlplane.domain.errors import InvalidInput
 
 __all__ = [
     "BATCHING_RANGES",
+    "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_REQUEST_TIMEOUT_MS",
     "DEFAULT_RETRY_ON",
+    "MAX_REQUEST_BYTES_LIMIT",
     "RETRY_ON",
     "Batching",
     "CircuitBreakers",
@@ -44,6 +46,11 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_REQUEST_TIMEOUT_MS = 60_000
+# A model's request bodies are capped at this size unless its policy says otherwise
+# (``max_request_bytes``); a larger body gets 413 from Envoy. The policy may go up to
+# MAX_REQUEST_BYTES_LIMIT: Envoy buffers a body whole to count it.
+DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+MAX_REQUEST_BYTES_LIMIT = 1024 * 1024 * 1024
 DEFAULT_RETRY_ON = ("5xx", "reset", "connect-failure")
 
 # Envoy's retry conditions for HTTP (x-envoy-retry-on):
@@ -118,6 +125,11 @@ class ModelPolicy:
     shadow: Shadow | None = None
     experiments: tuple[Experiment, ...] = ()
     sticky: Sticky | None = None
+    max_request_bytes: int | None = None  # None: DEFAULT_MAX_REQUEST_BYTES
+
+    def request_limit(self) -> int:
+        """Return the largest request body this model takes, in bytes."""
+        return self.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES
 
     def versions_referenced(self) -> set[str]:
         """Return the versions this policy sends traffic to by name."""
@@ -272,6 +284,7 @@ def model_policy_from_document(document: Mapping[str, Any] | None) -> ModelPolic
         shadow=_maybe(Shadow, document.get("shadow")),
         experiments=tuple(Experiment(**e) for e in document.get("experiments") or ()),
         sticky=_maybe(Sticky, document.get("sticky")),
+        max_request_bytes=document.get("max_request_bytes"),
     )
 
 

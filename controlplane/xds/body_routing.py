@@ -32,12 +32,14 @@ import json
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import wrappers_pb2
 
 from controlplane.xds.resources import to_any
 
@@ -67,6 +69,13 @@ function envoy_on_request(handle)
   headers:replace("x-turnout-model", model)
   if version ~= nil then
     headers:replace("x-turnout-version", version)
+  end
+  -- The route is matched again for the new headers: its metadata has the
+  -- model's body limit, which the buffer filter (run before) could not know.
+  local limit = handle:metadata():get("max_request_bytes")
+  if limit ~= nil and handle:body():length() > limit then
+    handle:respond({[":status"] = "413", ["content-type"] = "application/json"},
+      '{"error": "request_too_large", "detail": "the body is over the model limit"}')
   end
 end
 """
@@ -111,9 +120,18 @@ def body_routing_filters() -> list[hcm_pb2.HttpFilter]:
     ]
 
 
-def body_routing_routes() -> list[route_components_pb2.Route]:
-    """Return the fallback routes of the OpenAI paths, which enable the two filters."""
+def body_routing_routes(body_limit: int) -> list[route_components_pb2.Route]:
+    """Return the fallback routes of the OpenAI paths, which enable the two filters
+    and take bodies up to ``body_limit`` bytes (the model's own limit is checked
+    once the body names it)."""
     enable = {
+        "envoy.filters.http.buffer": to_any(
+            buffer_pb2.BufferPerRoute(
+                buffer=buffer_pb2.Buffer(
+                    max_request_bytes=wrappers_pb2.UInt32Value(value=body_limit)
+                )
+            )
+        ),
         # Envoy takes no empty per-route config, so each filter gets a real one.
         JSON_FILTER: to_any(route_components_pb2.FilterConfig(config=to_any(_json_to_metadata()))),
         LUA_FILTER: to_any(

@@ -10,10 +10,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Protocol
 
 from controlplane.xds.snapshot import Snapshot
 
-__all__ = ["SnapshotCache"]
+__all__ = ["Feedback", "SnapshotCache"]
+
+
+class Feedback(Protocol):
+    """What the proxies make of the snapshots: streams report, the publisher listens."""
+
+    def accepted(self, snapshot: Snapshot) -> None:
+        """A proxy holds the whole of ``snapshot`` (every type ACKed at its versions)."""
+
+    def rejected(self, snapshot: Snapshot | None, type_url: str, error: str, node: str) -> None:
+        """A proxy rejected (NACKed) the resources of ``type_url`` it was sent from
+        ``snapshot`` with ``error``."""
 
 
 class SnapshotCache:
@@ -23,6 +35,23 @@ class SnapshotCache:
         self._snapshot: Snapshot | None = None
         self._by_zone: Mapping[str, Snapshot] = MappingProxyType({})
         self._changed = asyncio.Condition()
+        self._feedback: Feedback | None = None
+
+    def observe(self, feedback: Feedback) -> None:
+        """Send what the proxies accept and reject to ``feedback`` (the publisher)."""
+        self._feedback = feedback
+
+    def report_accepted(self, snapshot: Snapshot) -> None:
+        """A stream's proxy holds all of ``snapshot``."""
+        if self._feedback is not None:
+            self._feedback.accepted(snapshot)
+
+    def report_rejected(
+        self, snapshot: Snapshot | None, type_url: str, error: str, node: str
+    ) -> None:
+        """A stream's proxy NACKed ``type_url`` of ``snapshot``."""
+        if self._feedback is not None:
+            self._feedback.rejected(snapshot, type_url, error, node)
 
     @property
     def snapshot(self) -> Snapshot | None:

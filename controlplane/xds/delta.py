@@ -109,6 +109,7 @@ class DeltaStream(
                 state.record_nack(
                     request.error_detail.message, self._connection.node_id, request.type_url
                 )
+                self._rejected(state.sent_snapshot, request.type_url, request.error_detail.message)
             else:
                 for name, version in tracked.in_flight.items():
                     if version is None:
@@ -129,6 +130,9 @@ class DeltaStream(
         if type_url == ENDPOINT:
             return set(snapshot.resources[ENDPOINT]) <= set(tracked.has)
         return True
+
+    def _holds_all(self, snapshot: Snapshot) -> bool:
+        return all(self._settled(type_url, snapshot) for type_url in PUSH_ORDER)
 
     def _respond(self, snapshot: Snapshot) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         responses = []

@@ -24,6 +24,7 @@ from google.protobuf import any_pb2
 from controlplane.domain.policy import Retries
 from controlplane.domain.state import DesiredState, ModelSpec, TenantSpec, VersionSpec
 from controlplane.xds import translate as render
+from controlplane.xds.edge import largest_limit
 from controlplane.xds.memo import Memoised
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
 from controlplane.xds.snapshot import PackedResource, pack_resource
@@ -53,7 +54,7 @@ class PackedTranslator:
         self._virtual_host_head: bytes = render.virtual_host([]).SerializeToString(
             deterministic=True
         )
-        self._tail_routes = _entries(render.tail_routes())
+        self._tail_routes = Memoised(_tail_routes)
 
     def translate(
         self,
@@ -77,7 +78,8 @@ class PackedTranslator:
             LISTENER: {render.LISTENER_NAME: self._listeners(listener, state.tenants, state.jwks)},
             ROUTE: {
                 render.ROUTE_CONFIG_NAME: self._route_configuration(
-                    [self._model_routes(model, access.get(model.name)) for model in state.models]
+                    [self._model_routes(model, access.get(model.name)) for model in state.models],
+                    self._tail_routes(largest_limit(state.models)),
                 )
             },
         }
@@ -99,6 +101,7 @@ class PackedTranslator:
         self._assignments.rotate()
         self._model_routes.rotate()
         self._listeners.rotate()
+        self._tail_routes.rotate()
 
     def memo_sizes(self) -> dict[str, int]:
         """Return how many results each memo holds (both generations)."""
@@ -109,10 +112,10 @@ class PackedTranslator:
             "listeners": len(self._listeners),
         }
 
-    def _route_configuration(self, per_model: list[tuple[bytes, bytes]]) -> PackedResource:
-        virtual_host = b"".join(
-            [self._virtual_host_head, *render.route_order(per_model, self._tail_routes)]
-        )
+    def _route_configuration(
+        self, per_model: list[tuple[bytes, bytes]], tail: bytes
+    ) -> PackedResource:
+        virtual_host = b"".join([self._virtual_host_head, *render.route_order(per_model, tail)])
         head = route_pb2.RouteConfiguration(name=render.ROUTE_CONFIG_NAME)
         value = head.SerializeToString(deterministic=True) + _field(
             _ROUTE_CONFIGURATION_VIRTUAL_HOSTS, virtual_host
@@ -142,6 +145,10 @@ def _model_routes(model: ModelSpec, access: ModelAccess | None) -> tuple[bytes, 
     """The model's path routes and header routes, each as VirtualHost.routes entries."""
     path_routes, header_routes = render.model_routes(model, access)
     return _entries(path_routes), _entries(header_routes)
+
+
+def _tail_routes(body_limit: int) -> bytes:
+    return _entries(render.tail_routes(body_limit))
 
 
 def _entries(routes: list[route_components_pb2.Route]) -> bytes:

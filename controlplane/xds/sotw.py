@@ -94,6 +94,10 @@ class SotwStream(StreamLoop[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
             for type_url in plan_types(self._connection.types, snapshot)
         ]
 
+    def _holds_all(self, snapshot: Snapshot) -> bool:
+        types = self._connection.types
+        return all(_settled(types[type_url], type_url, snapshot) for type_url in PUSH_ORDER)
+
     def _on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
         connection = self._connection
         if request.HasField("node"):
@@ -110,6 +114,7 @@ class SotwStream(StreamLoop[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
                 state.record_nack(
                     request.error_detail.message, connection.node_id, request.type_url
                 )
+                self._rejected(state.sent_snapshot, request.type_url, request.error_detail.message)
             else:
                 state.record_ack(request.version_info)
         else:

@@ -4,6 +4,10 @@ A stream reacts to two things: a request from the proxy, and a new snapshot
 in the cache. Both become events on one queue, handled one at a time, so the
 per-stream protocol state needs no locks. After each event the variant plans
 what to send against the current snapshot for the proxy's zone.
+
+What the proxy makes of it goes back to the cache's feedback: a NACK as it
+arrives, and, once per snapshot, the moment the proxy holds all of it (which
+is what lets the publisher hold back only the resources a proxy rejects).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class StreamLoop(ABC, Generic[RequestT, ResponseT]):
         self._connection = connection
         self._nonces = 0
         self._events: asyncio.Queue[_Request[RequestT] | _Wake | _Closed] = asyncio.Queue()
+        self._reported: Snapshot | None = None
 
     async def responses(self, requests: AsyncIterator[RequestT]) -> AsyncIterator[ResponseT]:
         """Consume ``requests`` and yield the responses the protocol calls for."""
@@ -72,6 +77,9 @@ class StreamLoop(ABC, Generic[RequestT, ResponseT]):
                     batch.reverse()
                     while batch:
                         yield batch.pop()
+                if snapshot is not self._reported and self._holds_all(snapshot):
+                    self._reported = snapshot
+                    self._cache.report_accepted(snapshot)
         finally:
             for task in (reader, watcher):
                 task.cancel()
@@ -93,6 +101,14 @@ class StreamLoop(ABC, Generic[RequestT, ResponseT]):
     @abstractmethod
     def _on_request(self, request: RequestT) -> None:
         """Fold one request from the proxy into the stream's protocol state."""
+
+    def _rejected(self, snapshot: Snapshot | None, type_url: str, error: str) -> None:
+        """Report a NACK of ``type_url`` (sent from ``snapshot``) to the cache's feedback."""
+        self._cache.report_rejected(snapshot, type_url, error, self._connection.node_id)
+
+    @abstractmethod
+    def _holds_all(self, snapshot: Snapshot) -> bool:
+        """Whether the proxy has accepted every resource of ``snapshot``, at its versions."""
 
     @abstractmethod
     def _respond(self, snapshot: Snapshot) -> list[ResponseT]:

@@ -2,7 +2,8 @@
 
 Envoy checks every request itself; the control plane is not on the request path.
 
-1. ``jwt_authn`` verifies the ``Authorization: Bearer`` token against the
+1. ``jwt_authn`` verifies the ``Authorization: Bearer`` token (from that header
+   only, never a query parameter) against the
    public JWKS inlined in the listener (``local_jwks``), checks ``iss`` and
    ``aud``, strips the token before the request goes upstream (``forward`` is
    off) and puts the verified payload in dynamic metadata. Only the routes of
@@ -58,6 +59,7 @@ __all__ = [
     "RBAC_FILTER",
     "ModelAccess",
     "access_of",
+    "json_reply_mapper",
     "local_reply_config",
     "model_access_config",
     "tenancy_filters",
@@ -115,14 +117,12 @@ def tenancy_filters(tenants: Iterable[TenantSpec], jwks: str | None) -> list[hcm
     ]
 
 
-def local_reply_config(jwks: str | None) -> hcm_pb2.LocalReplyConfig | None:
-    """Return JSON bodies for Envoy's own 401, 403 and 429 replies (None before the
+def local_reply_config(jwks: str | None) -> list[hcm_pb2.ResponseMapper]:
+    """Return JSON bodies for Envoy's own 401, 403 and 429 replies (none before the
     first tenant exists: no ``jwks``)."""
     if jwks is None:
-        return None
-    return hcm_pb2.LocalReplyConfig(
-        mappers=[_json_mapper(status, error, detail) for status, (error, detail) in _BODIES.items()]
-    )
+        return []
+    return [json_reply_mapper(status, error, detail) for status, (error, detail) in _BODIES.items()]
 
 
 def model_access_config(access: ModelAccess) -> dict[str, any_pb2.Any]:
@@ -136,6 +136,10 @@ def model_access_config(access: ModelAccess) -> dict[str, any_pb2.Any]:
 def _jwt_authentication(jwks: str) -> jwt_pb2.JwtAuthentication:
     provider = jwt_pb2.JwtProvider(
         issuer=ISSUER,
+        # Only here: without it Envoy also takes ?access_token=, which ends up in
+        # access logs and browser histories.
+        # https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/jwt_authn/v3/config.proto#envoy-v3-api-field-extensions-filters-http-jwt-authn-v3-jwtprovider-from-headers
+        from_headers=[jwt_pb2.JwtHeader(name="Authorization", value_prefix="Bearer ")],
         audiences=[AUDIENCE],
         local_jwks=base_pb2.DataSource(inline_string=jwks),
         payload_in_metadata=PAYLOAD_KEY,
@@ -233,7 +237,8 @@ def _rate_limit(tenants: Iterable[TenantSpec]) -> local_rate_limit_pb2.LocalRate
     )
 
 
-def _json_mapper(status: int, error: str, detail: str) -> hcm_pb2.ResponseMapper:
+def json_reply_mapper(status: int, error: str, detail: str) -> hcm_pb2.ResponseMapper:
+    """Return a local-reply mapper giving Envoy's own ``status`` replies a JSON body."""
     body = struct_pb2.Struct()
     body.update({"error": error, "detail": detail, "reason": "%LOCAL_REPLY_BODY%"})
     return hcm_pb2.ResponseMapper(

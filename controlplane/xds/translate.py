@@ -38,7 +38,14 @@ from controlplane.domain.state import (
     TenantSpec,
     VersionSpec,
 )
-from controlplane.xds.body_routing import body_routing_filters, body_routing_routes
+from controlplane.xds.body_routing import LUA_FILTER, body_routing_filters, body_routing_routes
+from controlplane.xds.edge import (
+    LIMIT_METADATA_KEY,
+    body_limit,
+    body_limit_filter,
+    edge_reply_mappers,
+    largest_limit,
+)
 from controlplane.xds.policies import apply_route_policy, apply_version_policy
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name, to_any
 from controlplane.xds.tenancy import (
@@ -218,6 +225,8 @@ def build_listener(
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG_NAME),
         http_filters=[
+            # First: it counts every body against its route's limit as it arrives.
+            body_limit_filter(),
             *body_routing_filters(),
             # After body routing: they must see the route an OpenAI body re-routes to.
             *tenancy_filters(tenants, jwks),
@@ -229,6 +238,10 @@ def build_listener(
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
+        # "..%2f" must not reach a model server as is: normalisation leaves escaped
+        # slashes alone, so such a path is refused (400) rather than forwarded.
+        # https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#envoy-v3-api-field-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-path-with-escaped-slashes-action
+        path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.REJECT_REQUEST,
         common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
             idle_timeout=duration_pb2.Duration(seconds=3600),
             headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
@@ -241,9 +254,7 @@ def build_listener(
         stream_idle_timeout=duration_pb2.Duration(seconds=300),
         request_headers_timeout=duration_pb2.Duration(seconds=10),
     )
-    replies = local_reply_config(jwks)
-    if replies is not None:
-        manager.local_reply_config.CopyFrom(replies)
+    manager.local_reply_config.mappers.extend([*edge_reply_mappers(), *local_reply_config(jwks)])
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=address_pb2.Address(
@@ -277,8 +288,10 @@ def route_order(per_model: Sequence[tuple[T, T]], tail: T) -> list[T]:
 def _route_configuration(
     models: Iterable[ModelSpec], access: dict[str, ModelAccess]
 ) -> route_pb2.RouteConfiguration:
+    models = list(models)
     groups = route_order(
-        [model_routes(model, access.get(model.name)) for model in models], tail_routes()
+        [model_routes(model, access.get(model.name)) for model in models],
+        tail_routes(largest_limit(models)),
     )
     routes = [route for group in groups for route in group]
     return route_pb2.RouteConfiguration(
@@ -291,10 +304,11 @@ def virtual_host(routes: list[route_components_pb2.Route]) -> route_components_p
     return route_components_pb2.VirtualHost(name="models", domains=["*"], routes=routes)
 
 
-def tail_routes() -> list[route_components_pb2.Route]:
-    """The routes after every model's: OpenAI body routing, then the 404 catch-all."""
+def tail_routes(body_limit: int) -> list[route_components_pb2.Route]:
+    """The routes after every model's: OpenAI body routing (whose bodies may be as
+    large as ``body_limit``, the largest any model takes), then the 404 catch-all."""
     return [
-        *body_routing_routes(),
+        *body_routing_routes(body_limit),
         route_components_pb2.Route(
             name="unknown-model",
             match=route_components_pb2.RouteMatch(prefix="/"),
@@ -325,6 +339,13 @@ def model_routes(
     )
     by_path_routes = _routes_by(model, by_path, path_rewrite)
     by_header_routes = _routes_by(model, by_header, None)
+    limit = model.policy.request_limit()
+    for route in (*by_path_routes, *by_header_routes):
+        body_limit(route, limit)
+    for route in by_header_routes:
+        # Read by the body-routing script once the body has named this model.
+        metadata = route.metadata.filter_metadata[LUA_FILTER]
+        metadata.fields[LIMIT_METADATA_KEY].number_value = limit
     if access is not None:
         checks = model_access_config(access)
         for route in (*by_path_routes, *by_header_routes):

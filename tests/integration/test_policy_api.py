@@ -27,6 +27,7 @@ MODEL_POLICY: dict[str, Any] = {
     "shadow": {"version": "v2", "percent": 10.0},
     "experiments": [{"header": "x-tenant", "value": "acme", "version": "v2"}],
     "sticky": {"header": "x-user-id"},
+    "max_request_bytes": 65536,
 }
 VERSION_POLICY: dict[str, Any] = {
     "circuit_breakers": {
@@ -56,6 +57,7 @@ EMPTY_MODEL_POLICY = {
     "shadow": None,
     "experiments": [],
     "sticky": None,
+    "max_request_bytes": None,
 }
 EMPTY_VERSION_POLICY = {
     "circuit_breakers": None,

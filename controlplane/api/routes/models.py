@@ -12,11 +12,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from controlplane.api.deps import ModelServiceDep, SessionDep, require_for_method
+from controlplane.api.deps import (
+    ModelServiceDep,
+    RuntimeDep,
+    SessionDep,
+    require_for_method,
+)
 from controlplane.api.policy_schemas import ModelPolicyBody, VersionPolicyBody
 from controlplane.api.schemas import (
     EndpointOut,
     ErrorBody,
+    HeldOut,
     HistoryEntry,
     HistoryPage,
     ModelCreate,
@@ -96,18 +102,31 @@ async def create_model(
     return ModelOut.model_validate(model)
 
 
+def _with_status(out: ModelOut, runtime: RuntimeDep) -> ModelOut:
+    """``out`` with its status: degraded while Envoy's rejection holds the model back."""
+    held = [
+        HeldOut.model_validate(h.as_dict()) for h in runtime.sync.holds() if h.model == out.name
+    ]
+    if held:
+        out.status, out.degraded = "degraded", held
+    return out
+
+
 @router.get("")
-async def list_models(service: ModelServiceDep) -> list[ModelOut]:
-    """List every model, sorted by name."""
-    return [ModelOut.model_validate(m) for m in await service.list_models()]
+async def list_models(service: ModelServiceDep, runtime: RuntimeDep) -> list[ModelOut]:
+    """List every model, sorted by name, each with its status."""
+    return [_with_status(ModelOut.model_validate(m), runtime) for m in await service.list_models()]
 
 
 @router.get("/{model}")
-async def get_model(model: Name, service: ModelServiceDep, response: Response) -> ModelOut:
-    """Show one model; its ``ETag`` header is what ``If-Match`` takes."""
+async def get_model(
+    model: Name, service: ModelServiceDep, runtime: RuntimeDep, response: Response
+) -> ModelOut:
+    """Show one model and its status (``degraded`` while Envoy rejects its config and
+    it is held at its last accepted one); its ``ETag`` header is what ``If-Match`` takes."""
     row = await service.get_model(model)
     response.headers["etag"] = model_etag(row)
-    return ModelOut.model_validate(row)
+    return _with_status(ModelOut.model_validate(row), runtime)
 
 
 @router.patch("/{model}", responses=_STALE)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from controlplane.api.deps import RuntimeDep, require
 from controlplane.api.errors import error_response
-from controlplane.api.schemas import ErrorBody, ProxyOut, TypeStatusOut
+from controlplane.api.schemas import ErrorBody, HeldOut, ProxyOut, TypeStatusOut
 from controlplane.domain.errors import NotFound
 from controlplane.domain.keys import Permission
 from controlplane.xds.resources import SHORT_NAMES
@@ -52,6 +53,12 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     )
 
 
+@router.get("/metrics", tags=["health"], response_class=Response)
+async def metrics() -> Response:
+    """The control plane's metrics in Prometheus' text format (open, like /readyz)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
 @router.get(
     "/v1/proxies",
     tags=["proxies"],
@@ -62,7 +69,9 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     },
 )
 async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
-    """Every Envoy connected to this replica, with what it was sent and ACKed per type."""
+    """Every Envoy connected to this replica, with what it was sent and ACKed per type,
+    and the models held at their last accepted config because Envoy rejected them."""
+    holds = [HeldOut.model_validate(hold.as_dict()) for hold in runtime.sync.holds()]
     proxies: list[ProxyOut] = []
     for connection in runtime.registry.connections():
         snapshot = runtime.cache.snapshot_for(connection.zone)
@@ -76,6 +85,7 @@ async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
                 error=state.error,
                 sent_at=state.sent_at,
                 acked_at=state.acked_at,
+                held=[h for h in holds if h.type == SHORT_NAMES[type_url]],
             )
         proxies.append(
             ProxyOut(
@@ -84,6 +94,7 @@ async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
                 zone=connection.zone,
                 xds=connection.variant,
                 connected_at=connection.connected_at,
+                degraded=bool(holds),
                 types=types,
             )
         )
