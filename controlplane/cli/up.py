@@ -186,7 +186,8 @@ def _start_block(
         origin = "the same key as last time" if reused else "a new key"
         lines += [
             "",
-            f"Admin API key ({origin}; kept in {kept}). In the terminal you use for curl:",
+            f"Admin API key: {origin}, kept in {kept}.",
+            "In the terminal you use for curl:",
             f"  export TURNOUT_API_KEY={key}",
             "",
             "Try:",
