@@ -7,6 +7,7 @@ its type and the first line of its message.
 
 from __future__ import annotations
 
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 
 __all__ = ["describe_error"]
@@ -21,6 +22,12 @@ def _first_line(text: str) -> str:
 
 def describe_error(exc: BaseException) -> str:
     """Return one line about ``exc`` that is safe to print and to log."""
+    if isinstance(exc, ValidationError) and exc.title == "Settings":
+        problems = "; ".join(
+            f"TURNOUT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()[:3]
+        )
+        return f"bad setting: {problems}"
     if isinstance(exc, StatementError):
         cause = exc.orig if exc.orig is not None else exc.__cause__
         message = _first_line(str(cause)) if cause is not None else ""

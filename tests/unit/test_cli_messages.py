@@ -177,3 +177,9 @@ def test_up_checks_every_port_before_starting(tmp_path: Path, listening: int, se
     assert len(text.strip().splitlines()) == 1
     assert f"port {listening}" in text and setting in text
     assert not (tmp_path / "turnout.db").exists()  # nothing started
+
+
+def test_a_bad_setting_names_the_variable(tmp_path: Path) -> None:
+    result = turnout("keys", "list", cwd=tmp_path, env={"TURNOUT_API_PORT": "eighty"})
+    text = assert_short_error(result)
+    assert "TURNOUT_API_PORT" in text and "integer" in text
