@@ -3,6 +3,7 @@ progress, never `--quiet`."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,9 +12,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _dry_run(target: str) -> list[str]:
     # -B: as on a fresh clone (every prerequisite out of date); -n: print, run nothing.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}  # under make test
     result = subprocess.run(
-        ["make", "-nB", target, "VENV=/nonexistent-venv"],
+        ["make", "-nB", "--no-print-directory", target, "VENV=/nonexistent-venv"],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         check=True,
