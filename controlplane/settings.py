@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     xds_port: int = Field(default=18000, ge=0, le=65535)
     listener_host: str = Field(default="127.0.0.1", description="data-plane listener address")
     listener_port: int = Field(default=10000, ge=1, le=65535, description="data-plane port")
+    listener_reuse_port: bool = Field(
+        default=False,
+        description="let several Envoys on one host share the listener port (SO_REUSEPORT); "
+        "off, an Envoy refuses a port that another process holds",
+    )
     envoy_admin_port: int = Field(default=9901, ge=0, le=65535)
     demo_base_port: int = Field(
         default=9001, ge=1, le=65000, description="first port of the demo model servers"

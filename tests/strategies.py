@@ -5,7 +5,7 @@ accepts (names, labels, header names and every policy range of
 ``controlplane/api/policy_schemas.py``, and the model rules of
 ``check_model_policy``) and what the tables can hold (unique endpoints per
 version, unique subjects and credential ids, weights that add up to 100 over
-a model's versions). Values come out exactly as ``StateRepository.load``
+a model's versions). Values come out exactly as ``load_state``
 returns them: models, versions and tenants sorted by name, endpoints by
 (address, port), weights only where above 0 and in version order, a tenant's
 models and revoked credential ids sorted, floats as floats, IP literals in
@@ -335,7 +335,7 @@ def _tenants(draw: st.DrawFn, models: Sequence[str]) -> tuple[TenantSpec, ...]:
 
 @st.composite
 def desired_states(draw: st.DrawFn) -> DesiredState:
-    """A valid desired state, exactly as ``StateRepository.load`` would return it."""
+    """A valid desired state, exactly as ``load_state`` would return it."""
     model_names = sorted(draw(st.sets(names(), max_size=MAX_MODELS)))
     models = tuple(draw(_models(name)) for name in model_names)
     tenants = draw(_tenants(model_names))

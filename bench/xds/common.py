@@ -284,6 +284,8 @@ class ControlPlaneProcess:
             "TURNOUT_API_PORT": str(self.api_port),
             "TURNOUT_XDS_PORT": str(self.xds_port),
             "TURNOUT_LISTENER_PORT": str(self.listener_port),
+            # Several benchmark Envoys on this host share the one listener port.
+            "TURNOUT_LISTENER_REUSE_PORT": "true",
             "TURNOUT_POLL_INTERVAL_S": str(self.poll_interval_s),
             "TURNOUT_LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",

@@ -8,8 +8,8 @@ with its own admin port). One model with versions v1 and v2, each backed by an
 example model server; every change flips the split between 100% v1 and 100% v2,
 so a single request shows which split an Envoy serves.
 
-All Envoys receive the same Listener (one port): Envoy binds it with
-SO_REUSEPORT (``enable_reuse_port`` defaults to true on Linux), so they share it
+All Envoys receive the same Listener (one port): the control plane runs with
+``TURNOUT_LISTENER_REUSE_PORT=true``, so Envoy binds it with SO_REUSEPORT and they share it
 and the kernel spreads new connections over them. A request through the
 listener therefore cannot pick its Envoy, and per-Envoy timing comes from:
 

@@ -400,7 +400,7 @@ def _short(value: Any) -> str | None:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body) if body else {}
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError):  # not JSON, or nested past the recursion limit
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from controlplane.domain.keys import parse_lifetime
 from controlplane.domain.state import EndpointSpec
 
 __all__ = [
@@ -397,11 +398,23 @@ class HistoryPage(BaseModel):
 KeyRole = Literal["viewer", "operator", "admin", "auditor"]
 
 
+def _lifetime(value: str) -> str:
+    parse_lifetime(value)
+    return value
+
+
 class KeyCreate(_Strict):
     """POST /v1/keys."""
 
     name: Name
     role: KeyRole
+    expires_in: (
+        Annotated[str, StringConstraints(max_length=16), AfterValidator(_lifetime)] | None
+    ) = Field(
+        default=None,
+        description="lifetime, as a number and m, h, d or w (for example 30d); "
+        "null: the key never expires",
+    )
 
 
 class KeyOut(BaseModel):
@@ -416,6 +429,7 @@ class KeyOut(BaseModel):
     created_at: datetime
     created_by: str
     revoked_at: datetime | None
+    expires_at: datetime | None = Field(description="when the key stops working; null: never")
 
 
 class KeyCreated(KeyOut):

@@ -2,38 +2,81 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controlplane.db.audit_repository import AuditRepository, ChainReport
 from controlplane.db.engine import create_engine, create_sessionmaker
+from controlplane.db.key_repository import ApiKeyRepository
 from controlplane.db.models import ApiKey
 from controlplane.domain.audit import ActionContext
-from controlplane.domain.keys import Role
+from controlplane.domain.keys import Role, hash_key, is_well_formed
 from controlplane.services.keys import KeyService
 
-__all__ = ["CLI_ACTOR", "create_key", "list_keys", "revoke_key", "verify_audit"]
+__all__ = [
+    "CLI_ACTOR",
+    "create_key",
+    "create_key_with",
+    "list_keys",
+    "reuse_or_create_key",
+    "revoke_key",
+    "verify_audit",
+]
 
 CLI_ACTOR = "turnout-cli"
 
 
 async def create_key(
-    database_url: str, name: str, role: Role, *, actor: str = CLI_ACTOR
+    database_url: str,
+    name: str,
+    role: Role,
+    *,
+    actor: str = CLI_ACTOR,
+    expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key (audited, as ``actor``); return its row and the key itself."""
+    """Create a key (audited, as ``actor``), expiring at ``expires_at`` (None: never);
+    return its row and the key itself."""
     engine = create_engine(database_url)
     try:
-        return await create_key_with(engine, name, role, actor=actor)
+        return await create_key_with(engine, name, role, actor=actor, expires_at=expires_at)
     finally:
         await engine.dispose()
 
 
 async def create_key_with(
-    engine: AsyncEngine, name: str, role: Role, *, actor: str = CLI_ACTOR
+    engine: AsyncEngine,
+    name: str,
+    role: Role,
+    *,
+    actor: str = CLI_ACTOR,
+    expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key through ``engine``; return its row and the key itself."""
     context = ActionContext(actor=actor, role=Role.ADMIN.value, status_code=201)
     async with create_sessionmaker(engine)() as session, session.begin():
-        return await KeyService(session, context).create(name, role)
+        return await KeyService(session, context).create(name, role, expires_at=expires_at)
+
+
+async def reuse_or_create_key(
+    engine: AsyncEngine, name: str, role: Role, stored: str | None, *, actor: str
+) -> tuple[str, bool]:
+    """Return ``stored`` and True while it is a live key named ``name`` made by
+    ``actor``; else a new key and False, after revoking every other live key of
+    that name and maker, so that at most one of them works at a time."""
+    if stored is not None and is_well_formed(stored):
+        async with create_sessionmaker(engine)() as session:
+            row = await ApiKeyRepository(session).active_by_hash(hash_key(stored))
+        if row is not None and row.name == name and row.created_by == actor:
+            return stored, True
+    context = ActionContext(actor=actor, role=Role.ADMIN.value, status_code=204)
+    async with create_sessionmaker(engine)() as session, session.begin():
+        service = KeyService(session, context)
+        for row in await service.list():
+            if row.name == name and row.created_by == actor and row.revoked_at is None:
+                await service.revoke(row.id)
+    _, key = await create_key_with(engine, name, role, actor=actor)
+    return key, False
 
 
 async def list_keys(database_url: str) -> list[ApiKey]:

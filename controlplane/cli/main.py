@@ -1,15 +1,23 @@
-"""The ``turnout`` command line."""
+"""The ``turnout`` command line.
+
+Every failure ends as one or two lines on stderr (what failed, what to do) and a
+non-zero exit code; ``turnout --debug ...`` adds the traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+import sys
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
+from controlplane.cli.errors import describe_error
 from controlplane.logs import configure_logging
 from controlplane.settings import get_settings
 
@@ -20,6 +28,7 @@ app = typer.Typer(
     help="Turnout: Envoy in front of model servers, steered over xDS.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 envoy_app = typer.Typer(help="Envoy helpers.", no_args_is_help=True)
@@ -32,6 +41,18 @@ app.add_typer(db_app, name="db")
 app.add_typer(envoy_app, name="envoy")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+
+
+_DEBUG = "--debug"
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[
+        bool, typer.Option(_DEBUG, help="show the traceback of an unexpected error")
+    ] = False,
+) -> None:
+    """Turnout: Envoy in front of model servers, steered over xDS."""
 
 
 def _fail(message: str) -> typer.Exit:
@@ -50,51 +71,99 @@ def db_upgrade(
     try:
         upgrade(settings.database_url, target)
     except Exception as exc:
-        raise _fail(f"migration failed: {exc}") from exc
+        raise _fail(f"migration failed: {describe_error(exc)}") from exc
     typer.echo(f"database is at {target}")
 
 
 def _database_error(exc: Exception) -> typer.Exit:
-    return _fail(f"database error (is it migrated? run `turnout db upgrade`): {exc}")
+    """One line about a failed database call: never its SQL or parameters."""
+    return _fail(
+        f"{describe_error(exc)}\n"
+        "  is the database migrated and TURNOUT_DATABASE_URL right? (`turnout db upgrade`)"
+    )
 
 
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="who or what holds the key")],
     role: Annotated[str, typer.Option("--role", help="viewer, operator, admin or auditor")],
+    expires_in: Annotated[
+        str | None,
+        typer.Option(
+            "--expires-in",
+            help="lifetime: a number and m, h, d or w (for example 30d); by default none",
+        ),
+    ] = None,
 ) -> None:
     """Create an API key and print it (it is stored only as SHA-256: copy it now)."""
     from controlplane.api.schemas import NAME_PATTERN
     from controlplane.cli.admin import create_key
-    from controlplane.domain.keys import Role
+    from controlplane.domain.clock import utcnow
+    from controlplane.domain.keys import Role, parse_lifetime
 
     if role not in {r.value for r in Role}:
         raise _fail(f"--role must be one of {', '.join(r.value for r in Role)}, not {role!r}")
     if not re.match(NAME_PATTERN, name):
         raise _fail("--name must be 1-63 letters, digits, '.', '_' or '-'")
     try:
-        row, key = asyncio.run(create_key(get_settings().database_url, name, Role(role)))
+        lifetime = parse_lifetime(expires_in) if expires_in is not None else None
+    except ValueError as exc:
+        raise _fail(f"--expires-in: {exc}") from exc
+    expires_at = utcnow() + lifetime if lifetime is not None else None
+    try:
+        row, key = asyncio.run(
+            create_key(get_settings().database_url, name, Role(role), expires_at=expires_at)
+        )
     except Exception as exc:
         raise _database_error(exc) from exc
     typer.echo(key)
-    typer.echo(f"key {row.id} ({row.name}, {row.role}); shown once: store it now", err=True)
+    until = f", expires {_when(row.expires_at)}" if row.expires_at else ""
+    typer.echo(f"key {row.id} ({row.name}, {row.role}{until}); shown once: store it now", err=True)
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else "-"
+
+
+def format_keys(rows: list[Any]) -> str:
+    """Return a table of API keys with a header row; never the keys themselves."""
+    table: list[tuple[str, ...]] = [
+        ("ID", "NAME", "ROLE", "PREFIX", "CREATED", "EXPIRES", "REVOKED")
+    ]
+    table += [
+        (
+            str(row.id),
+            row.name,
+            row.role,
+            f"{row.prefix}...",
+            _when(row.created_at),
+            _when(row.expires_at),
+            _when(row.revoked_at),
+        )
+        for row in rows
+    ]
+    return _columns(table) + ("(no keys)\n" if not rows else "")
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List keys (id, name, role, prefix, created, revoked), never the keys themselves."""
+    """List keys (id, name, role, prefix, created, expires, revoked), never the keys."""
     from controlplane.cli.admin import list_keys
 
     try:
         rows = asyncio.run(list_keys(get_settings().database_url))
     except Exception as exc:
         raise _database_error(exc) from exc
-    for row in rows:
-        revoked = row.revoked_at.isoformat() if row.revoked_at else "-"
-        typer.echo(
-            f"{row.id}\t{row.name}\t{row.role}\t{row.prefix}...\t"
-            f"{row.created_at.isoformat()}\t{revoked}"
-        )
+    typer.echo(format_keys(list(rows)), nl=False)
 
 
 @keys_app.command("revoke")
@@ -140,7 +209,10 @@ def envoy_bootstrap(
         list[str] | None,
         typer.Option("--xds", help="xDS server host:port; repeat for every replica"),
     ] = None,
-    admin_port: Annotated[int, typer.Option(help="Envoy admin port (on 127.0.0.1)")] = 9901,
+    admin_port: Annotated[
+        int | None,
+        typer.Option(help="Envoy admin port (on 127.0.0.1); by default TURNOUT_ENVOY_ADMIN_PORT"),
+    ] = None,
     delta: Annotated[
         bool, typer.Option("--delta", help="incremental (delta) ADS instead of state-of-the-world")
     ] = False,
@@ -158,7 +230,11 @@ def envoy_bootstrap(
             else [XdsAddress(settings.xds_host, settings.xds_port)]
         )
         bootstrap = render_bootstrap(
-            node_id, addresses, admin_port=admin_port, delta=delta, zone=zone
+            node_id,
+            addresses,
+            admin_port=settings.envoy_admin_port if admin_port is None else admin_port,
+            delta=delta,
+            zone=zone,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from exc
@@ -173,9 +249,13 @@ def envoy_bootstrap(
 @app.command("serve")
 def serve() -> None:
     """Run the admin API and the xDS server (no Envoy, no model servers)."""
+    from controlplane.cli.ports import control_plane_ports, port_problem
     from controlplane.cli.up import run_control_plane
 
     settings = get_settings()
+    problem = port_problem(control_plane_ports(settings))
+    if problem:
+        raise _fail(problem)
     configure_logging(settings.log_level)
     asyncio.run(run_control_plane(settings))
 
@@ -192,37 +272,118 @@ def up(
             help="with --demo: also a batch-aware model server behind a batcher (demo-embed)",
         ),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", help="write the control plane's logs to stderr, not .turnout/turnout.log"
+        ),
+    ] = False,
 ) -> None:
     """Run the API, the xDS server and a local Envoy until Ctrl-C or SIGTERM."""
-    from controlplane.cli.up import run_mesh
+    from controlplane.cli.ports import mesh_ports, port_problem
+    from controlplane.cli.up import RUN_DIR, log_to_file, run_mesh
 
     if batching and not demo:
         raise _fail("--batching goes with --demo")
     settings = get_settings()
-    configure_logging(settings.log_level)
+    problem = port_problem(mesh_ports(settings, demo=demo, batching=batching))
+    if problem:
+        raise _fail(problem)
+    RUN_DIR.mkdir(exist_ok=True)
+    if verbose:
+        configure_logging(settings.log_level)
+    else:
+        log_to_file(settings.log_level, RUN_DIR / "turnout.log")
     raise typer.Exit(code=asyncio.run(run_mesh(settings, demo=demo, batching=batching)))
 
 
-@app.command(
-    "batcher",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)
-def batcher(ctx: typer.Context) -> None:
+def _batching_default(field: str) -> str:
+    from filters.batcher import BatchingPolicy
+
+    return f"(default {getattr(BatchingPolicy(), field)})"
+
+
+@app.command("batcher")
+def batcher(
+    upstream: Annotated[
+        str, typer.Option("--upstream", help="the model server's base URL (http://host:port)")
+    ],
+    listen: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT the batcher serves on")
+    ] = "127.0.0.1:9101",
+    control_plane: Annotated[
+        str | None,
+        typer.Option(
+            "--control-plane",
+            help="admin API URL to poll for the version's batching policy "
+            "(needs --model, --model-version and a viewer key in TURNOUT_API_KEY)",
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="the model's name")] = None,
+    model_version: Annotated[
+        str | None, typer.Option("--model-version", help="the version's name")
+    ] = None,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(help=f"rows in one upstream call {_batching_default('max_batch_size')}"),
+    ] = None,
+    max_queue_delay_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="longest wait for a batch to grow, in ms "
+            f"{_batching_default('max_queue_delay_ms')}"
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int | None,
+        typer.Option(help=f"queued requests beyond which 429 {_batching_default('max_queue')}"),
+    ] = None,
+    slo_ms: Annotated[
+        float | None,
+        typer.Option(help=f"latency objective per request, in ms {_batching_default('slo_ms')}"),
+    ] = None,
+    max_in_flight: Annotated[
+        int, typer.Option(help="upstream calls at once (default 1)", show_default=False)
+    ] = 1,
+    disabled: Annotated[
+        bool, typer.Option("--disabled", help="start in pass-through mode (no batching)")
+    ] = False,
+) -> None:
     """Run a batcher beside one model-server replica, until Ctrl-C or SIGTERM.
 
-    Flags: --upstream URL --listen HOST:PORT [--max-batch-size N --max-queue-delay-ms MS
-    --max-queue N --slo-ms MS --max-in-flight N --disabled] [--control-plane URL --model M
-    --model-version V]; `turnout batcher --help` lists them all.
+    With --control-plane it follows the version's batching policy, polled from the
+    admin API; without, the flags here are its policy.
     """
     from filters.batcher import run_batcher
     from filters.batcher.__main__ import build_config
 
+    argv = ["--upstream", upstream, "--listen", listen, "--max-in-flight", str(max_in_flight)]
+    optional: dict[str, object | None] = {
+        "--control-plane": control_plane,
+        "--model": model,
+        "--model-version": model_version,
+        "--max-batch-size": max_batch_size,
+        "--max-queue-delay-ms": max_queue_delay_ms,
+        "--max-queue": max_queue,
+        "--slo-ms": slo_ms,
+    }
+    argv += [
+        part for flag, value in optional.items() if value is not None for part in (flag, str(value))
+    ]
+    if disabled:
+        argv.append("--disabled")
     settings = get_settings()
     configure_logging(settings.log_level)
     key = settings.api_key.get_secret_value() if settings.api_key else None
-    config = build_config(list(ctx.args), api_key=key, prog="turnout batcher")
+    config = build_config(argv, api_key=key, prog="turnout batcher")
     asyncio.run(run_batcher(config))
+
+
+def _no_key_message() -> str:
+    return (
+        "no admin API key is set: export TURNOUT_API_KEY=tk_... "
+        "(a key with the read permission; `turnout keys create --role viewer --name NAME`)"
+    )
 
 
 @app.command("proxy-status")
@@ -237,20 +398,18 @@ def proxy_status(
     import httpx
 
     settings = get_settings()
+    if settings.api_key is None or not settings.api_key.get_secret_value():
+        raise _fail(_no_key_message())
     base = api or f"http://{settings.api_host}:{settings.api_port}"
-    headers = (
-        {"authorization": f"Bearer {settings.api_key.get_secret_value()}"}
-        if settings.api_key
-        else {}
-    )
+    headers = {"authorization": f"Bearer {settings.api_key.get_secret_value()}"}
     try:
         response = httpx.get(f"{base}/v1/proxies", headers=headers, timeout=10)
     except httpx.HTTPError as exc:
         raise _fail(f"cannot read {base}/v1/proxies ({exc}); is `turnout serve` running?") from exc
     if response.status_code in (401, 403):
         raise _fail(
-            f"the admin API refused the key ({response.status_code}): set TURNOUT_API_KEY "
-            "to a key with the read permission (`turnout keys create --role viewer`)"
+            f"the admin API refused the key in TURNOUT_API_KEY ({response.status_code}): "
+            "set it to a live key with the read permission (`turnout keys list` shows them)"
         )
     if response.is_error:
         raise _fail(f"{base}/v1/proxies answered {response.status_code}: {response.text[:200]}")
@@ -270,20 +429,24 @@ def format_proxy_status(proxies: list[dict[str, Any]]) -> str:
             if entry["error"]:
                 errors.append(f"{proxy['node_id']} {column}: {entry['error']}")
         rows.append((proxy["node_id"], proxy["xds"], proxy["zone"] or "-", *statuses))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    text = _columns(rows)
     if len(rows) == 1:
-        lines.append("(no proxies connected)")
-    lines += [f"NACK {error}" for error in errors]
-    return "\n".join(lines) + "\n"
+        text += "(no proxies connected)\n"
+    return text + "".join(f"NACK {error}\n" for error in errors)
 
 
-def main() -> None:
-    """Entry point of the ``turnout`` script."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``turnout`` script: run a command; an unexpected error
+    becomes one line on stderr (with ``--debug``, its traceback) and exit code 1."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=args, prog_name="turnout")
+    except Exception as exc:
+        if _DEBUG in args:
+            raise
+        typer.secho(f"error: {describe_error(exc)}", err=True, fg=typer.colors.RED)
+        typer.echo("  run it again with `turnout --debug ...` to see the traceback", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -13,20 +15,65 @@ import typer
 
 from controlplane.api.app import create_app
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
-from controlplane.cli.admin import create_key_with
+from controlplane.cli.admin import reuse_or_create_key
+from controlplane.cli.errors import describe_error
 from controlplane.db.migrate import upgrade
 from controlplane.domain.keys import Role
+from controlplane.logs import JsonFormatter, configure_logging
 from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
 from controlplane.runtime import ControlPlane, SchemaNotReady
 from controlplane.settings import Settings
 
-__all__ = ["run_control_plane", "run_mesh"]
+__all__ = ["RUN_DIR", "log_to_file", "run_control_plane", "run_mesh"]
 
 DEMO_MODEL = "demo"
 BATCHED_MODEL = "demo-embed"
 DEMO_VERSIONS = ("v1", "v2")
 DEMO_WEIGHTS = {"v1": 90, "v2": 10}
 RUN_DIR = Path(".turnout")
+# The demo's keys, kept between runs so a restart does not mint another live key.
+DEMO_ADMIN_KEY_FILE = "demo-admin.key"
+DEMO_BATCHER_KEY_FILE = "demo-batcher.key"
+
+
+def log_to_file(level: str, path: Path) -> None:
+    """Send the control plane's JSON log lines to ``path`` instead of stderr."""
+    configure_logging(level)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger().handlers[:] = [handler]
+
+
+def read_key_file(path: Path) -> str | None:
+    """Return the key stored at ``path``, or None when there is none."""
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def write_key_file(path: Path, key: str) -> None:
+    """Store ``key`` at ``path``, readable and writable by this user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o600)  # an older file may have had a wider mode
+        file.write(key + "\n")
+
+
+async def _demo_key(
+    control_plane: ControlPlane, name: str, role: Role, file_name: str
+) -> tuple[str, bool]:
+    """Return the demo key ``name`` and whether it was reused: the one stored in
+    ``.turnout/`` while it still works, else a new one that replaces it (any other
+    live key of that name made by ``turnout up`` is revoked)."""
+    path = RUN_DIR / file_name
+    stored = await asyncio.to_thread(read_key_file, path)
+    key, reused = await reuse_or_create_key(
+        control_plane.engine, name, role, stored, actor="turnout-up"
+    )
+    if not reused:
+        await asyncio.to_thread(write_key_file, path, key)
+    return key, reused
 
 
 def _stop_event() -> asyncio.Event:
@@ -57,58 +104,50 @@ async def run_control_plane(settings: Settings) -> None:
 
 
 async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) -> int:
-    """Run the whole local mesh until SIGINT or SIGTERM; return an exit code."""
+    """Run the whole local mesh until SIGINT or SIGTERM; return an exit code.
+
+    Progress goes to stdout as it happens; once everything is up, one block says
+    where the API and Envoy are, which key to export and what to try."""
     RUN_DIR.mkdir(exist_ok=True)  # noqa: ASYNC240  (once, before anything runs)
     typer.echo("applying database migrations ...")
-    await asyncio.to_thread(upgrade, settings.database_url)
+    try:
+        await asyncio.to_thread(upgrade, settings.database_url)
+    except Exception as exc:
+        typer.secho(f"error: migration failed: {describe_error(exc)}", err=True, fg="red")
+        return 1
     control_plane = ControlPlane(settings)
     children: list[ChildProcess] = []
     stop = _stop_event()
     try:
         await control_plane.start(api=create_app)
         api = f"http://{settings.api_host}:{control_plane.api_port}"
-        typer.echo(f"admin API on {api} (docs at {api}/docs)")
+        typer.echo(f"started the admin API on {api} and xDS on port {control_plane.xds_port}")
         demo_ports = {v: settings.demo_base_port + i for i, v in enumerate(DEMO_VERSIONS)}
         if demo:
             children += await _start_demo_servers(demo_ports)
         children.append(await _start_envoy(settings, control_plane.xds_port))
         await wait_for_port(settings.listener_host, settings.listener_port, timeout=30)
+        base = f"http://{settings.listener_host}:{settings.listener_port}"
+        key: str | None = None
+        reused = False
+        weights: dict[str, int] = {}
         if demo:
-            _, key = await create_key_with(
-                control_plane.engine, "demo-admin", Role.ADMIN, actor="turnout-up"
+            key, reused = await _demo_key(
+                control_plane, "demo-admin", Role.ADMIN, DEMO_ADMIN_KEY_FILE
             )
-            typer.echo(
-                "\nCreated an admin API key for this demo (stored only as a hash; "
-                "shown once):\n"
-                f"  export TURNOUT_KEY={key}\n"
-                'Send it as:  -H "Authorization: Bearer $TURNOUT_KEY"'
-            )
-            await _register_demo(api, demo_ports, key)
-            base = f"http://{settings.listener_host}:{settings.listener_port}"
+            weights = await _register_demo(api, demo_ports, key)
             if batching:
                 children += await _start_batched_demo(control_plane, settings, api, key)
-                typer.echo(
-                    f"\nModel '{BATCHED_MODEL}' (KServe v2) goes through a batcher:\n"
-                    f"  curl -si {base}/models/{BATCHED_MODEL}/v2/models/{BATCHED_MODEL}/infer "
-                    "-H 'content-type: application/json' "
-                    '-d \'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", '
-                    '"data": [1, 2]}]}\''
-                )
-            typer.echo(
-                "\nThe demo mesh is up: model 'demo', versions v1 (90%) and v2 (10%).\n"
-                f"Try:  curl -i {base}/models/{DEMO_MODEL}/predict -d '{{\"x\": 1}}'\n"
-                f"Shift traffic:  curl -X PUT {api}/v1/models/{DEMO_MODEL}/traffic "
-                '-H "Authorization: Bearer $TURNOUT_KEY" '
-                '-H \'content-type: application/json\' -d \'{"weights": {"v1": 0, "v2": 100}}\'\n'
-            )
         typer.echo(
-            f"Envoy serves on {settings.listener_host}:{settings.listener_port}. "
-            "Press Ctrl-C to stop."
+            _start_block(
+                settings, api, base, control_plane.xds_port, key, reused, weights, batching
+            )
         )
         await _wait_until_stopped(stop, children)
         return 0
-    except (SchemaNotReady, TimeoutError, FileNotFoundError, OSError) as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    except (SchemaNotReady, TimeoutError, OSError, httpx.HTTPError) as exc:
+        typer.secho(f"error: {describe_error(exc)}", err=True, fg=typer.colors.RED)
+        typer.echo(f"  the logs are in {RUN_DIR}/", err=True)
         return 1
     finally:
         typer.echo("stopping ...")
@@ -116,6 +155,62 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
             await child.stop()
         await control_plane.stop()
         typer.echo("stopped")
+
+
+def _start_block(
+    settings: Settings,
+    api: str,
+    base: str,
+    xds_port: int,
+    key: str | None,
+    reused: bool,
+    weights: dict[str, int],
+    batching: bool,
+) -> str:
+    """Return what ``turnout up`` prints once everything is up, apart from the logs."""
+    lines = [
+        "",
+        "=" * 72,
+        "Turnout is up.",
+        f"  admin API   {api}   (API docs: {api}/docs)",
+        f"  Envoy       {base}   (its admin: http://127.0.0.1:{settings.envoy_admin_port})",
+        f"  xDS         {settings.xds_host}:{xds_port}",
+        f"  logs        {RUN_DIR}/",
+    ]
+    if weights:
+        split = ", ".join(f"{version} {weight}%" for version, weight in sorted(weights.items()))
+        lines.append(f"  model       '{DEMO_MODEL}': {split}")
+    if batching:
+        lines.append(f"  model       '{BATCHED_MODEL}' (KServe v2), through a batcher")
+    if key is not None:
+        kept = f"{RUN_DIR / DEMO_ADMIN_KEY_FILE}, readable only by you"
+        origin = "the same key as last time" if reused else "a new key"
+        lines += [
+            "",
+            f"Admin API key: {origin}, kept in {kept}.",
+            "In the terminal you use for curl:",
+            f"  export TURNOUT_API_KEY={key}",
+            "",
+            "Try:",
+            f"  curl -i {base}/models/{DEMO_MODEL}/predict -d '{{\"x\": 1}}'",
+            f'  curl -s {api}/v1/models/{DEMO_MODEL}/traffic -H "Authorization: Bearer '
+            '$TURNOUT_API_KEY"',
+        ]
+        if batching:
+            lines.append(
+                f"  curl -si {base}/models/{BATCHED_MODEL}/v2/models/{BATCHED_MODEL}/infer "
+                "-H 'content-type: application/json' "
+                '-d \'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", '
+                '"data": [1, 2]}]}\''
+            )
+    else:
+        lines += [
+            "",
+            "An admin API key: `turnout keys create --role admin --name NAME`, then",
+            "  export TURNOUT_API_KEY=tk_...",
+        ]
+    lines += ["", "Press Ctrl-C to stop.", "=" * 72]
+    return "\n".join(lines)
 
 
 async def _wait_until_stopped(stop: asyncio.Event, children: list[ChildProcess]) -> None:
@@ -161,7 +256,7 @@ async def _start_envoy(settings: Settings, xds_port: int) -> ChildProcess:
         log_path=RUN_DIR / "envoy.log",
     )
     await child.start()
-    typer.echo(f"started Envoy (log: {child.log_path})")
+    typer.echo(f"started Envoy on {settings.listener_host}:{settings.listener_port}")
     return child
 
 
@@ -196,8 +291,8 @@ async def _start_batched_demo(
     register them as model ``demo-embed`` with batching on."""
     server_port = settings.demo_base_port + len(DEMO_VERSIONS)
     batcher_port = server_port + 1
-    _, viewer_key = await create_key_with(
-        control_plane.engine, "demo-batcher", Role.VIEWER, actor="turnout-up"
+    viewer_key, _ = await _demo_key(
+        control_plane, "demo-batcher", Role.VIEWER, DEMO_BATCHER_KEY_FILE
     )
     server = ChildProcess(
         "synthetic model server",
@@ -263,9 +358,10 @@ async def _start_batched_demo(
     return [server, batcher]
 
 
-async def _register_demo(api: str, ports: dict[str, int], key: str) -> None:
+async def _register_demo(api: str, ports: dict[str, int], key: str) -> dict[str, int]:
     """Create the demo model through the admin API, with admin ``key``. When it exists
-    already, point its versions at this run's servers and keep its traffic split."""
+    already, point its versions at this run's servers and keep its traffic split.
+    Return the split the model has now."""
     headers = {"authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=api, timeout=10, headers=headers) as client:
         response = await client.post("/v1/models", json={"name": DEMO_MODEL, "protocol": "http"})
@@ -289,4 +385,8 @@ async def _register_demo(api: str, ports: dict[str, int], key: str) -> None:
             )
             response.raise_for_status()
         else:
-            typer.echo("demo model already registered; keeping its traffic split")
+            typer.echo("the demo model exists already: keeping its traffic split")
+        response = await client.get(f"/v1/models/{DEMO_MODEL}/traffic")
+        response.raise_for_status()
+        weights: dict[str, int] = response.json()["weights"]
+        return weights

@@ -112,6 +112,15 @@ class AuditRepository:
             statement = statement.where(AuditEvent.id < before_id)
         return (await self._session.scalars(statement.limit(limit))).all()
 
+    async def after(
+        self, query: AuditQuery, *, after_id: int, up_to_id: int, limit: int
+    ) -> Sequence[AuditEvent]:
+        """Return up to ``limit`` matching events with ids above ``after_id`` and at
+        most ``up_to_id``, oldest first: one batch of an export."""
+        statement = (await self._filtered(query)).order_by(AuditEvent.id)
+        statement = statement.where(AuditEvent.id > after_id, AuditEvent.id <= up_to_id)
+        return (await self._session.scalars(statement.limit(limit))).all()
+
     async def stream(self, query: AuditQuery, *, batch: int = 1000) -> AsyncIterator[AuditEvent]:
         """Yield every matching event, oldest first, in batches."""
         base = (await self._filtered(query)).order_by(AuditEvent.id)

@@ -41,7 +41,9 @@ def _sqlite_begin(connection: Any) -> None:
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """Create an async engine; on SQLite, turn on foreign keys and WAL."""
+    """Create an async engine; on SQLite, turn on foreign keys and WAL. Errors
+    never carry a statement's parameters (a key's hash among them) into logs."""
+    kwargs.setdefault("hide_parameters", True)
     if is_sqlite(url):
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import ApiKey, IdempotencyRecord
+from controlplane.domain.clock import utcnow
 
 __all__ = ["ApiKeyRepository", "IdempotencyRepository"]
 
@@ -18,10 +20,16 @@ class ApiKeyRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def active_by_hash(self, key_hash: str) -> ApiKey | None:
-        """Return the unrevoked key whose SHA-256 is ``key_hash``, or None."""
+    async def active_by_hash(self, key_hash: str, now: datetime | None = None) -> ApiKey | None:
+        """Return the key whose SHA-256 is ``key_hash`` if it is neither revoked nor
+        expired at ``now`` (by default the current time), else None."""
+        now = now or utcnow()
         return await self._session.scalar(
-            select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+            select(ApiKey).where(
+                ApiKey.key_hash == key_hash,
+                ApiKey.revoked_at.is_(None),
+                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+            )
         )
 
     async def get(self, key_id: int) -> ApiKey | None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 import secrets
 import string
 import zlib
 from dataclasses import dataclass
+from datetime import timedelta
 
 __all__ = [
     "KEY_PREFIX",
@@ -24,6 +26,7 @@ __all__ = [
     "hash_key",
     "is_well_formed",
     "key_display_prefix",
+    "parse_lifetime",
 ]
 
 KEY_PREFIX = "tk_"
@@ -114,3 +117,25 @@ def hash_key(key: str) -> str:
 def key_display_prefix(key: str) -> str:
     """Return the first characters of ``key``, safe to show and log (``tk_AbCd1234``)."""
     return key[: len(KEY_PREFIX) + 8]
+
+
+_LIFETIME = re.compile(r"^([1-9][0-9]{0,5})([mhdw])$")
+_LIFETIME_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+MAX_LIFETIME = timedelta(days=3660)
+
+
+def parse_lifetime(value: str) -> timedelta:
+    """Return the lifetime that ``value`` names: a whole number and a unit, ``m``
+    (minutes), ``h`` (hours), ``d`` (days) or ``w`` (weeks), as in ``30d``.
+
+    Raise ValueError, with the accepted form, on anything else or beyond ten years.
+    """
+    match = _LIFETIME.match(value.strip())
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not a lifetime: use a number and m, h, d or w (for example 30d)"
+        )
+    lifetime = timedelta(**{_LIFETIME_UNITS[match[2]]: int(match[1])})
+    if lifetime > MAX_LIFETIME:
+        raise ValueError(f"{value!r} is longer than ten years")
+    return lifetime

@@ -8,6 +8,7 @@ other change, but bump no config revision: they are not desired state.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -49,6 +50,7 @@ def key_document(key: ApiKey) -> dict[str, Any]:
         "role": key.role,
         "prefix": key.prefix,
         "revoked": key.revoked_at is not None,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
     }
 
 
@@ -60,8 +62,11 @@ class KeyService:
         self._context = context
         self._keys = ApiKeyRepository(session)
 
-    async def create(self, name: str, role: Role) -> tuple[ApiKey, str]:
-        """Create a key; return its row and the key itself (the only time it exists)."""
+    async def create(
+        self, name: str, role: Role, *, expires_at: datetime | None = None
+    ) -> tuple[ApiKey, str]:
+        """Create a key that stops working at ``expires_at`` (None: never); return its
+        row and the key itself (the only time it exists)."""
         key = generate_key()
         row = await self._keys.add(
             ApiKey(
@@ -71,6 +76,7 @@ class KeyService:
                 key_hash=hash_key(key),
                 created_at=utcnow(),
                 created_by=self._context.actor,
+                expires_at=expires_at,
             )
         )
         await AuditRepository(self._session).append(

@@ -97,10 +97,12 @@ NO_VERSION_BODY = json.dumps(
 
 @dataclass(frozen=True, slots=True)
 class ListenerOptions:
-    """Where the data-plane listener binds."""
+    """Where the data-plane listener binds, and whether it may share the port
+    (SO_REUSEPORT) with other processes that ask for the same."""
 
     host: str = "127.0.0.1"
     port: int = 10000
+    reuse_port: bool = False
 
 
 def translate(
@@ -260,6 +262,9 @@ def build_listener(
         address=address_pb2.Address(
             socket_address=address_pb2.SocketAddress(address=options.host, port_value=options.port)
         ),
+        # Envoy binds with SO_REUSEPORT by default, so a second mesh on the same port
+        # would bind too and take part of its traffic; without it the bind fails (NACK).
+        enable_reuse_port=wrappers_pb2.BoolValue(value=options.reuse_port),
         filter_chains=[
             listener_components_pb2.FilterChain(
                 filters=[

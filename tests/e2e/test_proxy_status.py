@@ -113,6 +113,7 @@ async def test_proxy_status_without_an_api_says_what_to_do() -> None:
         "http://127.0.0.1:1",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "TURNOUT_API_KEY": "tk_some-key"},  # without one it says so first
     )
     _out, err = await process.communicate()
     assert process.returncode == 2
@@ -134,4 +135,5 @@ async def test_proxy_status_without_a_key_says_how_to_get_one(
     )
     _out, err = await process.communicate()
     assert process.returncode == 2
+    assert "no admin API key is set" in err.decode()
     assert "TURNOUT_API_KEY" in err.decode()

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import stat
+import subprocess
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -17,26 +22,38 @@ from tests.support import eventually
 
 pytestmark = pytest.mark.envoy
 
+TURNOUT = str(Path(sys.executable).parent / "turnout")
+READY = "Press Ctrl-C to stop."
 
-async def test_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
-    ports = {
-        "TURNOUT_API_PORT": free_port(),
-        "TURNOUT_XDS_PORT": free_port(),
-        "TURNOUT_LISTENER_PORT": free_port(),
-        "TURNOUT_ENVOY_ADMIN_PORT": free_port(),
-        "TURNOUT_DEMO_BASE_PORT": free_port(),
-    }
-    env = {k: v for k, v in os.environ.items() if k != "TURNOUT_DATABASE_URL"}
-    env.update({k: str(v) for k, v in ports.items()})
-    # Two demo servers take the base port and the next one.
+
+def mesh_env() -> dict[str, str]:
+    """The environment of a demo mesh on free ports (the demo servers take the base
+    port and the next one), with no TURNOUT_* setting from outside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
+    for name in (
+        "TURNOUT_API_PORT",
+        "TURNOUT_XDS_PORT",
+        "TURNOUT_LISTENER_PORT",
+        "TURNOUT_ENVOY_ADMIN_PORT",
+        "TURNOUT_DEMO_BASE_PORT",
+    ):
+        env[name] = str(free_port())
+    return env
+
+
+@asynccontextmanager
+async def turnout_up(cwd: Path, env: dict[str, str], *args: str) -> AsyncIterator[list[str]]:
+    """Run `turnout up --demo` until its start block is out; yield its stdout lines so
+    far (more arrive while it runs); stop it with SIGTERM and check it exits 0."""
     process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "turnout"),
+        TURNOUT,
         "up",
         "--demo",
-        cwd=tmp_path,
+        *args,
+        cwd=cwd,
         env=env,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.PIPE,
     )
     output: list[str] = []
 
@@ -44,34 +61,112 @@ async def test_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert process.stdout is not None
         async for line in process.stdout:
             output.append(line.decode())
-            if "The demo mesh is up" in output[-1]:
+            if output[-1].strip() == READY:
                 return
-        raise AssertionError("turnout up exited early:\n" + "".join(output))
+        assert process.stderr is not None
+        errors = (await process.stderr.read()).decode()
+        raise AssertionError("turnout up exited early:\n" + "".join(output) + errors)
 
     try:
-        await asyncio.wait_for(read_until_up(), timeout=60)
-        base = f"http://127.0.0.1:{ports['TURNOUT_LISTENER_PORT']}"
+        await asyncio.wait_for(read_until_up(), timeout=90)
+        yield output
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), timeout=30)
+    assert code == 0, "".join(output)
+
+
+def exported_key(output: list[str]) -> str:
+    """The key from the start block's `export TURNOUT_API_KEY=...` line."""
+    found = [m[1] for line in output if (m := re.search(r"export TURNOUT_API_KEY=(\S+)", line))]
+    assert len(found) == 1, "".join(output)
+    return found[0]
+
+
+async def test_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    env = mesh_env()
+    listener = f"http://127.0.0.1:{env['TURNOUT_LISTENER_PORT']}"
+    api = f"http://127.0.0.1:{env['TURNOUT_API_PORT']}"
+    async with turnout_up(tmp_path, env) as output:
+        text = "".join(output)
+        # One block, apart from the logs: where things are, the key, a curl to try.
+        block = text[text.index("Turnout is up.") :]
+        assert f"admin API   {api}" in block
+        assert f"Envoy       {listener}" in block
+        assert "model       'demo': v1 90%, v2 10%" in block
+        assert f"curl -i {listener}/models/demo/predict" in block
+        key = exported_key(output)
+        assert "TURNOUT_KEY=" not in text
+        assert not any(line.lstrip().startswith("{") for line in output)  # no JSON logs
         async with httpx.AsyncClient(timeout=5) as client:
 
             async def routed() -> bool:
-                return (await client.post(f"{base}/models/demo/predict", json={"x": 1})).is_success
+                response = await client.post(f"{listener}/models/demo/predict", json={"x": 1})
+                return response.is_success
 
             await eventually(routed, timeout=10)
             answers = Counter(
                 [
-                    (await client.post(f"{base}/models/demo/predict", json={"x": 1})).headers[
+                    (await client.post(f"{listener}/models/demo/predict", json={"x": 1})).headers[
                         "x-turnout-version"
                     ]
                     for _ in range(100)
                 ]
             )
+            traffic = await client.get(
+                f"{api}/v1/models/demo/traffic", headers={"authorization": f"Bearer {key}"}
+            )
+            assert traffic.json()["weights"] == {"v1": 90, "v2": 10}
         assert set(answers) <= {"v1", "v2"}
         assert answers["v1"] > answers["v2"]  # 90/10
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(process.wait(), timeout=20)
-    assert code == 0, "".join(output)
+    # The logs went to .turnout/, as JSON lines.
+    log = (tmp_path / ".turnout" / "turnout.log").read_text()
+    assert '"logger": "controlplane.runtime"' in log
+    assert key not in log
     # Envoy and the model servers are gone: their ports no longer answer.
-    for key in ("TURNOUT_LISTENER_PORT", "TURNOUT_DEMO_BASE_PORT"):
+    for name in ("TURNOUT_LISTENER_PORT", "TURNOUT_DEMO_BASE_PORT"):
         with pytest.raises(OSError):
-            await asyncio.open_connection("127.0.0.1", ports[key])
+            await asyncio.open_connection("127.0.0.1", int(env[name]))
+
+
+def live_demo_keys(cwd: Path, env: dict[str, str]) -> list[list[str]]:
+    listing = subprocess.run(
+        [TURNOUT, "keys", "list"], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    rows = [line.split() for line in listing[1:]]
+    return [row for row in rows if row[1] == "demo-admin" and row[-1] == "-"]
+
+
+async def test_restarts_reuse_the_demo_key_and_report_the_split_they_keep(
+    tmp_path: Path,
+) -> None:
+    env = mesh_env()
+    api = f"http://127.0.0.1:{env['TURNOUT_API_PORT']}"
+    async with turnout_up(tmp_path, env) as output:
+        first = exported_key(output)
+        async with httpx.AsyncClient(
+            base_url=api, timeout=5, headers={"authorization": f"Bearer {first}"}
+        ) as client:
+            moved = await client.put(
+                "/v1/models/demo/traffic", json={"weights": {"v1": 0, "v2": 100}}
+            )
+            assert moved.status_code == 200, moved.text
+    key_file = tmp_path / ".turnout" / "demo-admin.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text().strip() == first
+
+    async with turnout_up(tmp_path, env) as output:
+        text = "".join(output)
+        assert exported_key(output) == first
+        assert "the same key as last time" in text
+        assert "model       'demo': v1 0%, v2 100%" in text
+        assert "90%" not in text
+    assert len(live_demo_keys(tmp_path, env)) == 1
+
+    # Without the stored key, a new one replaces (revokes) the old one.
+    key_file.unlink()
+    async with turnout_up(tmp_path, env) as output:
+        second = exported_key(output)
+    assert second != first
+    live = live_demo_keys(tmp_path, env)
+    assert len(live) == 1 and second.startswith(live[0][3].rstrip("."))

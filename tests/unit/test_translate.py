@@ -414,3 +414,13 @@ def _assert_envoy_accepts(resources: dict[str, dict[str, Message]], tmp_path: Pa
     )
 
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+def test_listener_does_not_share_its_port_unless_asked() -> None:
+    alone = translate(_state())[LISTENER][LISTENER_NAME]
+    assert isinstance(alone, listener_pb2.Listener)
+    # Envoy's default (SO_REUSEPORT) would let a second mesh bind the same port.
+    assert alone.HasField("enable_reuse_port") and not alone.enable_reuse_port.value
+    shared = translate(_state(), ListenerOptions(reuse_port=True))[LISTENER][LISTENER_NAME]
+    assert isinstance(shared, listener_pb2.Listener)
+    assert shared.enable_reuse_port.value

@@ -7,7 +7,7 @@ import io
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
@@ -17,6 +17,9 @@ from controlplane.api.schemas import AuditEventOut, AuditPage, AuditVerifyOut, E
 from controlplane.db.audit_repository import AuditQuery, AuditRepository
 from controlplane.domain.audit import Outcome
 from controlplane.domain.keys import Permission
+
+if TYPE_CHECKING:
+    from controlplane.runtime import ControlPlane
 
 __all__ = ["router"]
 
@@ -109,16 +112,13 @@ async def export_audit_events(
     media = "application/x-ndjson" if format == "jsonl" else "text/csv"
 
     async def lines() -> AsyncIterator[str]:
-        # Its own session: the request's has closed by the time the body streams.
-        async with runtime.sessionmaker() as session, session.begin():
-            if format == "csv":
-                yield _csv_row(list(AuditEventOut.model_fields))
-            async for row in AuditRepository(session).stream(query):
-                event = AuditEventOut.model_validate(row).model_dump(mode="json")
-                if format == "jsonl":
-                    yield json.dumps(event, separators=(",", ":")) + "\n"
-                else:
-                    yield _csv_row([_csv_cell(v) for v in event.values()])
+        if format == "csv":
+            yield _csv_row(list(AuditEventOut.model_fields))
+        async for events in _export_batches(runtime, query):
+            if format == "jsonl":
+                yield "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+            else:
+                yield "".join(_csv_row([_csv_cell(v) for v in e.values()]) for e in events)
 
     filename = f"turnout-audit.{format}"
     return StreamingResponse(
@@ -140,6 +140,39 @@ async def verify_audit_chain(session: SessionDep) -> AuditVerifyOut:
         first_broken_id=report.broken.event_id if report.broken else None,
         reason=report.broken.reason if report.broken else None,
     )
+
+
+EXPORT_BATCH = 500
+
+
+async def _export_batches(
+    runtime: ControlPlane, query: AuditQuery
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Yield the matching events, oldest first, in batches, each read in a short
+    transaction of its own.
+
+    No transaction stays open while a batch goes out, so a slow (or vanished)
+    client holds no lock (SQLite's write lock among them) and no connection. The
+    log is append-only, so the events up to the head read first are a consistent
+    export. One batch is one write: a client that has hung up is noticed at the
+    next read instead of after a burst of writes to a closed socket.
+    """
+    async with runtime.sessionmaker() as session, session.begin():
+        newest = await AuditRepository(session).page(None, before_id=None, limit=1)
+    if not newest:
+        return
+    head, after = newest[0].id, 0
+    while True:
+        async with runtime.sessionmaker() as session, session.begin():
+            batch = await AuditRepository(session).after(
+                query, after_id=after, up_to_id=head, limit=EXPORT_BATCH
+            )
+            events = [AuditEventOut.model_validate(row).model_dump(mode="json") for row in batch]
+        if events:
+            yield events
+        if len(batch) < EXPORT_BATCH:
+            return
+        after = batch[-1].id
 
 
 def _csv_cell(value: object) -> str:

@@ -10,7 +10,8 @@ from controlplane.api.deps import KeyServiceDep, require
 from controlplane.api.schemas import ErrorBody, KeyCreate, KeyCreated, KeyOut
 from controlplane.api.unit_of_work import audited
 from controlplane.domain.audit import AuditAction
-from controlplane.domain.keys import Permission, Role
+from controlplane.domain.clock import utcnow
+from controlplane.domain.keys import Permission, Role, parse_lifetime
 
 __all__ = ["router"]
 
@@ -34,8 +35,10 @@ async def create_key(
     service: KeyServiceDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> KeyCreated:
-    """Create a key. The response holds the key itself: store it now, it is shown once."""
-    row, key = await service.create(body.name, Role(body.role))
+    """Create a key, expiring after ``expires_in`` if given. The response holds the key
+    itself: store it now, it is shown once."""
+    expires_at = utcnow() + parse_lifetime(body.expires_in) if body.expires_in else None
+    row, key = await service.create(body.name, Role(body.role), expires_at=expires_at)
     return KeyCreated(**KeyOut.model_validate(row).model_dump(), key=key)
 
 
