@@ -168,3 +168,22 @@ async def test_rollback_keeps_the_current_access_state(api: httpx.AsyncClient) -
     assert state["tenants"][0]["revoked"] == [credential["jti"]]
     # Nothing of the traffic state differed, so the rollback changed no model.
     assert (await api.get(f"/v1/revisions/{after}/diff")).json()["state"] == NO_CHANGE
+
+
+async def test_dry_run_takes_only_true_false_1_or_0_and_nothing_else(
+    api: httpx.AsyncClient,
+) -> None:
+    await _setup(api)
+    body = {"weights": {"v2": 100}}
+    for query in ("dry_run=yes", "dry_run=", "dryrun=true", "dry_run=true&dry_run=false"):
+        response = await api.put(f"/v1/models/m/traffic?{query}", json=body)
+        assert response.status_code == 422, (query, response.text)
+        assert response.json()["error"] == "invalid_input", query
+        event = (await api.get("/v1/audit/events", params={"limit": 1})).json()["items"][0]
+        assert (event["action"], event["outcome"]) == ("traffic.update", "rejected"), query
+    assert (await api.get("/v1/models/m/traffic")).json()["weights"] == {"v1": 70, "v2": 30}
+    for value, changes in (("TRUE", False), ("0", True)):
+        response = await api.put(f"/v1/models/m/traffic?dry_run={value}", json=body)
+        assert response.status_code == 200, response.text
+        assert ("dry_run" in response.json()) is not changes
+    assert (await api.get("/v1/models/m/traffic")).json()["weights"] == {"v1": 0, "v2": 100}
