@@ -18,7 +18,8 @@ from controlplane.runtime import ControlPlane
 from tests.conftest import seed_key
 
 EP = {"address": "127.0.0.1", "port": 9001}
-OPEN = {("GET", "/healthz"), ("GET", "/readyz")}
+# Open like a health check: Prometheus scrapes /metrics without a key.
+OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 ROLES = ("viewer", "operator", "auditor", "admin")
 
 
