@@ -9,7 +9,9 @@ that it got its own answer:
 
 - KServe v2 ``POST /v2/models/{m}/infer``: for each input ``X`` an output
   ``X_out`` of the same shape: numbers ``2*x + 1``, strings upper-cased,
-  booleans negated; the request ``id`` is echoed.
+  booleans negated; the request ``id`` is echoed. Inputs and outputs may use
+  the binary tensor data extension (``examples.v2_binary``); a request that
+  lists ``outputs`` gets only those.
 - OpenAI ``POST /v1/embeddings``: each input row gives
   ``[len, crc32 / 2**32, first code point, 1.0]``; usage counts words (or tokens).
 - KServe v1 ``POST /v1/models/{m}:predict``: each instance mapped like v2 values.
@@ -29,6 +31,8 @@ from collections import deque
 from typing import Any
 
 from aiohttp import web
+
+from . import v2_binary
 
 __all__ = ["BadInput", "BatchModelServer", "SyntheticServer", "synthetic_value"]
 
@@ -168,14 +172,19 @@ class BatchModelServer:
 
     async def _v2(self, request: web.Request) -> web.Response:
         try:
-            doc = await self._read(request)
+            self.requests += 1
+            try:
+                body = await request.read()
+                doc = v2_binary.read_request(body, request.headers.get(v2_binary.HEADER))
+            except ValueError as exc:
+                raise BadInput(f"body is not a v2 request: {exc}") from exc
             inputs = doc.get("inputs")
             if not isinstance(inputs, list) or not inputs:
                 raise BadInput("inputs must be a non-empty list")
             for tensor in inputs:
                 _check_tensor(tensor)
             rows = int(inputs[0]["shape"][0]) if inputs[0]["shape"] else 1
-            outputs = await self.run_model(rows, inputs, self.v2_outputs)
+            outputs = _requested(await self.run_model(rows, inputs, self.v2_outputs), doc)
         except BadInput as exc:
             return web.json_response({"error": str(exc)}, status=400)
         answer: dict[str, Any] = {
@@ -185,7 +194,8 @@ class BatchModelServer:
         }
         if "id" in doc:
             answer["id"] = doc["id"]
-        return web.json_response(answer)
+        payload, headers = v2_binary.write_answer(answer, doc)
+        return web.Response(body=payload, headers=headers)
 
     async def _openai(self, request: web.Request) -> web.Response:
         try:
@@ -219,6 +229,19 @@ class BatchModelServer:
         except BadInput as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"predictions": predictions})
+
+
+def _requested(outputs: list[dict[str, Any]], doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the outputs ``doc`` asks for, in its order (all of them when it lists none)."""
+    wanted = doc.get("outputs")
+    if not wanted:
+        return outputs
+    by_name = {output["name"]: output for output in outputs}
+    names = [item.get("name") if isinstance(item, dict) else None for item in wanted]
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise BadInput(f"unknown outputs {missing}")
+    return [by_name[name] for name in names]
 
 
 def _check_tensor(tensor: Any) -> None:

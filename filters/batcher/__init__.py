@@ -4,6 +4,10 @@ Run one beside each model-server replica::
 
     python -m filters.batcher --upstream http://127.0.0.1:9001 --listen 127.0.0.1:9101
 
+It batches KServe v2 infer calls (JSON, or binary tensors after a JSON header
+as tritonclient sends them, answering each caller in the output form it asked
+for), OpenAI embeddings and KServe v1 predict calls.
+
 Public surface:
 
 - ``BatcherConfig``, ``start_batcher`` (tests: returns a ``RunningBatcher``),

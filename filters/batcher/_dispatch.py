@@ -39,7 +39,7 @@ from typing import Any
 from ._latency import LatencyModel
 from ._metrics import BatcherMetrics
 from ._policy import BatchingPolicy
-from ._protocols import Call, SplitError, merge_calls, split_response
+from ._protocols import Call, Message, SplitError, merge_request, split_answer
 from ._upstream import Upstream, UpstreamError
 
 __all__ = ["Dispatcher", "Pending", "Reply", "describe", "error_reply"]
@@ -352,9 +352,10 @@ class Dispatcher:
         calls = [p.call for p in batch]
         started = loop.time()
         try:
-            body = merge_calls(calls)
+            request = merge_request(calls)
             timeout = max(p.deadline for p in batch) - started + UPSTREAM_GRACE_S
-            answer = await self.upstream.post_json(batch[0].target, body, batch[0].headers, timeout)
+            headers = {**batch[0].headers, **request.headers}
+            answer = await self.upstream.post_json(batch[0].target, request.body, headers, timeout)
         except UpstreamError as exc:
             self._finish(end_marker)
             if exc.timed_out:  # a lower bound on the cost, still worth learning from
@@ -373,11 +374,11 @@ class Dispatcher:
         self.metrics.upstream_time.observe(elapsed)
         if 200 <= answer.status < 300:
             self.latency.observe(rows, elapsed)
-            self._deliver(batch, answer.body, answer.content_type, answer.status)
+            self._deliver(batch, Message(answer.body, answer.framing()), answer.status)
         elif len(batch) > 1 and answer.status in _SPLITTABLE:
             self._split_and_retry(batch, f"upstream answered {answer.status}")
         else:
-            headers = {"Content-Type": answer.content_type, "x-turnout-batch-size": str(len(batch))}
+            headers = {**answer.framing(), "x-turnout-batch-size": str(len(batch))}
             reply = Reply(answer.status, answer.body, headers)
             if len(batch) > 1:
                 self.metrics.rejections.labels(reason="upstream_error").inc(len(batch))
@@ -389,19 +390,18 @@ class Dispatcher:
         self.metrics.in_flight.set(len(self._ends))
         self._wake.set()
 
-    def _deliver(self, batch: list[Pending], body: bytes, content_type: str, status: int) -> None:
+    def _deliver(self, batch: list[Pending], answer: Message, status: int) -> None:
         size = {"x-turnout-batch-size": str(len(batch))}
         if len(batch) == 1:
-            batch[0].resolve(Reply(status, body, {"Content-Type": content_type, **size}))
+            batch[0].resolve(Reply(status, answer.body, {**answer.headers, **size}))
             return
         try:
-            parts = split_response(body, [p.call for p in batch])
+            parts = split_answer(answer, [p.call for p in batch])
         except SplitError as exc:
             self._split_and_retry(batch, f"cannot split the answer: {exc}")
             return
-        headers = {"Content-Type": "application/json", **size}
         for pending, part in zip(batch, parts, strict=True):
-            pending.resolve(Reply(status, part, headers))
+            pending.resolve(Reply(status, part.body, {**part.headers, **size}))
 
     def _split_and_retry(self, batch: list[Pending], reason: str) -> None:
         log.info("splitting rejected batch", extra={"requests": len(batch), "reason": reason})

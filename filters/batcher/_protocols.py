@@ -2,20 +2,20 @@
 
 Three protocols are batched:
 
-- Open Inference Protocol / KServe v2, ``POST /v2/models/{name}[/versions/{v}]/infer``:
-  inputs are concatenated along dimension 0 when names, datatypes and trailing
-  shapes match; outputs are split back by row.
-  https://github.com/kserve/open-inference-protocol/blob/main/specification/protocol/inference_rest.md
+- Open Inference Protocol / KServe v2, ``POST /v2/models/{name}[/versions/{v}]/infer``,
+  in JSON or with the binary tensor data extension (see ``_kserve_v2``).
 - OpenAI embeddings, ``POST /v1/embeddings``: input lists are merged; each caller
   gets its own items re-indexed from 0 and a share of the usage.
 - KServe v1 / TF-Serving, ``POST /v1/models/{name}:predict`` with ``"instances"``.
 
 ``parse_call`` returns ``None`` for anything that must pass through unchanged
-(other paths, streaming, binary or compressed bodies, columnar ``"inputs"``,
-shapes that differ inside one request) and raises ``MalformedInput`` for a body
-that can never be valid, so that it fails alone, before it joins a batch.
-``merge_calls`` builds the body of one upstream call; ``split_response`` turns
-the upstream's answer into one body per call, or raises ``SplitError``.
+(other paths, streaming, compressed bodies, columnar ``"inputs"``, shapes that
+differ inside one request) and raises ``MalformedInput`` for a body that can
+never be valid, so that it fails alone, before it joins a batch.
+``merge_request`` builds the one upstream request (body and framing headers);
+``split_answer`` turns the upstream's answer into one answer per call, or
+raises ``SplitError``. ``merge_calls`` and ``split_response`` are their
+body-only forms for JSON protocols.
 """
 
 from __future__ import annotations
@@ -24,65 +24,28 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
+
+from . import _tensors
+from ._call import Call, MalformedInput, Message, Protocol, SplitError, canon
+from ._kserve_v2 import framing_headers, merge_v2, parse_v2, split_v2
 
 __all__ = [
     "Call",
     "MalformedInput",
+    "Message",
     "Protocol",
     "SplitError",
     "merge_calls",
+    "merge_request",
     "parse_call",
+    "split_answer",
     "split_response",
 ]
 
 _V2_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 _V1_PATH = re.compile(r"^/v1/models/[^/:]+(/versions/[^/:]+|/labels/[^/:]+)?:predict$")
 _OPENAI_PATH = re.compile(r"^(/openai)?/v1/embeddings$")
-
-_INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-_FLOAT_TYPES = {"FP16", "FP32", "FP64", "BF16"}
-_V2_TYPES = _INT_TYPES | _FLOAT_TYPES | {"BOOL", "BYTES"}
-
-
-class MalformedInput(ValueError):
-    """The body of one call can never be valid; it fails alone with 400."""
-
-
-class SplitError(ValueError):
-    """The upstream's answer to a batched call cannot be split back by row."""
-
-
-class Protocol(Enum):
-    """The wire protocols the batcher knows how to batch."""
-
-    KSERVE_V2 = "kserve_v2"
-    OPENAI_EMBEDDINGS = "openai_embeddings"
-    KSERVE_V1 = "kserve_v1"
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Call:
-    """One validated inference call, ready to join a batch.
-
-    Calls with equal ``key`` can share an upstream call. ``rows`` is the size
-    of dimension 0; ``body`` is the original request body, ``doc`` its parsed
-    JSON, ``rows_data`` the protocol-specific rows to merge.
-    """
-
-    protocol: Protocol
-    key: tuple[Any, ...]
-    rows: int
-    body: bytes
-    doc: dict[str, Any]
-    rows_data: Any
-    weight: int = 1
-
-
-def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def parse_call(
@@ -97,8 +60,16 @@ def parse_call(
     if method != "POST":
         return None
     protocol = _protocol_for(path)
-    if protocol is None or _not_batchable(headers):
+    if protocol is None or _not_batchable(protocol, headers):
         return None
+    base_key = (protocol.value, path, query, headers.get("authorization", ""))
+    if protocol is Protocol.KSERVE_V2:
+        raw_length = headers.get(_tensors.HEADER_LENGTH)
+        try:
+            length = None if raw_length is None else _tensors.header_length(raw_length, len(body))
+        except _tensors.FramingError as exc:
+            raise MalformedInput(str(exc)) from exc
+        return parse_v2(base_key, body, length)
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -107,9 +78,6 @@ def parse_call(
         raise MalformedInput("body must be a JSON object")
     if doc.get("stream") is True:
         return None
-    base_key = (protocol.value, path, query, headers.get("authorization", ""))
-    if protocol is Protocol.KSERVE_V2:
-        return _parse_v2(base_key, body, doc)
     if protocol is Protocol.OPENAI_EMBEDDINGS:
         return _parse_openai(base_key, body, doc)
     return _parse_v1(base_key, body, doc)
@@ -125,133 +93,19 @@ def _protocol_for(path: str) -> Protocol | None:
     return None
 
 
-def _not_batchable(headers: Mapping[str, str]) -> bool:
+def _not_batchable(protocol: Protocol, headers: Mapping[str, str]) -> bool:
     content_type = headers.get("content-type", "application/json").lower()
+    # A v2 body may carry binary tensors after its JSON header; the binary data
+    # extension's own example sends it as application/octet-stream.
+    readable = "json" in content_type or (
+        protocol is Protocol.KSERVE_V2 and content_type.startswith("application/octet-stream")
+    )
     return (
-        "json" not in content_type
+        not readable
         or "text/event-stream" in headers.get("accept", "").lower()
         or "content-encoding" in headers
-        or "inference-header-content-length" in headers
+        or (protocol is not Protocol.KSERVE_V2 and _tensors.HEADER_LENGTH in headers)
     )
-
-
-# --- KServe v2 -------------------------------------------------------------------------
-
-
-def _flatten(data: Any, out: list[Any]) -> None:
-    if isinstance(data, list):
-        for element in data:
-            _flatten(element, out)
-    else:
-        out.append(data)
-
-
-def _check_v2_value(datatype: str, value: Any) -> bool:
-    if datatype == "BYTES":
-        return isinstance(value, str)
-    if datatype == "BOOL":
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    if datatype in _INT_TYPES:
-        return isinstance(value, int)
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
-def _parse_v2_input(tensor: Any) -> tuple[str, str, list[int], list[Any]]:
-    if not isinstance(tensor, dict):
-        raise MalformedInput("each input must be an object")
-    name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
-    if not isinstance(name, str) or not name:
-        raise MalformedInput("input name must be a non-empty string")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise MalformedInput(f"input {name!r}: shape must be a list of non-negative integers")
-    if datatype not in _V2_TYPES:
-        raise MalformedInput(f"input {name!r}: unknown datatype {datatype!r}")
-    flat: list[Any] = []
-    _flatten(tensor.get("data"), flat)
-    if len(flat) != math.prod(shape):
-        raise MalformedInput(
-            f"input {name!r}: {len(flat)} values do not fill shape {shape} ({math.prod(shape)})"
-        )
-    if not all(_check_v2_value(datatype, value) for value in flat):
-        raise MalformedInput(f"input {name!r}: data does not match datatype {datatype}")
-    return name, datatype, shape, flat
-
-
-def _parse_v2(base_key: tuple[Any, ...], body: bytes, doc: dict[str, Any]) -> Call | None:
-    tensors = doc.get("inputs")
-    if not isinstance(tensors, list) or not tensors:
-        raise MalformedInput("inputs must be a non-empty list")
-    parsed = [_parse_v2_input(tensor) for tensor in tensors]
-    names = [name for name, _, _, _ in parsed]
-    if len(set(names)) != len(names):
-        raise MalformedInput("input names must be unique")
-    if any("parameters" in tensor for tensor in tensors):
-        return None  # binary_data_size and friends: the upstream's business
-    shapes = [shape for _, _, shape, _ in parsed]
-    if any(len(shape) == 0 for shape in shapes) or len({shape[0] for shape in shapes}) != 1:
-        return None  # no common batch dimension
-    rows = shapes[0][0]
-    if rows == 0:
-        return None
-    signature = tuple(sorted((name, dt, tuple(shape[1:])) for name, dt, shape, _ in parsed))
-    rest = {k: v for k, v in doc.items() if k not in ("inputs", "id")}
-    key = (*base_key, _canon(rest), signature)
-    rows_data = {name: (dt, shape[1:], flat) for name, dt, shape, flat in parsed}
-    return Call(Protocol.KSERVE_V2, key, rows, body, doc, rows_data)
-
-
-def _merge_v2(calls: Sequence[Call]) -> dict[str, Any]:
-    first = calls[0]
-    merged = {k: v for k, v in first.doc.items() if k not in ("inputs", "id")}
-    total = sum(call.rows for call in calls)
-    inputs = []
-    for name, (datatype, trailing, _) in first.rows_data.items():
-        data: list[Any] = []
-        for call in calls:
-            data.extend(call.rows_data[name][2])
-        inputs.append(
-            {"name": name, "shape": [total, *trailing], "datatype": datatype, "data": data}
-        )
-    merged["inputs"] = inputs
-    return merged
-
-
-def _split_v2(doc: dict[str, Any], calls: Sequence[Call]) -> list[dict[str, Any]]:
-    outputs = doc.get("outputs")
-    if not isinstance(outputs, list):
-        raise SplitError("response has no outputs list")
-    total = sum(call.rows for call in calls)
-    flats = []
-    for output in outputs:
-        shape = output.get("shape") if isinstance(output, dict) else None
-        if not isinstance(shape, list) or not shape or shape[0] != total:
-            raise SplitError(f"output shape {shape!r} does not start with {total} rows")
-        flat: list[Any] = []
-        _flatten(output.get("data"), flat)
-        if len(flat) != math.prod(shape):
-            raise SplitError("output data does not fill its shape")
-        flats.append((output, math.prod(shape[1:]), flat))
-    parts = []
-    offset = 0
-    for call in calls:
-        part = {k: v for k, v in doc.items() if k not in ("outputs", "id")}
-        if "id" in call.doc:
-            part["id"] = call.doc["id"]
-        part["outputs"] = [
-            {
-                **output,
-                "shape": [call.rows, *output["shape"][1:]],
-                "data": flat[offset * size : (offset + call.rows) * size],
-            }
-            for output, size, flat in flats
-        ]
-        parts.append(part)
-        offset += call.rows
-    return parts
 
 
 # --- OpenAI embeddings ------------------------------------------------------------------
@@ -280,7 +134,7 @@ def _parse_openai(base_key: tuple[Any, ...], body: bytes, doc: dict[str, Any]) -
     weight = sum(len(row) for row in rows if isinstance(row, str | list)) or 1
     return Call(
         Protocol.OPENAI_EMBEDDINGS,
-        (*base_key, _canon(rest)),
+        (*base_key, canon(rest)),
         len(rows),
         body,
         doc,
@@ -368,7 +222,7 @@ def _parse_v1(base_key: tuple[Any, ...], body: bytes, doc: dict[str, Any]) -> Ca
     except ValueError:
         return None  # instances of different shapes: let the upstream judge
     rest = {k: v for k, v in doc.items() if k != "instances"}
-    key = (*base_key, _canon(rest), signature[2])
+    key = (*base_key, canon(rest), signature[2])
     return Call(Protocol.KSERVE_V1, key, len(instances), body, doc, instances)
 
 
@@ -390,42 +244,53 @@ def _split_v1(doc: dict[str, Any], calls: Sequence[Call]) -> list[dict[str, Any]
 # --- merge and split ----------------------------------------------------------------------
 
 
-def merge_calls(calls: Sequence[Call]) -> bytes:
-    """Return the body of one upstream call serving all ``calls`` (which share a key).
+def merge_request(calls: Sequence[Call]) -> Message:
+    """Return the one upstream request serving all ``calls`` (which share a key).
 
     A single call is sent with its original body, byte for byte.
     """
-    if len(calls) == 1:
-        return calls[0].body
     first = calls[0]
-    merged: dict[str, Any]
+    if len(calls) == 1:
+        return Message(first.body, framing_headers(first.header_length))
     if first.protocol is Protocol.KSERVE_V2:
-        merged = _merge_v2(calls)
-    elif first.protocol is Protocol.OPENAI_EMBEDDINGS:
+        return merge_v2(calls)
+    merged: dict[str, Any]
+    if first.protocol is Protocol.OPENAI_EMBEDDINGS:
         merged = {**first.doc, "input": [row for call in calls for row in call.rows_data]}
     else:
         merged = {**first.doc, "instances": [row for call in calls for row in call.rows_data]}
-    return json.dumps(merged, separators=(",", ":")).encode()
+    return Message(json.dumps(merged, separators=(",", ":")).encode(), framing_headers(None))
 
 
-def split_response(body: bytes, calls: Sequence[Call]) -> list[bytes]:
-    """Return one response body per call, in order, from a batched call's answer.
+def merge_calls(calls: Sequence[Call]) -> bytes:
+    """Return the body of ``merge_request(calls)``."""
+    return merge_request(calls).body
 
-    Raises ``SplitError`` when the answer is not JSON or does not have one row
-    per merged row. Each part carries only its own rows (and, for KServe v2,
-    its own request id).
+
+def split_answer(answer: Message, calls: Sequence[Call]) -> list[Message]:
+    """Return one answer per call, in order, from a batched call's answer.
+
+    Raises ``SplitError`` when the answer cannot be read or does not have one
+    row per merged row. Each part carries only its own rows (and, for KServe
+    v2, its own request id, with outputs in the form its caller asked for).
     """
+    protocol = calls[0].protocol
+    if protocol is Protocol.KSERVE_V2:
+        return split_v2(answer, calls)
     try:
-        doc = json.loads(body)
+        doc = json.loads(answer.body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise SplitError("response is not JSON") from exc
     if not isinstance(doc, dict):
         raise SplitError("response is not a JSON object")
-    protocol = calls[0].protocol
-    if protocol is Protocol.KSERVE_V2:
-        parts = _split_v2(doc, calls)
-    elif protocol is Protocol.OPENAI_EMBEDDINGS:
+    if protocol is Protocol.OPENAI_EMBEDDINGS:
         parts = _split_openai(doc, calls)
     else:
         parts = _split_v1(doc, calls)
-    return [json.dumps(part, separators=(",", ":")).encode() for part in parts]
+    headers = framing_headers(None)
+    return [Message(json.dumps(part, separators=(",", ":")).encode(), headers) for part in parts]
+
+
+def split_response(body: bytes, calls: Sequence[Call]) -> list[bytes]:
+    """Return the bodies of ``split_answer`` for a JSON answer ``body``."""
+    return [part.body for part in split_answer(Message(body, framing_headers(None)), calls)]

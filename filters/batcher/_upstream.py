@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import aiohttp
 from multidict import CIMultiDict
 
+from ._tensors import HEADER_LENGTH
+
 __all__ = ["HOP_BY_HOP", "Answer", "Upstream", "UpstreamError"]
 
 HOP_BY_HOP = frozenset(
@@ -46,6 +48,14 @@ class Answer:
     status: int
     body: bytes
     content_type: str
+    header_length: str | None = None  # Inference-Header-Content-Length: binary tensors follow
+
+    def framing(self) -> dict[str, str]:
+        """The headers that say how to read ``body`` (content type, binary header length)."""
+        headers = {"Content-Type": self.content_type}
+        if self.header_length is not None:
+            headers[HEADER_LENGTH] = self.header_length
+        return headers
 
 
 class Upstream:
@@ -78,10 +88,11 @@ class Upstream:
     ) -> Answer:
         """POST ``body`` to ``target`` (path and query) and return the whole answer.
 
-        Raises ``UpstreamError`` when no answer arrives within ``timeout_s``.
+        ``headers`` may set the Content-Type (JSON unless they do). Raises
+        ``UpstreamError`` when no answer arrives within ``timeout_s``.
         """
         send = CIMultiDict(headers)
-        send["Content-Type"] = "application/json"
+        send.setdefault("Content-Type", "application/json")
         send["Accept-Encoding"] = "identity"
         timeout = aiohttp.ClientTimeout(total=max(0.001, timeout_s))
         try:
@@ -89,7 +100,12 @@ class Upstream:
                 self.base_url + target, data=body, headers=send, timeout=timeout
             ) as response:
                 payload = await response.read()
-                return Answer(response.status, payload, response.content_type)
+                return Answer(
+                    response.status,
+                    payload,
+                    response.content_type,
+                    response.headers.get(HEADER_LENGTH),
+                )
         except TimeoutError as exc:
             raise UpstreamError("upstream timed out", timed_out=True) from exc
         except aiohttp.ClientError as exc:

@@ -78,13 +78,8 @@ async def _batcher_policy(batcher: RunningBatcher) -> dict[str, Any]:
         return state
 
 
-async def test_concurrent_calls_reach_the_model_server_batched(
-    api: httpx.AsyncClient,
-    envoy: EnvoyProcess,
-    synthetic: tuple[SyntheticServer, int],
-    batcher: RunningBatcher,
-) -> None:
-    model, port = synthetic
+async def _serve_batched(api: httpx.AsyncClient, batcher: RunningBatcher, port: int) -> None:
+    """Declare model embedder v1 behind ``batcher`` with batching on; wait until it hears."""
     assert (
         await api.post("/v1/models", json={"name": "embedder", "protocol": "kserve-v2"})
     ).status_code == 201
@@ -106,6 +101,16 @@ async def test_concurrent_calls_reach_the_model_server_batched(
         return bool(policy["enabled"] and policy["max_batch_size"] == 16)
 
     await eventually(batcher_enabled, timeout=5)
+
+
+async def test_concurrent_calls_reach_the_model_server_batched(
+    api: httpx.AsyncClient,
+    envoy: EnvoyProcess,
+    synthetic: tuple[SyntheticServer, int],
+    batcher: RunningBatcher,
+) -> None:
+    model, port = synthetic
+    await _serve_batched(api, batcher, port)
 
     url = f"{envoy.base_url}/models/embedder/v2/models/embedder/infer"
     async with httpx.AsyncClient(timeout=30) as client:
@@ -171,3 +176,53 @@ async def test_turning_batching_off_goes_straight_to_the_replica(
 
     # The batcher hears of it too (null batching: pass through).
     await eventually(batcher_off, timeout=5)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary-tensors", "json-tensors"])
+async def test_tritonclient_calls_through_envoy_are_batched(
+    api: httpx.AsyncClient,
+    envoy: EnvoyProcess,
+    synthetic: tuple[SyntheticServer, int],
+    batcher: RunningBatcher,
+    binary: bool,
+) -> None:
+    np = pytest.importorskip("numpy")
+    triton = pytest.importorskip("tritonclient.http.aio")
+    model, port = synthetic
+    await _serve_batched(api, batcher, port)
+    prefix = envoy.base_url.removeprefix("http://") + "/models/embedder"
+    client = triton.InferenceServerClient(prefix, conn_timeout=30.0)
+
+    async def infer(i: int) -> Any:
+        x = np.array([[float(i), -float(i) - 0.5]], dtype=np.float32)
+        tensor = triton.InferInput("x", [1, 2], "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        # tritonclient's defaults: binary outputs; binary_data=False asks for JSON ones.
+        outputs = None if binary else [triton.InferRequestedOutput("x_out", binary_data=False)]
+        return await client.infer("embedder", [tensor], outputs=outputs, request_id=f"req-{i}")
+
+    try:
+
+        async def through_batcher() -> bool:
+            try:
+                await infer(-1)
+            except Exception:
+                return False
+            return batcher.dispatcher.batches_sent > 0
+
+        await eventually(through_batcher, timeout=10)
+        calls_before, requests_before = model.calls, model.requests
+        results = await asyncio.gather(*(infer(i) for i in range(REQUESTS)))
+    finally:
+        await client.close()
+
+    for i, result in enumerate(results):
+        assert result.get_response()["id"] == f"req-{i}"
+        raw = result.get_response()["outputs"][0]
+        assert ("data" in raw) == (not binary)
+        expected = 2 * np.array([[float(i), -float(i) - 0.5]], dtype=np.float32) + 1
+        np.testing.assert_array_equal(result.as_numpy("x_out"), expected)
+    calls = model.calls - calls_before
+    assert model.requests - requests_before == calls
+    assert calls < REQUESTS, f"{calls} upstream calls for {REQUESTS} requests: nothing batched"
+    assert model.stats()["max_call_rows"] > 1

@@ -93,3 +93,31 @@ async def test_minilm_embeddings_are_the_same_batched_or_not() -> None:
         model.gate.set()
         await batcher.close()
         await runner.cleanup()
+
+
+async def test_synthetic_server_speaks_binary_tensors_to_tritonclient() -> None:
+    np = pytest.importorskip("numpy")
+    triton = pytest.importorskip("tritonclient.http.aio")
+    model = SyntheticServer("v1", a_ms=0.0, b_ms=0.0)
+    runner = await serve(model, "127.0.0.1", 0)
+    client = triton.InferenceServerClient(f"127.0.0.1:{bound_port(runner)}")
+    try:
+        x = np.array([[1.5, -2.0], [3.0, 4.25]], dtype=np.float32)
+        flags = np.array([[True], [False]])
+        for binary in (True, False):
+            tensors = [
+                triton.InferInput("x", [2, 2], "FP32"),
+                triton.InferInput("b", [2, 1], "BOOL"),
+            ]
+            tensors[0].set_data_from_numpy(x, binary_data=binary)
+            tensors[1].set_data_from_numpy(flags, binary_data=binary)
+            outputs = [triton.InferRequestedOutput("b_out", binary_data=binary)]
+            result = await client.infer("m", tensors, outputs=outputs)
+            assert [o["name"] for o in result.get_response()["outputs"]] == ["b_out"]
+            np.testing.assert_array_equal(result.as_numpy("b_out"), ~flags)
+            everything = await client.infer("m", tensors)  # all outputs, as binary
+            np.testing.assert_array_equal(everything.as_numpy("x_out"), 2 * x + 1)
+        assert model.calls == 4
+    finally:
+        await client.close()
+        await runner.cleanup()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,8 @@ from filters.batcher import BatcherConfig, BatchingPolicy, start_batcher
 
 from .conftest import start_upstream, v2_body, wait_until
 
-KINDS = ("v2", "v2", "openai", "v1", "malformed", "poison")
+KINDS = ("v2", "v2", "openai", "v1", "malformed", "poison", "v2bin", "v2bin", "bin_malformed")
+HEADER = "Inference-Header-Content-Length"
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ scenarios = st.builds(
 
 def request_for(i: int, req: Req) -> tuple[str, dict[str, Any]]:
     """Return the path and body of request ``i``; its values are unique to it."""
-    if req.kind in ("v2", "malformed"):
+    if req.kind in ("v2", "malformed", "v2bin", "bin_malformed"):
         doc = v2_body(f"req-{i}", [[float(i * 100 + r), float(-i)] for r in range(req.rows)])
         if req.kind == "malformed":
             doc["inputs"][0]["data"].append(1.0)
@@ -67,14 +69,52 @@ def request_for(i: int, req: Req) -> tuple[str, dict[str, Any]]:
     return "/v1/models/m:predict", {"instances": [[i, r] for r in range(req.rows)]}
 
 
+def wire(i: int, req: Req, doc: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """Return the body and headers that send ``doc``: binary tensors for the v2bin kinds.
+
+    A binary caller asks for its output as binary data or as JSON, by the parity of ``i``.
+    """
+    if req.kind not in ("v2bin", "bin_malformed"):
+        return json.dumps(doc).encode(), {"Content-Type": "application/json"}
+    tensor = dict(doc["inputs"][0])
+    values = tensor.pop("data")
+    raw = struct.pack(f"<{len(values)}f", *values)
+    size = len(raw) + (4 if req.kind == "bin_malformed" else 0)  # announces a missing value
+    tensor["parameters"] = {"binary_data_size": size}
+    header = {
+        "id": doc["id"],
+        "inputs": [tensor],
+        "outputs": [{"name": "x_out", "parameters": {"binary_data": i % 2 == 0}}],
+    }
+    body = json.dumps(header).encode()
+    return body + raw, {"Content-Type": "application/octet-stream", HEADER: str(len(body))}
+
+
+def read(body: bytes, headers: Any) -> dict[str, Any]:
+    """Return the answer's JSON with any binary output decoded into ``data`` (as FP32)."""
+    if HEADER not in headers:
+        return dict(json.loads(body))
+    length = int(headers[HEADER])
+    answer = dict(json.loads(body[:length]))
+    offset = length
+    for output in answer.get("outputs", []):
+        size = output.pop("parameters")["binary_data_size"]
+        output["data"] = list(struct.unpack(f"<{size // 4}f", body[offset : offset + size]))
+        output["binary"] = True
+        offset += size
+    assert offset == len(body)
+    return answer
+
+
 def check(i: int, req: Req, doc: dict[str, Any], status: int, answer: dict[str, Any]) -> None:
-    if req.kind in ("malformed", "poison"):
+    if req.kind in ("malformed", "poison", "bin_malformed"):
         assert status == 400, (i, req, status, answer)
         return
     assert status == 200, (i, req, status, answer)
-    if req.kind == "v2":
+    if req.kind in ("v2", "v2bin"):
         assert answer["id"] == f"req-{i}"
         (output,) = answer["outputs"]
+        assert output.get("binary", False) == (req.kind == "v2bin" and i % 2 == 0)
         assert output["shape"] == [req.rows, 2]
         assert output["data"] == [2 * v + 1 for v in doc["inputs"][0]["data"]]
     elif req.kind == "openai":
@@ -109,8 +149,9 @@ async def run_scenario(scenario: Scenario) -> None:
                 path, doc = request_for(i, req)
                 for _ in range(req.yields):
                     await asyncio.sleep(0)
-                async with client.post(batcher.url + path, json=doc) as response:
-                    answer = json.loads(await response.text())
+                body, headers = wire(i, req, doc)
+                async with client.post(batcher.url + path, data=body, headers=headers) as response:
+                    answer = read(await response.read(), response.headers)
                     check(i, req, doc, response.status, answer)
 
             def arrived() -> int:
