@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controlplane.db.audit_repository import AuditRepository, ChainReport
-from controlplane.db.engine import create_engine, create_sessionmaker
+from controlplane.db.engine import create_engine, create_sessionmaker, write_transaction
 from controlplane.db.models import ApiKey
 from controlplane.domain.audit import ActionContext
 from controlplane.domain.keys import Role
@@ -14,6 +14,8 @@ from controlplane.services.keys import KeyService
 __all__ = ["CLI_ACTOR", "create_key", "list_keys", "revoke_key", "verify_audit"]
 
 CLI_ACTOR = "turnout-cli"
+# A command waits this long for the database's write lock (SQLite) when the API is busy.
+CLI_WRITE_TIMEOUT_S = 30.0
 
 
 async def create_key(
@@ -32,7 +34,10 @@ async def create_key_with(
 ) -> tuple[ApiKey, str]:
     """Create a key through ``engine``; return its row and the key itself."""
     context = ActionContext(actor=actor, role=Role.ADMIN.value, status_code=201)
-    async with create_sessionmaker(engine)() as session, session.begin():
+    async with (
+        create_sessionmaker(engine)() as session,
+        write_transaction(session, timeout_s=CLI_WRITE_TIMEOUT_S),
+    ):
         return await KeyService(session, context).create(name, role)
 
 
@@ -51,7 +56,10 @@ async def revoke_key(database_url: str, key_id: int) -> None:
     engine = create_engine(database_url)
     context = ActionContext(actor=CLI_ACTOR, role=Role.ADMIN.value, status_code=204)
     try:
-        async with create_sessionmaker(engine)() as session, session.begin():
+        async with (
+            create_sessionmaker(engine)() as session,
+            write_transaction(session, timeout_s=CLI_WRITE_TIMEOUT_S),
+        ):
             await KeyService(session, context).revoke(key_id)
     finally:
         await engine.dispose()
