@@ -16,7 +16,13 @@ from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
 from controlplane.cli.admin import create_key_with
 from controlplane.db.migrate import upgrade
 from controlplane.domain.keys import Role
-from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
+from controlplane.processes import (
+    ChildProcess,
+    RunLedger,
+    envoy_binary,
+    stop_processes,
+    wait_for_port,
+)
 from controlplane.runtime import ControlPlane, SchemaNotReady
 from controlplane.settings import Settings
 
@@ -27,6 +33,8 @@ BATCHED_MODEL = "demo-embed"
 DEMO_VERSIONS = ("v1", "v2")
 DEMO_WEIGHTS = {"v1": 90, "v2": 10}
 RUN_DIR = Path(".turnout")
+# Names the children of the running `turnout up`, for the next run to find.
+LEDGER = RUN_DIR / "children.json"
 
 
 def _stop_event() -> asyncio.Event:
@@ -59,6 +67,9 @@ async def run_control_plane(settings: Settings) -> None:
 async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) -> int:
     """Run the whole local mesh until SIGINT or SIGTERM; return an exit code."""
     RUN_DIR.mkdir(exist_ok=True)  # noqa: ASYNC240  (once, before anything runs)
+    ledger = await _take_over_run_dir()
+    if ledger is None:
+        return 1
     typer.echo("applying database migrations ...")
     await asyncio.to_thread(upgrade, settings.database_url)
     control_plane = ControlPlane(settings)
@@ -71,7 +82,9 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
         demo_ports = {v: settings.demo_base_port + i for i, v in enumerate(DEMO_VERSIONS)}
         if demo:
             children += await _start_demo_servers(demo_ports)
+            ledger.record(children)
         children.append(await _start_envoy(settings, control_plane.xds_port))
+        ledger.record(children)
         await wait_for_port(settings.listener_host, settings.listener_port, timeout=30)
         if demo:
             _, key = await create_key_with(
@@ -87,6 +100,7 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
             base = f"http://{settings.listener_host}:{settings.listener_port}"
             if batching:
                 children += await _start_batched_demo(control_plane, settings, api, key)
+                ledger.record(children)
                 typer.echo(
                     f"\nModel '{BATCHED_MODEL}' (KServe v2) goes through a batcher:\n"
                     f"  curl -si {base}/models/{BATCHED_MODEL}/v2/models/{BATCHED_MODEL}/infer "
@@ -114,8 +128,30 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
         typer.echo("stopping ...")
         for child in reversed(children):
             await child.stop()
+        ledger.remove()
         await control_plane.stop()
         typer.echo("stopped")
+
+
+async def _take_over_run_dir() -> RunLedger | None:
+    """Claim the run directory: stop what a previous run that died left running
+    (its children hold the ports), or return None when a live `turnout up` owns it."""
+    ledger = RunLedger(LEDGER)
+    previous = ledger.previous()
+    if previous.owner is not None:
+        typer.secho(
+            f"error: another `turnout up` (pid {previous.owner.pid}) runs in this "
+            f"directory; stop it first: kill {previous.owner.pid}",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        return None
+    if previous.children:
+        named = ", ".join(f"{c.name} (pid {c.pid})" for c in previous.children)
+        typer.echo(f"stopping what a previous `turnout up` left running: {named}")
+        await stop_processes(previous.children)
+    ledger.record([])
+    return ledger
 
 
 async def _wait_until_stopped(stop: asyncio.Event, children: list[ChildProcess]) -> None:
