@@ -5,10 +5,11 @@ execs its program, for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``,
 prctl(2)), so that even ``kill -9`` of ``turnout up`` leaves no Envoy serving
 stale config and no model server holding its port. Nothing else can stop them
 then: the parent that would escalate a SIGTERM is gone. The request is made in
-a small launcher (``python -m controlplane.processes``) rather than in a
-``preexec_fn``, which is unsafe in a process with threads (gRPC, the database
-driver). The signal follows the thread that started the child: start children
-from the thread that lives as long as they should (the event loop's).
+a small launcher (``_LAUNCHER``, a few lines of the standard library that then
+exec the program) rather than in a ``preexec_fn``, which is unsafe in a process
+with threads (gRPC, the database driver). The signal follows the thread that
+started the child: start children from the thread that lives as long as they
+should (the event loop's).
 
 Where that is not available, or a child outlived its parent all the same, a
 :class:`RunLedger` (a pid file) names the children of a run, so that the next
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -39,9 +39,19 @@ __all__ = [
     "wait_for_port",
 ]
 
-# prctl(2): ask for a signal when the parent (thread) dies.
-_PR_SET_PDEATHSIG = 1
 _LINUX = sys.platform.startswith("linux")
+# ``python -I -S -c _LAUNCHER PARENT_PID PROGRAM ARGS...`` (standard library only,
+# ~20 ms): ask for SIGKILL when the parent dies (prctl(2), PR_SET_PDEATHSIG is 1),
+# give up if it died before the request took effect, else become the program.
+_LAUNCHER = """\
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
+    sys.exit(f"prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}")
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
 def envoy_binary(configured: str | None = None) -> str:
@@ -103,7 +113,7 @@ class ChildProcess:
         output = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115, ASYNC230
         argv = self.argv
         if _LINUX:
-            argv = [sys.executable, "-m", "controlplane.processes", str(os.getpid()), *argv]
+            argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -273,17 +283,3 @@ def _start_time(pid: int) -> int | None:
     if fields[0] in {"Z", "X"}:
         return None
     return int(fields[19])
-
-
-def _exec_dying_with_parent(parent: int, argv: list[str]) -> None:
-    """Ask for SIGKILL when the parent dies, then become ``argv``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:  # the parent died before the request took effect
-        sys.exit(1)
-    os.execvp(argv[0], argv)
-
-
-if __name__ == "__main__":
-    _exec_dying_with_parent(int(sys.argv[1]), sys.argv[2:])
