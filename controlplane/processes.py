@@ -164,16 +164,10 @@ class RunningProcess:
         return cls(name, pid, _start_time(pid))
 
     def alive(self) -> bool:
-        """Whether this very process still runs (not a zombie, not a reused pid)."""
-        if _LINUX:
-            return self.started is not None and _start_time(self.pid) == self.started
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        """Whether this very process still runs (not a zombie, not a reused pid).
+        Without /proc (not Linux) that cannot be told: then False, so that nothing
+        acts on a pid that may be another process's by now."""
+        return self.started is not None and _start_time(self.pid) == self.started
 
 
 @dataclass(frozen=True)
