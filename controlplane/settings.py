@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="admin API requests with a larger body get 413"
     )
+    write_lock_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a change that cannot have the database's write lock (SQLite) "
+        "this long gets 503 database_unavailable",
+    )
     log_level: str = "INFO"
     api_key: SecretStr | None = Field(
         default=None, description="key that `turnout` commands send to the admin API"

@@ -7,9 +7,12 @@ A mutating request (POST, PUT, PATCH, DELETE) runs like this:
 1. Its body is read, up to ``max_request_bytes`` (413 beyond), and its query
    parsed: a change takes ``?dry_run=true|false|1|0`` and nothing else (422).
 2. A unit of work (:class:`~controlplane.api.unit_of_work.UnitOfWork`) opens a
-   transaction and takes the audit chain lock first, so mutating
-   requests run one at a time: an ``If-Match`` check and the write it guards
-   see the same state, on SQLite as on Postgres.
+   write transaction (:func:`~controlplane.db.engine.write_transaction`) and
+   takes the audit chain lock first, so mutating requests run one at a time,
+   in the order they came: an ``If-Match`` check and the write it guards see
+   the same state, on SQLite as on Postgres. When the database's write lock
+   does not come free within ``write_lock_timeout_s`` the answer is
+   ``503 database_unavailable`` with ``Retry-After``, and nothing was written.
 3. The caller's key is looked up. A POST with an ``Idempotency-Key`` that was
    seen before is answered from the stored first response (or 422 when the
    body differs) without running the route.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,6 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from controlplane.api.errors import error_response
 from controlplane.api.unit_of_work import Audited, UnitOfWork, audited_of, parse_dry_run
 from controlplane.db.audit_repository import AuditRepository, was_audited
+from controlplane.db.engine import DatabaseBusy, write_transaction
 from controlplane.db.key_repository import IdempotencyRepository
 from controlplane.db.models import IdempotencyRecord
 from controlplane.db.revisions import RevisionRepository
@@ -63,11 +68,15 @@ if TYPE_CHECKING:
 
 __all__ = ["MUTATING_METHODS", "REVISION_HEADER", "AdminGateway", "bearer_key"]
 
+log = logging.getLogger(__name__)
+
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # On the answer to a change that created a config revision: its number.
 REVISION_HEADER = b"x-turnout-revision"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# Seconds a client waits before sending a change again after a busy database.
+RETRY_AFTER_BUSY_S = 1
 
 
 def bearer_key(headers: Headers) -> str | None:
@@ -117,6 +126,7 @@ class AdminGateway:
         self.app = app
         self.runtime = runtime
         self.routes = routes
+        self._write_timeout_s = runtime.settings.write_lock_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -128,6 +138,18 @@ class AdminGateway:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         send = _adding_request_id(send, request_id)
+        try:
+            await self._serve(scope, headers, receive, send)
+        except DatabaseBusy as exc:
+            # Nothing was written, and no audit event can be: the lock is taken.
+            log.warning("api.database_busy", extra={"path": scope["path"], "reason": str(exc)})
+            response = error_response(
+                503, "database_unavailable", "the database is busy; send the request again"
+            )
+            response.headers["retry-after"] = str(RETRY_AFTER_BUSY_S)
+            await response(scope, receive, send)
+
+    async def _serve(self, scope: Scope, headers: Headers, receive: Receive, send: Send) -> None:
         mutating = scope["method"] in MUTATING_METHODS
         try:
             body = await _read_body(receive, headers, self.runtime.settings.max_request_bytes)
@@ -164,7 +186,7 @@ class AdminGateway:
         try:
             async with self.runtime.sessionmaker() as session:
                 try:
-                    async with session.begin():
+                    async with write_transaction(session, timeout_s=self._write_timeout_s):
                         await AuditRepository(session).lock()
                         principal = await authenticate(session, bearer_key(headers))
                         state.update(
@@ -197,6 +219,8 @@ class AdminGateway:
                     if revision is not None:
                         captured.headers.append((REVISION_HEADER, str(revision).encode()))
                         self.runtime.notifier.notify()
+        except DatabaseBusy:
+            raise
         except Exception:
             await self._audit_failure(scope, headers, route, principal, 500)
             raise
@@ -364,7 +388,10 @@ class AdminGateway:
             route = self._route(scope, b"")
         outcome = outcome or Outcome.for_status(status)
         entry = self._entry(scope, headers, route, principal, status, outcome)
-        async with self.runtime.sessionmaker() as session, session.begin():
+        async with (
+            self.runtime.sessionmaker() as session,
+            write_transaction(session, timeout_s=self._write_timeout_s),
+        ):
             await AuditRepository(session).append(entry)
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controlplane.db.audit_repository import AuditRepository, ChainReport
-from controlplane.db.engine import create_engine, create_sessionmaker
+from controlplane.db.engine import create_engine, create_sessionmaker, write_transaction
 from controlplane.db.key_repository import ApiKeyRepository
 from controlplane.db.models import ApiKey
 from controlplane.domain.audit import ActionContext
@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 CLI_ACTOR = "turnout-cli"
+# A command waits this long for the database's write lock (SQLite) when the API is busy.
+CLI_WRITE_TIMEOUT_S = 30.0
 
 
 async def create_key(
@@ -54,7 +56,10 @@ async def create_key_with(
 ) -> tuple[ApiKey, str]:
     """Create a key through ``engine``; return its row and the key itself."""
     context = ActionContext(actor=actor, role=Role.ADMIN.value, status_code=201)
-    async with create_sessionmaker(engine)() as session, session.begin():
+    async with (
+        create_sessionmaker(engine)() as session,
+        write_transaction(session, timeout_s=CLI_WRITE_TIMEOUT_S),
+    ):
         return await KeyService(session, context).create(name, role, expires_at=expires_at)
 
 
@@ -70,7 +75,10 @@ async def reuse_or_create_key(
         if row is not None and row.name == name and row.created_by == actor:
             return stored, True
     context = ActionContext(actor=actor, role=Role.ADMIN.value, status_code=204)
-    async with create_sessionmaker(engine)() as session, session.begin():
+    async with (
+        create_sessionmaker(engine)() as session,
+        write_transaction(session, timeout_s=CLI_WRITE_TIMEOUT_S),
+    ):
         service = KeyService(session, context)
         for row in await service.list():
             if row.name == name and row.created_by == actor and row.revoked_at is None:
@@ -94,7 +102,10 @@ async def revoke_key(database_url: str, key_id: int) -> None:
     engine = create_engine(database_url)
     context = ActionContext(actor=CLI_ACTOR, role=Role.ADMIN.value, status_code=204)
     try:
-        async with create_sessionmaker(engine)() as session, session.begin():
+        async with (
+            create_sessionmaker(engine)() as session,
+            write_transaction(session, timeout_s=CLI_WRITE_TIMEOUT_S),
+        ):
             await KeyService(session, context).revoke(key_id)
     finally:
         await engine.dispose()

@@ -280,15 +280,11 @@ def up(
     ] = False,
 ) -> None:
     """Run the API, the xDS server and a local Envoy until Ctrl-C or SIGTERM."""
-    from controlplane.cli.ports import mesh_ports, port_problem
     from controlplane.cli.up import RUN_DIR, log_to_file, run_mesh
 
     if batching and not demo:
         raise _fail("--batching goes with --demo")
     settings = get_settings()
-    problem = port_problem(mesh_ports(settings, demo=demo, batching=batching))
-    if problem:
-        raise _fail(problem)
     RUN_DIR.mkdir(exist_ok=True)
     if verbose:
         configure_logging(settings.log_level)

@@ -17,10 +17,17 @@ from controlplane.api.app import create_app
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
 from controlplane.cli.admin import reuse_or_create_key
 from controlplane.cli.errors import describe_error
+from controlplane.cli.ports import mesh_ports, port_problem
 from controlplane.db.migrate import upgrade
 from controlplane.domain.keys import Role
 from controlplane.logs import JsonFormatter, configure_logging
-from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
+from controlplane.processes import (
+    ChildProcess,
+    RunLedger,
+    envoy_binary,
+    stop_processes,
+    wait_for_port,
+)
 from controlplane.runtime import ControlPlane, SchemaNotReady
 from controlplane.settings import Settings
 
@@ -76,6 +83,10 @@ async def _demo_key(
     return key, reused
 
 
+# Names the children of the running `turnout up`, for the next run to find.
+LEDGER = RUN_DIR / "children.json"
+
+
 def _stop_event() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -109,6 +120,15 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
     Progress goes to stdout as it happens; once everything is up, one block says
     where the API and Envoy are, which key to export and what to try."""
     RUN_DIR.mkdir(exist_ok=True)  # noqa: ASYNC240  (once, before anything runs)
+    ledger = await _take_over_run_dir()
+    if ledger is None:
+        return 2
+    # After the take-over: what a dead run left behind held some of these ports.
+    problem = port_problem(mesh_ports(settings, demo=demo, batching=batching))
+    if problem:
+        typer.secho(f"error: {problem}", err=True, fg=typer.colors.RED)
+        ledger.remove()
+        return 2
     typer.echo("applying database migrations ...")
     try:
         await asyncio.to_thread(upgrade, settings.database_url)
@@ -125,7 +145,9 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
         demo_ports = {v: settings.demo_base_port + i for i, v in enumerate(DEMO_VERSIONS)}
         if demo:
             children += await _start_demo_servers(demo_ports)
+            ledger.record(children)
         children.append(await _start_envoy(settings, control_plane.xds_port))
+        ledger.record(children)
         await wait_for_port(settings.listener_host, settings.listener_port, timeout=30)
         base = f"http://{settings.listener_host}:{settings.listener_port}"
         key: str | None = None
@@ -138,6 +160,7 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
             weights = await _register_demo(api, demo_ports, key)
             if batching:
                 children += await _start_batched_demo(control_plane, settings, api, key)
+                ledger.record(children)
         typer.echo(
             _start_block(
                 settings, api, base, control_plane.xds_port, key, reused, weights, batching
@@ -153,6 +176,7 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
         typer.echo("stopping ...")
         for child in reversed(children):
             await child.stop()
+        ledger.remove()
         await control_plane.stop()
         typer.echo("stopped")
 
@@ -211,6 +235,27 @@ def _start_block(
         ]
     lines += ["", "Press Ctrl-C to stop.", "=" * 72]
     return "\n".join(lines)
+
+
+async def _take_over_run_dir() -> RunLedger | None:
+    """Claim the run directory: stop what a previous run that died left running
+    (its children hold the ports), or return None when a live `turnout up` owns it."""
+    ledger = RunLedger(LEDGER)
+    previous = ledger.previous()
+    if previous.owner is not None:
+        typer.secho(
+            f"error: another `turnout up` (pid {previous.owner.pid}) runs in this "
+            f"directory; stop it first: kill {previous.owner.pid}",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        return None
+    if previous.children:
+        named = ", ".join(f"{c.name} (pid {c.pid})" for c in previous.children)
+        typer.echo(f"stopping what a previous `turnout up` left running: {named}")
+        await stop_processes(previous.children)
+    ledger.record([])
+    return ledger
 
 
 async def _wait_until_stopped(stop: asyncio.Event, children: list[ChildProcess]) -> None:
