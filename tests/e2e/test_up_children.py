@@ -53,7 +53,7 @@ class Up:
             assert self.process is not None and self.process.stdout is not None
             async for line in self.process.stdout:
                 self.output.append(line.decode())
-                if "The demo mesh is up" in line.decode():
+                if "Press Ctrl-C to stop." in line.decode():
                     return
             raise AssertionError("turnout up exited early:\n" + "".join(self.output))
 
