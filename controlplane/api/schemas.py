@@ -202,6 +202,15 @@ class ProxyOut(BaseModel):
     zone: str
     xds: str = Field(description="sotw (state of the world) or delta (incremental)")
     connected_at: datetime
+    revision: int | None = Field(
+        description="the config revision of the snapshot this replica serves the proxy, "
+        "which each type's status compares against (None before the state is loaded)"
+    )
+    synced_revision: int | None = Field(
+        description="that revision once the proxy has ACKed all of it (every type "
+        "SYNCED), else None: a change is in force on this proxy when this is at or "
+        "after the revision the change created"
+    )
     types: dict[str, TypeStatusOut]
 
 

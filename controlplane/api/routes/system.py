@@ -62,7 +62,8 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     },
 )
 async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
-    """Every Envoy connected to this replica, with what it was sent and ACKed per type."""
+    """Every Envoy connected to this replica, with what it was sent and ACKed per type,
+    and the config revision it is fully synced at."""
     proxies: list[ProxyOut] = []
     for connection in runtime.registry.connections():
         snapshot = runtime.cache.snapshot_for(connection.zone)
@@ -84,6 +85,8 @@ async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
                 zone=connection.zone,
                 xds=connection.variant,
                 connected_at=connection.connected_at,
+                revision=snapshot.revision if snapshot is not None else None,
+                synced_revision=ProxyRegistry.synced_revision(connection, snapshot),
                 types=types,
             )
         )
