@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.support import eventually
+from tests.support import applied
 
 pytestmark = pytest.mark.envoy
 
@@ -50,13 +50,18 @@ async def test_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
 
     try:
         await asyncio.wait_for(read_until_up(), timeout=60)
+        # The demo prints the admin key it made; with it, wait for the demo's last change.
+        key = next(line.split("=", 1)[1].strip() for line in output if "TURNOUT_KEY=" in line)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{ports['TURNOUT_API_PORT']}",
+            headers={"authorization": f"Bearer {key}"},
+            timeout=5,
+        ) as api:
+            proxies = (await api.get("/v1/proxies")).json()
+            assert len(proxies) == 1, proxies  # the Envoy that `turnout up` started
+            await applied(api, proxies[0]["node_id"], timeout=10)
         base = f"http://127.0.0.1:{ports['TURNOUT_LISTENER_PORT']}"
         async with httpx.AsyncClient(timeout=5) as client:
-
-            async def routed() -> bool:
-                return (await client.post(f"{base}/models/demo/predict", json={"x": 1})).is_success
-
-            await eventually(routed, timeout=10)
             answers = Counter(
                 [
                     (await client.post(f"{base}/models/demo/predict", json={"x": 1})).headers[
