@@ -67,9 +67,10 @@ async def test_split_follows_weights_and_changes_live(
     url = f"{envoy.base_url}/models/sentiment/predict"
     async with httpx.AsyncClient(timeout=10) as client:
         counts = await _split(client, url, 1000)
-        share_v2 = counts["v2"] / 1000
         assert set(counts) == {"v1", "v2"}
-        assert abs(share_v2 - 0.20) <= 0.04, counts
+        # v2's share is 20% +- 4 points, counted in requests (0.16 - 0.20 is not -0.04
+        # in floating point).
+        assert abs(counts["v2"] - 200) <= 40, counts
         # The prefix is stripped before the request reaches the model server.
         assert all(p == "/predict" for s in model_servers.values() for p in s.server.paths)
 
