@@ -78,9 +78,12 @@ async def test_split_follows_weights_and_changes_live(
         assert response.status_code == 200
         changed_at = time.monotonic()
         await applied(api, envoy.node_id, timeout=2.0)
+        # Live within 2 s: Envoy ACKed the new weights. Timed up to the ACK only; the
+        # requests below measure the test's own client and servers (over a second
+        # on a loaded 2-core machine), not the change. bench/xds measures speed.
+        assert time.monotonic() - changed_at < 2.0
         # 50 requests in a row, all answered by v2.
         assert await _split(client, url, 50) == Counter({"v2": 50})
-        assert time.monotonic() - changed_at < 2.0
         # And it stays there.
         assert await _split(client, url, 200) == Counter({"v2": 200})
 
