@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+import socket
 import sys
 from collections import Counter
 from pathlib import Path
@@ -12,23 +14,44 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
 from tests.support import applied
 
 pytestmark = pytest.mark.envoy
 
+# Linux hands out local ports of outgoing connections from 32768 up; a port there
+# that is free now may be some connection's own port before `turnout up` binds it.
+_QUIET_PORTS = range(20000, 32768)
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _quiet_free_block(count: int) -> int:
+    """Return the first of ``count`` consecutive ports that are free now and outside
+    the ephemeral range."""
+    while True:
+        start = random.randrange(_QUIET_PORTS.start, _QUIET_PORTS.stop - count)
+        if all(_is_free(port) for port in range(start, start + count)):
+            return start
+
 
 async def test_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    first = _quiet_free_block(6)
     ports = {
-        "TURNOUT_API_PORT": free_port(),
-        "TURNOUT_XDS_PORT": free_port(),
-        "TURNOUT_LISTENER_PORT": free_port(),
-        "TURNOUT_ENVOY_ADMIN_PORT": free_port(),
-        "TURNOUT_DEMO_BASE_PORT": free_port(),
+        "TURNOUT_DEMO_BASE_PORT": first,  # two demo servers: this port and the next
+        "TURNOUT_API_PORT": first + 2,
+        "TURNOUT_XDS_PORT": first + 3,
+        "TURNOUT_LISTENER_PORT": first + 4,
+        "TURNOUT_ENVOY_ADMIN_PORT": first + 5,
     }
     env = {k: v for k, v in os.environ.items() if k != "TURNOUT_DATABASE_URL"}
     env.update({k: str(v) for k, v in ports.items()})
-    # Two demo servers take the base port and the next one.
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "turnout"),
         "up",
