@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from aiohttp import web
@@ -36,6 +36,53 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+async def latest_revision(api: httpx.AsyncClient) -> int:
+    """Return the newest committed config revision (0 before any change), read through
+    the admin API ``api`` (a client with a base URL and a key that may read)."""
+    response = await api.get("/v1/revisions", params={"limit": 1})
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    return int(items[0]["revision"]) if items else 0
+
+
+async def synced_at(
+    api: httpx.AsyncClient, node_id: str, revision: int, *, timeout: float = 15.0
+) -> dict[str, Any]:
+    """Wait until the proxy ``node_id`` has ACKed, for every xDS type, the config of
+    ``revision`` or a later one; return its ``/v1/proxies`` entry.
+
+    ``api`` is the admin API of the replica the proxy is connected to. This is the
+    wait for "Envoy now enforces my change": take ``revision`` from the change
+    (:func:`latest_revision` right after it), never from a response that an
+    earlier revision may already produce. Raise AssertionError, with the proxy's
+    last status, when ``timeout`` passes first.
+    """
+    last: list[dict[str, Any]] = []
+
+    async def synced() -> dict[str, Any] | None:
+        response = await api.get("/v1/proxies")
+        assert response.status_code == 200, response.text
+        # Oldest first: after a reconnect the newest stream is the proxy's own.
+        last[:] = [p for p in response.json() if p["node_id"] == node_id][-1:]
+        if last and last[0]["synced_revision"] is not None:
+            return last[0] if last[0]["synced_revision"] >= revision else None
+        return None
+
+    try:
+        return await eventually(synced, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(
+            f"proxy {node_id!r} not synced at revision {revision} within {timeout}s; "
+            f"last status: {last or 'not connected'}"
+        ) from None
+
+
+async def applied(api: httpx.AsyncClient, node_id: str, *, timeout: float = 15.0) -> dict[str, Any]:
+    """Wait until every change committed so far is in force on the proxy ``node_id``:
+    :func:`synced_at` the newest revision. Call it right after the change."""
+    return await synced_at(api, node_id, await latest_revision(api), timeout=timeout)
 
 
 class EnvoyProcess:

@@ -238,6 +238,15 @@ class ProxyOut(BaseModel):
     degraded: bool = Field(
         default=False, description="some model is held at its last accepted config"
     )
+    revision: int | None = Field(
+        description="the config revision of the snapshot this replica serves the proxy, "
+        "which each type's status compares against (None before the state is loaded)"
+    )
+    synced_revision: int | None = Field(
+        description="that revision once the proxy has ACKed all of it (every type "
+        "SYNCED), else None: a change is in force on this proxy when this is at or "
+        "after the revision the change created"
+    )
     types: dict[str, TypeStatusOut]
 
 

@@ -2,7 +2,10 @@
 
 Like ``istioctl proxy-status``: for each type a proxy is SYNCED (it ACKed the
 current version), STALE (it has not yet ACKed the current version), NACKED
-(it rejected the last version sent; ``error`` says why) or NOT SENT.
+(it rejected the last version sent; ``error`` says why) or NOT SENT. A proxy
+that holds all of the current snapshot is synced at that snapshot's config
+revision (:meth:`ProxyRegistry.synced_revision`): what a caller that made a
+change waits for before it relies on Envoy enforcing it.
 """
 
 from __future__ import annotations
@@ -139,3 +142,28 @@ class ProxyRegistry:
             )
             for type_url, state in connection.types.items()
         }
+
+    @staticmethod
+    def synced_revision(connection: ProxyConnection, snapshot: Snapshot | None) -> int | None:
+        """Return ``snapshot``'s config revision if the proxy holds all of it, else None.
+
+        The proxy holds a snapshot when every type is SYNCED against it, or has
+        nothing to hold: a type the proxy never subscribed to while the snapshot
+        has no resource of it (Envoy asks for endpoints only once a cluster needs
+        them). Versions are content hashes, so a proxy synced at revision N holds
+        every change of the revisions before N that N still contains.
+        """
+        if snapshot is None:
+            return None
+        for type_url, state in connection.types.items():
+            status = state.status(snapshot.version(type_url))
+            if status is SyncStatus.SYNCED:
+                continue
+            if (
+                status is SyncStatus.NOT_SENT
+                and not state.subscribed
+                and not snapshot.resources[type_url]
+            ):
+                continue
+            return None
+        return snapshot.revision

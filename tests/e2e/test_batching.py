@@ -1,4 +1,9 @@
-"""Batching end to end: admin API policy -> xDS -> real Envoy -> batcher -> model server."""
+"""Batching end to end: admin API policy -> xDS -> real Envoy -> batcher -> model server.
+
+Two things follow a policy change, each waited for exactly: Envoy's config (the
+revision the change created, ``applied``) and the batcher's own policy, which it
+polls from the admin API.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from filters.batcher import (
     start_batcher,
 )
 from tests.conftest import seed_key
-from tests.support import EnvoyProcess, eventually
+from tests.support import EnvoyProcess, applied, eventually
 
 pytestmark = pytest.mark.envoy
 
@@ -78,8 +83,16 @@ async def _batcher_policy(batcher: RunningBatcher) -> dict[str, Any]:
         return state
 
 
-async def _serve_batched(api: httpx.AsyncClient, batcher: RunningBatcher, port: int) -> None:
-    """Declare model embedder v1 behind ``batcher`` with batching on; wait until it hears."""
+async def _batcher_enabled(batcher: RunningBatcher, max_batch_size: int) -> bool:
+    policy = (await _batcher_policy(batcher))["policy"]
+    return bool(policy["enabled"] and policy["max_batch_size"] == max_batch_size)
+
+
+async def _serve_batched(
+    api: httpx.AsyncClient, envoy: EnvoyProcess, batcher: RunningBatcher, port: int
+) -> None:
+    """Declare model embedder v1 behind ``batcher`` with batching on; wait until the
+    batcher has heard and Envoy holds the config."""
     assert (
         await api.post("/v1/models", json={"name": "embedder", "protocol": "kserve-v2"})
     ).status_code == 201
@@ -95,12 +108,8 @@ async def _serve_batched(api: httpx.AsyncClient, batcher: RunningBatcher, port: 
     assert response.status_code == 200, response.text
     version = (await api.get("/v1/models/embedder/versions/v1")).json()
     assert version["batching"]["max_batch_size"] == 16
-
-    async def batcher_enabled() -> bool:
-        policy = (await _batcher_policy(batcher))["policy"]
-        return bool(policy["enabled"] and policy["max_batch_size"] == 16)
-
-    await eventually(batcher_enabled, timeout=5)
+    await eventually(lambda: _batcher_enabled(batcher, 16), timeout=5)
+    await applied(api, envoy.node_id, timeout=10)
 
 
 async def test_concurrent_calls_reach_the_model_server_batched(
@@ -110,16 +119,13 @@ async def test_concurrent_calls_reach_the_model_server_batched(
     batcher: RunningBatcher,
 ) -> None:
     model, port = synthetic
-    await _serve_batched(api, batcher, port)
+    await _serve_batched(api, envoy, batcher, port)
 
     url = f"{envoy.base_url}/models/embedder/v2/models/embedder/infer"
     async with httpx.AsyncClient(timeout=30) as client:
-
-        async def through_batcher() -> bool:
-            answer = await client.post(url, json=_infer_body("probe", 0.5))
-            return answer.status_code == 200 and "x-turnout-batch-size" in answer.headers
-
-        await eventually(through_batcher, timeout=10)
+        answer = await client.post(url, json=_infer_body("probe", 0.5))
+        assert answer.status_code == 200, answer.text
+        assert "x-turnout-batch-size" in answer.headers  # through the batcher
         calls_before, requests_before = model.calls, model.requests
 
         async def one(i: int) -> tuple[str, Any, str]:
@@ -154,22 +160,18 @@ async def test_turning_batching_off_goes_straight_to_the_replica(
     await api.put(
         "/v1/models/embedder/versions/v1/policy", json={"batching": {"max_batch_size": 8}}
     )
+    await eventually(lambda: _batcher_enabled(batcher, 8), timeout=10)
+    await applied(api, envoy.node_id, timeout=10)
     url = f"{envoy.base_url}/models/embedder/v2/models/embedder/infer"
     async with httpx.AsyncClient(timeout=30) as client:
-
-        async def batched() -> bool:
-            answer = await client.post(url, json=_infer_body("probe", 1.0))
-            return "x-turnout-batch-size" in answer.headers
-
-        await eventually(batched, timeout=10)
+        answer = await client.post(url, json=_infer_body("probe", 1.0))
+        assert "x-turnout-batch-size" in answer.headers, answer.text  # batched
         response = await api.put("/v1/models/embedder/versions/v1/policy", json={})
         assert response.status_code == 200
-
-        async def direct() -> bool:
-            answer = await client.post(url, json=_infer_body("probe", 1.0))
-            return answer.status_code == 200 and "x-turnout-batch-size" not in answer.headers
-
-        await eventually(direct, timeout=10)
+        await applied(api, envoy.node_id, timeout=10)
+        answer = await client.post(url, json=_infer_body("probe", 1.0))
+        assert answer.status_code == 200, answer.text
+        assert "x-turnout-batch-size" not in answer.headers  # straight to the replica
 
     async def batcher_off() -> bool:
         return not (await _batcher_policy(batcher))["policy"]["enabled"]
@@ -189,7 +191,7 @@ async def test_tritonclient_calls_through_envoy_are_batched(
     np = pytest.importorskip("numpy")
     triton = pytest.importorskip("tritonclient.http.aio")
     model, port = synthetic
-    await _serve_batched(api, batcher, port)
+    await _serve_batched(api, envoy, batcher, port)
     prefix = envoy.base_url.removeprefix("http://") + "/models/embedder"
     client = triton.InferenceServerClient(prefix, conn_timeout=30.0)
 

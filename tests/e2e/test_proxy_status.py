@@ -11,18 +11,9 @@ import httpx
 import pytest
 
 from controlplane.cli.main import format_proxy_status
-from tests.support import EnvoyProcess, eventually
+from tests.support import EnvoyProcess, applied, latest_revision
 
 pytestmark = pytest.mark.envoy
-
-
-async def _synced(api: httpx.AsyncClient, node_id: str) -> dict[str, object] | None:
-    for proxy in (await api.get("/v1/proxies")).json():
-        if proxy["node_id"] == node_id and all(
-            t["status"] == "SYNCED" for t in proxy["types"].values()
-        ):
-            return dict(proxy)
-    return None
 
 
 async def test_config_shows_what_the_proxy_holds(
@@ -33,20 +24,16 @@ async def test_config_shows_what_the_proxy_holds(
         "/v1/models/m/versions",
         json={"version": "v1", "endpoints": [{"address": "127.0.0.1", "port": 9001}]},
     )
+    proxy = await applied(api, envoy.node_id, timeout=10)
+    # The proxy is compared against, and holds, the revision of the last change.
+    assert proxy["revision"] == proxy["synced_revision"] == await latest_revision(api)
 
-    async def holds_cluster_and_endpoints() -> dict[str, object] | None:
-        response = await api.get(f"/v1/proxies/{envoy.node_id}/config")
-        if response.status_code != 200:
-            return None
-        config = response.json()
-        clusters = [r["name"] for r in config["clusters"]["resources"]]
-        # Endpoints follow clusters (EDS after CDS): wait for both.
-        endpoints = [r["clusterName"] for r in config["endpoints"]["resources"]]
-        return dict(config) if clusters == endpoints == ["m/v1"] else None
-
-    config = await eventually(holds_cluster_and_endpoints, timeout=10)
-    assert config["endpoints"]["resources"][0]["clusterName"] == "m/v1"  # type: ignore[index]
-    assert config["listeners"]["resources"][0]["name"] == "turnout_http"  # type: ignore[index]
+    response = await api.get(f"/v1/proxies/{envoy.node_id}/config")
+    assert response.status_code == 200, response.text
+    config = response.json()
+    assert [r["name"] for r in config["clusters"]["resources"]] == ["m/v1"]
+    assert [r["clusterName"] for r in config["endpoints"]["resources"]] == ["m/v1"]
+    assert config["listeners"]["resources"][0]["name"] == "turnout_http"
     assert (await api.get("/v1/proxies/nobody/config")).status_code == 404
 
 
@@ -56,7 +43,7 @@ async def test_proxy_status_command(api: httpx.AsyncClient, envoy: EnvoyProcess)
         "/v1/models/m/versions",
         json={"version": "v1", "endpoints": [{"address": "127.0.0.1", "port": 9001}]},
     )
-    await eventually(lambda: _synced(api, envoy.node_id), timeout=10)
+    await applied(api, envoy.node_id, timeout=10)
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "turnout"),
         "proxy-status",

@@ -19,7 +19,7 @@ from controlplane.cli.admin import create_key
 from controlplane.domain.keys import Role
 from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
 from tests.conftest import free_port
-from tests.support import RunningModelServer, eventually
+from tests.support import RunningModelServer, eventually, latest_revision, synced_at
 
 pytestmark = pytest.mark.envoy
 
@@ -75,7 +75,12 @@ async def test_replicas_converge_and_fail_over_without_a_failed_request(
     servers = {v: await RunningModelServer(v).start() for v in ("v1", "v2")}
     envoy = None
     try:
-        async with httpx.AsyncClient(timeout=10, headers=headers) as client:
+        async with (
+            httpx.AsyncClient(timeout=10, headers=headers) as client,
+            httpx.AsyncClient(base_url=nodes[0].api, timeout=10, headers=headers) as api0,
+            httpx.AsyncClient(base_url=nodes[1].api, timeout=10, headers=headers) as api1,
+        ):
+            apis = [api0, api1]
             first = nodes[0].api
             assert (
                 await client.post(f"{first}/v1/models", json={"name": "m", "protocol": "http"})
@@ -90,10 +95,12 @@ async def test_replicas_converge_and_fail_over_without_a_failed_request(
                 )
                 assert response.status_code == 201
 
+            created = await latest_revision(api0)
+
             # The other replica hears of the change (NOTIFY) and renders the same bytes.
             async def same_versions() -> dict[str, str] | None:
                 ready = [(await client.get(f"{r.api}/readyz")).json() for r in nodes]
-                if ready[0]["revision"] == ready[1]["revision"] == 3:
+                if ready[0]["revision"] == ready[1]["revision"] == created:
                     assert ready[0]["xds_versions"] == ready[1]["xds_versions"]
                     return dict(ready[0]["xds_versions"])
                 return None
@@ -116,11 +123,6 @@ async def test_replicas_converge_and_fail_over_without_a_failed_request(
             await wait_for_port("127.0.0.1", listener_port, timeout=30)
             url = f"http://127.0.0.1:{listener_port}/models/m/predict"
 
-            async def served() -> bool:
-                return (await client.get(url)).status_code == 200
-
-            await eventually(served, timeout=10)
-
             async def connected_replica() -> int | None:
                 for i, replica in enumerate(nodes):
                     proxies = (await client.get(f"{replica.api}/v1/proxies")).json()
@@ -130,6 +132,8 @@ async def test_replicas_converge_and_fail_over_without_a_failed_request(
 
             victim = await eventually(connected_replica, timeout=10) - 1
             survivor = nodes[1 - victim]
+            await synced_at(apis[victim], "failover", created, timeout=10)
+            assert (await client.get(url)).status_code == 200
 
             # Steady load while the connected replica is killed without warning.
             statuses: Counter[int] = Counter()
@@ -154,12 +158,9 @@ async def test_replicas_converge_and_fail_over_without_a_failed_request(
                 f"{survivor.api}/v1/models/m/traffic", json={"weights": {"v2": 100}}
             )
             assert response.status_code == 200
-
-            async def converged() -> bool:
-                answer = await client.get(url)
-                return answer.headers.get("x-turnout-version") == "v2"
-
-            await eventually(converged, timeout=5)
+            revision = await latest_revision(apis[1 - victim])
+            await synced_at(apis[1 - victim], "failover", revision, timeout=5)
+            assert (await client.get(url)).headers.get("x-turnout-version") == "v2"
             # The load goes on past the reconnection: 50 more requests, all to be answered.
             wanted = sum(statuses.values()) + 50
             await eventually(lambda: _at_least(statuses, wanted), timeout=10)

@@ -1,15 +1,21 @@
 """Tenants end to end: credentials, model grants, rate limits and revocation, all
-checked by a real Envoy (over both xDS variants)."""
+checked by a real Envoy (over both xDS variants).
+
+After each change the tests wait until Envoy has ACKed the revision it created
+(``applied``): a grant or revocation is in force from then on, not merely soon.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import EnvoyProcess, RunningModelServer, eventually
+from controlplane.runtime import ControlPlane
+from tests.support import EnvoyProcess, RunningModelServer, applied
 
 pytestmark = pytest.mark.envoy
 
@@ -58,14 +64,9 @@ async def test_credentials_grants_and_revocation(
         await _model(api, name, model_server.port, protocol="openai")
     token = await _tenant(api, "acme", ["secret"], rps=1000, burst=1000)
     await _tenant(api, "globex", ["other"], rps=1000, burst=1000)
+    await applied(api, envoy.node_id, timeout=10)
     url = f"{envoy.base_url}/models/secret/predict"
     async with httpx.AsyncClient(timeout=10) as client:
-
-        async def protected() -> bool:
-            return (await client.get(url)).status_code == 401
-
-        await eventually(protected, timeout=10)
-
         response = await client.get(url)
         assert response.status_code == 401
         assert response.headers["content-type"].startswith("application/json")
@@ -113,18 +114,16 @@ async def test_credentials_grants_and_revocation(
         credentials = (await api.get("/v1/tenants/acme/credentials")).json()
         response = await api.delete(f"/v1/tenants/acme/credentials/{credentials[0]['id']}")
         assert response.status_code == 204, response.text
-
-        async def refused() -> bool:
-            return (await client.get(url, headers=_bearer(token))).status_code == 403
-
-        await eventually(refused, timeout=2)
+        await applied(api, envoy.node_id, timeout=2)
+        response = await client.get(url, headers=_bearer(token))
+        assert response.status_code == 403, response.text
         # A new credential of the same tenant still works.
-        fresh = (await api.post("/v1/tenants/acme/credentials")).json()["token"]
-        await eventually(lambda: _status_is(client, url, fresh, 200), timeout=5)
-
-
-async def _status_is(client: httpx.AsyncClient, url: str, token: str, status: int) -> bool:
-    return (await client.get(url, headers=_bearer(token))).status_code == status
+        response = await api.post("/v1/tenants/acme/credentials")
+        assert response.status_code == 201, response.text
+        fresh = response.json()["token"]
+        await applied(api, envoy.node_id, timeout=5)
+        response = await client.get(url, headers=_bearer(fresh))
+        assert response.status_code == 200, response.text
 
 
 async def test_rate_limit_per_tenant(
@@ -133,13 +132,12 @@ async def test_rate_limit_per_tenant(
     await _model(api, "secret", model_server.port)
     slow = await _tenant(api, "slow", ["secret"], rps=1, burst=3)
     other = await _tenant(api, "other", ["secret"], rps=1, burst=3)
+    # Both tenants' grants and limits: the first one's alone already makes the
+    # model protected, so a 401 without a credential proves nothing about "other".
+    await applied(api, envoy.node_id, timeout=10)
     url = f"{envoy.base_url}/models/secret/predict"
     async with httpx.AsyncClient(timeout=10) as client:
-
-        async def protected() -> bool:
-            return (await client.get(url)).status_code == 401
-
-        await eventually(protected, timeout=10)
+        assert (await client.get(url)).status_code == 401
         statuses = await asyncio.gather(
             *(client.get(url, headers=_bearer(slow)) for _ in range(10))
         )
@@ -152,3 +150,32 @@ async def test_rate_limit_per_tenant(
         # The other tenant has its own bucket.
         response = await client.get(url, headers=_bearer(other))
         assert response.status_code == 200, response.text
+
+
+async def test_a_grant_that_reaches_envoy_late_is_waited_for(
+    api: httpx.AsyncClient,
+    envoy: EnvoyProcess,
+    model_server: RunningModelServer,
+    control_plane: ControlPlane,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``applied`` waits for the revision of the last change, not for an earlier one
+    that already answers like it (the model is protected after the first grant)."""
+    await _model(api, "secret", model_server.port)
+    first = await _tenant(api, "first", ["secret"], rps=1000, burst=1000)
+    await applied(api, envoy.node_id, timeout=10)
+    publish = control_plane.cache.publish
+
+    async def late(*args: Any, **kwargs: Any) -> None:
+        # A slow control plane: every later snapshot reaches the cache a second late.
+        await asyncio.sleep(1.0)
+        await publish(*args, **kwargs)
+
+    monkeypatch.setattr(control_plane.cache, "publish", late)
+    second = await _tenant(api, "second", ["secret"], rps=1000, burst=1000)
+    await applied(api, envoy.node_id, timeout=10)
+    url = f"{envoy.base_url}/models/secret/predict"
+    async with httpx.AsyncClient(timeout=10) as client:
+        for token in (first, second):
+            response = await client.get(url, headers=_bearer(token))
+            assert response.status_code == 200, response.text

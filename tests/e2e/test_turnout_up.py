@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -17,8 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.support import eventually
+from tests.support import applied
 
 pytestmark = pytest.mark.envoy
 
@@ -26,18 +27,42 @@ TURNOUT = str(Path(sys.executable).parent / "turnout")
 READY = "Press Ctrl-C to stop."
 
 
+# Linux hands out local ports of outgoing connections from 32768 up; a port there
+# that is free now may be some connection's own port before `turnout up` binds it.
+_QUIET_PORTS = range(20000, 32768)
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _quiet_free_block(count: int) -> int:
+    """Return the first of ``count`` consecutive ports that are free now and outside
+    the ephemeral range."""
+    while True:
+        start = random.randrange(_QUIET_PORTS.start, _QUIET_PORTS.stop - count)
+        if all(_is_free(port) for port in range(start, start + count)):
+            return start
+
+
 def mesh_env() -> dict[str, str]:
-    """The environment of a demo mesh on free ports (the demo servers take the base
-    port and the next one), with no TURNOUT_* setting from outside."""
+    """The environment of a demo mesh on free ports outside the ephemeral range (the
+    demo servers take the base port and the next one), with no TURNOUT_* setting
+    from outside."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
-    for name in (
-        "TURNOUT_API_PORT",
-        "TURNOUT_XDS_PORT",
-        "TURNOUT_LISTENER_PORT",
-        "TURNOUT_ENVOY_ADMIN_PORT",
-        "TURNOUT_DEMO_BASE_PORT",
-    ):
-        env[name] = str(free_port())
+    first = _quiet_free_block(6)
+    env.update(
+        TURNOUT_DEMO_BASE_PORT=str(first),
+        TURNOUT_API_PORT=str(first + 2),
+        TURNOUT_XDS_PORT=str(first + 3),
+        TURNOUT_LISTENER_PORT=str(first + 4),
+        TURNOUT_ENVOY_ADMIN_PORT=str(first + 5),
+    )
     return env
 
 
@@ -98,13 +123,14 @@ async def test_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
         key = exported_key(output)
         assert "TURNOUT_KEY=" not in text
         assert not any(line.lstrip().startswith("{") for line in output)  # no JSON logs
+        # With the key it printed, wait until its Envoy holds the demo's last change.
+        async with httpx.AsyncClient(
+            base_url=api, headers={"authorization": f"Bearer {key}"}, timeout=5
+        ) as admin:
+            proxies = (await admin.get("/v1/proxies")).json()
+            assert len(proxies) == 1, proxies  # the Envoy that `turnout up` started
+            await applied(admin, proxies[0]["node_id"], timeout=10)
         async with httpx.AsyncClient(timeout=5) as client:
-
-            async def routed() -> bool:
-                response = await client.post(f"{listener}/models/demo/predict", json={"x": 1})
-                return response.is_success
-
-            await eventually(routed, timeout=10)
             answers = Counter(
                 [
                     (await client.post(f"{listener}/models/demo/predict", json={"x": 1})).headers[

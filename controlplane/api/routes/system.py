@@ -70,7 +70,8 @@ async def metrics() -> Response:
 )
 async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
     """Every Envoy connected to this replica, with what it was sent and ACKed per type,
-    and the models held at their last accepted config because Envoy rejected them."""
+    the config revision it is fully synced at, and the models held at their last
+    accepted config because Envoy rejected them."""
     holds = [HeldOut.model_validate(hold.as_dict()) for hold in runtime.sync.holds()]
     proxies: list[ProxyOut] = []
     for connection in runtime.registry.connections():
@@ -95,6 +96,8 @@ async def list_proxies(runtime: RuntimeDep) -> list[ProxyOut]:
                 xds=connection.variant,
                 connected_at=connection.connected_at,
                 degraded=bool(holds),
+                revision=snapshot.revision if snapshot is not None else None,
+                synced_revision=ProxyRegistry.synced_revision(connection, snapshot),
                 types=types,
             )
         )
