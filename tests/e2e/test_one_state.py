@@ -13,7 +13,7 @@ import pytest
 from controlplane.api.app import create_app
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
-from tests.support import EnvoyProcess, RunningModelServer, eventually
+from tests.support import EnvoyProcess, RunningModelServer, synced_at
 
 pytestmark = pytest.mark.envoy
 
@@ -35,21 +35,6 @@ async def _ok(response: Any) -> httpx.Response:
 
 def _revision(response: httpx.Response) -> int:
     return int(response.headers["x-turnout-revision"])
-
-
-async def synced_at(api: httpx.AsyncClient, node_id: str, revision: int) -> None:
-    """Wait until the control plane serves ``revision`` (or later) and ``node_id`` has
-    ACKed every resource type of it."""
-
-    async def synced() -> bool:
-        ready = (await api.get("/readyz")).json()
-        if ready.get("revision") is None or ready["revision"] < revision:
-            return False
-        proxies = (await api.get("/v1/proxies")).json()
-        mine = [p for p in proxies if p["node_id"] == node_id]
-        return bool(mine) and all(t["status"] == "SYNCED" for t in mine[0]["types"].values())
-
-    await eventually(synced, timeout=20)
 
 
 def _values(document: Any, key: str) -> Iterator[Any]:
