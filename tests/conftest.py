@@ -128,7 +128,9 @@ async def _reset_postgres(url: str) -> None:
             await connection.execute(
                 text(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
             )
-            await connection.execute(text("UPDATE config_head SET revision = 0"))
+            await connection.execute(
+                text("UPDATE config_head SET revision = 0, access_digest = NULL")
+            )
             await connection.execute(
                 text("UPDATE audit_head SET last_id = 0, last_hash = :genesis"),
                 {"genesis": GENESIS_HASH},

@@ -140,6 +140,9 @@ class ConfigHead(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(BigInteger)
+    # The access-state digest of the current revision (NULL before states were
+    # stored): a change that leaves access alone copies it without a read.
+    access_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class ConfigRevision(Base):

@@ -103,14 +103,19 @@ class TrafficRepository:
 
     async def weights(self, model: Model) -> dict[str, int]:
         """Return ``{version name: weight}`` for every version of ``model`` (0 if unset)."""
+        return {name: weight for name, (_id, weight) in (await self.split(model)).items()}
+
+    async def split(self, model: Model) -> dict[str, tuple[int, int]]:
+        """Return ``{version name: (version id, weight)}`` for every version of ``model``
+        (weight 0 if unset), sorted by name."""
         rows = await self._session.execute(
-            select(ModelVersion.name, TrafficSplit.weight)
+            select(ModelVersion.name, ModelVersion.id, TrafficSplit.weight)
             .select_from(ModelVersion)
             .outerjoin(TrafficSplit, TrafficSplit.version_id == ModelVersion.id)
             .where(ModelVersion.model_id == model.id)
             .order_by(ModelVersion.name)
         )
-        return {name: weight or 0 for name, weight in rows}
+        return {name: (version_id, weight or 0) for name, version_id, weight in rows}
 
     async def set(self, model: Model, weights_by_version_id: dict[int, int]) -> None:
         """Replace the split of ``model``: one row per version with a weight above 0."""

@@ -58,17 +58,17 @@ class RevisionRepository:
         before). The ``UPDATE`` takes the head row's lock, so concurrent
         writers commit in revision order.
         """
-        revision = await self._session.scalar(
-            update(ConfigHead)
-            .where(ConfigHead.id == 1)
-            .values(revision=ConfigHead.revision + 1)
-            .returning(ConfigHead.revision)
-        )
-        if revision is None:
+        head = (
+            await self._session.execute(
+                update(ConfigHead)
+                .where(ConfigHead.id == 1)
+                .values(revision=ConfigHead.revision + 1)
+                .returning(ConfigHead.revision, ConfigHead.access_digest)
+            )
+        ).one_or_none()
+        if head is None:
             raise RuntimeError("config_head is empty: run `turnout db upgrade`")
-        previous = await self._session.scalar(
-            select(ConfigRevision.access_digest).where(ConfigRevision.revision == revision - 1)
-        )
+        revision, previous = int(head[0]), head[1]
         if previous is None and revision > 1:
             # The revision before predates stored states: store everything once,
             # so that every later state can be shown.
@@ -79,6 +79,12 @@ class RevisionRepository:
         access_digest = previous
         if access is not None:
             access_digest = await self._store(encode_access(*access))
+            if access_digest != previous:
+                await self._session.execute(
+                    update(ConfigHead)
+                    .where(ConfigHead.id == 1)
+                    .values(access_digest=access_digest)
+                )
         self._session.add(
             ConfigRevision(
                 revision=revision,
@@ -98,7 +104,7 @@ class RevisionRepository:
                 text("SELECT pg_notify(:channel, :revision)"),
                 {"channel": NOTIFY_CHANNEL, "revision": str(revision)},
             )
-        return int(revision)
+        return revision
 
     async def _store(self, document: dict[str, Any]) -> str:
         """Store ``document`` under its digest unless it is there already."""

@@ -226,9 +226,10 @@ class ModelService:
         that do not add up to 100; PreconditionFailed for a stale ``if_match``.
         """
         model = await self.get_model(model_name)
-        before = await self._traffic.weights(model)
+        split = await self._traffic.split(model)
+        before = {name: weight for name, (_id, weight) in split.items()}
         check_if_match(if_match, traffic_etag(model_name, before))
-        versions = await self._versions.ids_of(model)
+        versions = {name: version_id for name, (version_id, _weight) in split.items()}
         unknown = sorted(set(weights) - set(versions))
         if unknown:
             raise InvalidInput(

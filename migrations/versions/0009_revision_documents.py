@@ -56,6 +56,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("config_revisions") as batch:
         batch.add_column(sa.Column("access_digest", sa.String(64), nullable=True))
+    with op.batch_alter_table("config_head") as batch:
+        batch.add_column(sa.Column("access_digest", sa.String(64), nullable=True))
 
     bind = op.get_bind()
     revisions = sa.table(
@@ -108,12 +110,19 @@ def upgrade() -> None:
         )
         previous = current
 
+    head = sa.table("config_head", sa.column("id"), sa.column("access_digest"))
+    last = bind.execute(
+        sa.select(revisions.c.access_digest).order_by(revisions.c.revision.desc()).limit(1)
+    ).scalar()
+    bind.execute(sa.update(head).where(head.c.id == 1).values(access_digest=last))
     with op.batch_alter_table("config_revisions") as batch:
         batch.drop_column("state")
         batch.drop_column("models")
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("config_head") as batch:
+        batch.drop_column("access_digest")
     with op.batch_alter_table("config_revisions") as batch:
         batch.add_column(sa.Column("models", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("state", sa.JSON(), nullable=True))
