@@ -185,6 +185,9 @@ def version_policies() -> st.SearchStrategy[VersionPolicy]:
         health_check=st.none() | health,
         load_balancing=st.none() | balancing,
         batching=st.none() | batching,
+        served_model_name=st.none()
+        | st.sampled_from(["meta-llama/Llama-3.1-8B-Instruct", "chat", "org/m:v2"])
+        | _text(_ALNUM, _ALNUM + "._:/@+-", 12),
     )
 
 
@@ -223,6 +226,7 @@ def model_policies(draw: st.DrawFn, versions: Sequence[str] = ()) -> ModelPolicy
             Timeouts,
             request_timeout_ms=st.none() | _MILLIS,
             idle_timeout_ms=st.none() | _MILLIS,
+            stream_idle_timeout_ms=st.none() | _MILLIS,
         )
     )
     request_timeout_ms = DEFAULT_REQUEST_TIMEOUT_MS

@@ -21,8 +21,10 @@ from controlplane.domain.errors import InvalidInput
 
 __all__ = [
     "BATCHING_RANGES",
+    "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_REQUEST_TIMEOUT_MS",
     "DEFAULT_RETRY_ON",
+    "DEFAULT_STREAM_IDLE_TIMEOUT_MS",
     "RETRY_ON",
     "Batching",
     "CircuitBreakers",
@@ -37,6 +39,7 @@ __all__ = [
     "Timeouts",
     "VersionPolicy",
     "check_model_policy",
+    "max_request_bytes",
     "model_policy_from_document",
     "version_policy_from_document",
 ]
@@ -44,6 +47,12 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_REQUEST_TIMEOUT_MS = 60_000
+# A stream (SSE, or a body with "stream": true) has no total bound, only this
+# bound on the time between two chunks.
+DEFAULT_STREAM_IDLE_TIMEOUT_MS = 60_000
+# The largest request body a model takes (8 MiB: long-context and image-bearing
+# chat calls), whichever way the request is routed.
+DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 DEFAULT_RETRY_ON = ("5xx", "reset", "connect-failure")
 
 # Envoy's retry conditions for HTTP (x-envoy-retry-on):
@@ -65,10 +74,13 @@ RETRY_ON = (
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Per-request bounds: the whole request (all retries included) and stream idle time."""
+    """Per-request bounds: the whole request (all retries included) and stream idle
+    time; for streamed responses only the time between two chunks
+    (``stream_idle_timeout_ms``, default ``DEFAULT_STREAM_IDLE_TIMEOUT_MS``)."""
 
     request_timeout_ms: int | None = None
     idle_timeout_ms: int | None = None
+    stream_idle_timeout_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,17 +208,26 @@ class Batching:
 
 @dataclass(frozen=True, slots=True)
 class VersionPolicy:
-    """How a version's replicas are treated."""
+    """How a version's replicas are treated, and the model name its server expects
+    (``served_model_name``; None: the model's own name)."""
 
     circuit_breakers: CircuitBreakers | None = None
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
     load_balancing: LoadBalancing | None = None
     batching: Batching | None = None
+    served_model_name: str | None = None
 
     def batching_enabled(self) -> bool:
         """Whether traffic goes through the batchers."""
         return self.batching is not None and self.batching.enabled
+
+
+def max_request_bytes(policy: ModelPolicy) -> int:
+    """Return the largest request body that a model with ``policy`` takes."""
+    # The one place that reads the limit: a per-model field would be read here.
+    del policy
+    return DEFAULT_MAX_REQUEST_BYTES
 
 
 def check_model_policy(policy: ModelPolicy, model: str, versions: Collection[str]) -> None:
@@ -285,6 +306,7 @@ def version_policy_from_document(document: Mapping[str, Any] | None) -> VersionP
         health_check=_maybe(HealthCheck, document.get("health_check")),
         load_balancing=_maybe(LoadBalancing, document.get("load_balancing")),
         batching=_maybe(Batching, document.get("batching")),
+        served_model_name=document.get("served_model_name"),
     )
 
 
