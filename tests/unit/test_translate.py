@@ -222,24 +222,33 @@ def test_routes_are_path_routes_then_header_routes_then_the_404_catch_all() -> N
         "classify", "http", (VersionSpec("v1", (EndpointSpec("10.0.2.1", 80),)),), (("v1", 1),)
     )
     routes = _routes(_state(other, _sentiment()))
-    # Version pins (x-turnout-version) come right before each model's weighted route.
+    # Version pins (x-turnout-version) come right before each model's weighted route,
+    # and each route that forwards has its stream twins right before it.
     names = [r.name for r in routes if "/pin" not in r.name]
 
     assert names == [
+        "classify/path/stream-sse",
         "classify/path",
+        "sentiment/path/stream-sse",
         "sentiment/path",
+        "classify/header/stream-body",
+        "classify/header/stream-sse",
         "classify/header",
+        "sentiment/header/stream-body",
+        "sentiment/header/stream-sse",
         "sentiment/header",
+        "models-list",
         "openai-body/v1/chat/completions",
         "openai-body/v1/completions",
         "openai-body/v1/embeddings",
         "unknown-model",
     ]
     pins = [r.name for r in routes if "/pin" in r.name]
-    assert pins[:3] == [
+    assert pins[:4] == [
+        "classify/path/pin/v1/stream-sse",
         "classify/path/pin/v1",
         "classify/path/pin-unknown",
-        "sentiment/path/pin/v1",
+        "sentiment/path/pin/v1/stream-sse",
     ]
     catch_all = routes[-1]
     assert catch_all.match.prefix == "/"
@@ -251,8 +260,11 @@ def test_routes_are_path_routes_then_header_routes_then_the_404_catch_all() -> N
 def test_empty_state_still_has_the_404_catch_all() -> None:
     routes = _routes(DesiredState(revision=0))
 
-    # The OpenAI body-routing routes are always there: they turn a body into a header.
-    assert [r.name for r in routes if not r.name.startswith("openai-body/")] == ["unknown-model"]
+    # The model list and the OpenAI body-routing routes are always there.
+    assert [r.name for r in routes if not r.name.startswith("openai-body/")] == [
+        "models-list",
+        "unknown-model",
+    ]
     assert routes[-1].name == "unknown-model"
 
 
