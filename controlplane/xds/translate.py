@@ -488,13 +488,17 @@ def _version_route(
     apply_route_policy(action, model, version)
     if rewrite is not None:
         action.regex_rewrite.CopyFrom(rewrite)
-    return route_components_pb2.Route(
+    route = route_components_pb2.Route(
         name=name,
         match=match,
         route=action,
         response_headers_to_add=[_header(VERSION_HEADER, version)],
-        typed_per_filter_config=served_model_config(_served_name(model, version)),
     )
+    if rewrite is None:
+        # Body routing sets a header: only header routes see body-routed requests.
+        for filter_name, config in served_model_config(_served_name(model, version)).items():
+            route.typed_per_filter_config[filter_name].CopyFrom(config)
+    return route
 
 
 def _served_name(model: ModelSpec, version: str) -> str:
@@ -522,7 +526,9 @@ def _model_route(
                     name=cluster_name(model.name, version),
                     weight=wrappers_pb2.UInt32Value(value=weight),
                     response_headers_to_add=[_header(VERSION_HEADER, version)],
-                    typed_per_filter_config=served_model_config(_served_name(model, version)),
+                    typed_per_filter_config=(
+                        {} if rewrite else served_model_config(_served_name(model, version))
+                    ),
                 )
                 for version, weight in weighted
             ]
