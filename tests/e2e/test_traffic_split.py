@@ -136,4 +136,5 @@ async def test_model_without_traffic_gets_503_json(
             return response if response.status_code == 503 else None
 
         response = await eventually(answered, timeout=10)
-        assert response.json()["error"] == "no_serving_version"
+        # An OpenAI path under /models/{name}: OpenAI's error shape (controlplane.xds.replies).
+        assert response.json()["error"]["code"] == "no_serving_version"
