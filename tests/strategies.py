@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 
 from controlplane.domain.credentials import ALGORITHM, jwks_of
 from controlplane.domain.policy import (
+    DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_REQUEST_TIMEOUT_MS,
+    MAX_REQUEST_BYTES_LIMIT,
     RETRY_ON,
     Batching,
     CircuitBreakers,
@@ -185,6 +187,9 @@ def version_policies() -> st.SearchStrategy[VersionPolicy]:
         health_check=st.none() | health,
         load_balancing=st.none() | balancing,
         batching=st.none() | batching,
+        served_model_name=st.none()
+        | st.sampled_from(["meta-llama/Llama-3.1-8B-Instruct", "chat", "org/m:v2"])
+        | _text(_ALNUM, _ALNUM + "._:/@+-", 12),
     )
 
 
@@ -223,6 +228,7 @@ def model_policies(draw: st.DrawFn, versions: Sequence[str] = ()) -> ModelPolicy
             Timeouts,
             request_timeout_ms=st.none() | _MILLIS,
             idle_timeout_ms=st.none() | _MILLIS,
+            stream_idle_timeout_ms=st.none() | _MILLIS,
         )
     )
     request_timeout_ms = DEFAULT_REQUEST_TIMEOUT_MS
@@ -253,6 +259,12 @@ def model_policies(draw: st.DrawFn, versions: Sequence[str] = ()) -> ModelPolicy
         shadow=shadow,
         experiments=experiments,
         sticky=draw(st.none() | st.builds(Sticky, header=_header_names())),
+        # The default itself (no per-route override) and limits on both sides of it.
+        max_request_bytes=draw(
+            st.none()
+            | st.sampled_from([DEFAULT_MAX_REQUEST_BYTES, 4096, MAX_REQUEST_BYTES_LIMIT])
+            | st.integers(1, MAX_REQUEST_BYTES_LIMIT)
+        ),
     )
     check_model_policy(policy, "generated", versions)
     return policy

@@ -53,6 +53,11 @@ HeaderValue = Annotated[
 ]
 Millis = Annotated[int, Field(ge=1, le=86_400_000)]
 Count = Annotated[int, Field(ge=1, le=1_000_000)]
+# The model name a server expects (vLLM's --served-model-name, a Hugging Face id):
+# it is written into JSON bodies as it is, so it holds no quote, backslash or space.
+ServedModelName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
+]
 RetryCondition = Literal[RETRY_ON]  # type: ignore[valid-type]
 
 
@@ -61,10 +66,13 @@ class _Strict(BaseModel):
 
 
 class TimeoutsBody(_Strict):
-    """The whole request's bound (retries included) and the stream idle bound."""
+    """The whole request's bound (retries included) and the stream idle bound; a
+    streamed response (SSE) has no total bound, only ``stream_idle_timeout_ms``
+    between two chunks (default 60 s)."""
 
     request_timeout_ms: Millis | None = None
     idle_timeout_ms: Millis | None = None
+    stream_idle_timeout_ms: Millis | None = None
 
 
 class RetriesBody(_Strict):
@@ -215,13 +223,16 @@ class BatchingBody(_Strict):
 
 
 class VersionPolicyBody(_Strict):
-    """PUT/GET /v1/models/{model}/versions/{version}/policy: how its replicas are treated."""
+    """PUT/GET /v1/models/{model}/versions/{version}/policy: how its replicas are
+    treated, and the model name its server expects (``served_model_name``, default
+    the model's name): requests routed by their body's ``"model"`` get it there."""
 
     circuit_breakers: CircuitBreakersBody | None = None
     outlier_detection: OutlierDetectionBody | None = None
     health_check: HealthCheckBody | None = None
     load_balancing: LoadBalancingBody | None = None
     batching: BatchingBody | None = None
+    served_model_name: ServedModelName | None = None
 
     def to_policy(self) -> domain.VersionPolicy:
         """Return the domain value of this policy."""

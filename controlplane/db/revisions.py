@@ -81,9 +81,7 @@ class RevisionRepository:
             access_digest = await self._store(encode_access(*access))
             if access_digest != previous:
                 await self._session.execute(
-                    update(ConfigHead)
-                    .where(ConfigHead.id == 1)
-                    .values(access_digest=access_digest)
+                    update(ConfigHead).where(ConfigHead.id == 1).values(access_digest=access_digest)
                 )
         self._session.add(
             ConfigRevision(

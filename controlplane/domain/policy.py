@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_REQUEST_TIMEOUT_MS",
     "DEFAULT_RETRY_ON",
+    "DEFAULT_STREAM_IDLE_TIMEOUT_MS",
     "MAX_REQUEST_BYTES_LIMIT",
     "RETRY_ON",
     "Batching",
@@ -39,6 +40,7 @@ __all__ = [
     "Timeouts",
     "VersionPolicy",
     "check_model_policy",
+    "max_request_bytes",
     "model_policy_from_document",
     "version_policy_from_document",
 ]
@@ -46,9 +48,13 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_REQUEST_TIMEOUT_MS = 60_000
-# A model's request bodies are capped at this size unless its policy says otherwise
-# (``max_request_bytes``); a larger body gets 413 from Envoy. The policy may go up to
-# MAX_REQUEST_BYTES_LIMIT: Envoy buffers a body whole to count it.
+# A stream (SSE, or a body with "stream": true) has no total bound, only this
+# bound on the time between two chunks.
+DEFAULT_STREAM_IDLE_TIMEOUT_MS = 60_000
+# A model's request bodies are capped at this size (8 MiB: long-context and
+# image-bearing chat calls) unless its policy says otherwise (``max_request_bytes``),
+# whichever way the request is routed; a larger body gets 413 from Envoy. The
+# policy may go up to MAX_REQUEST_BYTES_LIMIT: Envoy buffers a body whole to count it.
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 MAX_REQUEST_BYTES_LIMIT = 1024 * 1024 * 1024
 DEFAULT_RETRY_ON = ("5xx", "reset", "connect-failure")
@@ -72,10 +78,13 @@ RETRY_ON = (
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Per-request bounds: the whole request (all retries included) and stream idle time."""
+    """Per-request bounds: the whole request (all retries included) and stream idle
+    time; for streamed responses only the time between two chunks
+    (``stream_idle_timeout_ms``, default ``DEFAULT_STREAM_IDLE_TIMEOUT_MS``)."""
 
     request_timeout_ms: int | None = None
     idle_timeout_ms: int | None = None
+    stream_idle_timeout_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,17 +217,24 @@ class Batching:
 
 @dataclass(frozen=True, slots=True)
 class VersionPolicy:
-    """How a version's replicas are treated."""
+    """How a version's replicas are treated, and the model name its server expects
+    (``served_model_name``; None: the model's own name)."""
 
     circuit_breakers: CircuitBreakers | None = None
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
     load_balancing: LoadBalancing | None = None
     batching: Batching | None = None
+    served_model_name: str | None = None
 
     def batching_enabled(self) -> bool:
         """Whether traffic goes through the batchers."""
         return self.batching is not None and self.batching.enabled
+
+
+def max_request_bytes(policy: ModelPolicy) -> int:
+    """Return the largest request body that a model with ``policy`` takes."""
+    return policy.request_limit()
 
 
 def check_model_policy(policy: ModelPolicy, model: str, versions: Collection[str]) -> None:
@@ -298,6 +314,7 @@ def version_policy_from_document(document: Mapping[str, Any] | None) -> VersionP
         health_check=_maybe(HealthCheck, document.get("health_check")),
         load_balancing=_maybe(LoadBalancing, document.get("load_balancing")),
         batching=_maybe(Batching, document.get("batching")),
+        served_model_name=document.get("served_model_name"),
     )
 
 

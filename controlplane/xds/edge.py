@@ -11,7 +11,8 @@ that route's limit is the largest of every model's (the body must be read to
 learn the model); once the body names the model, the Lua step compares the
 body with that model's limit, carried in its header routes' metadata, and
 answers 413 itself. Either way the same limit applies to a model, whichever
-way the request names it. 400 and 413 replies get JSON bodies like the others.
+way the request names it. 413 replies (and the 400 of a path with an escaped
+slash) get JSON bodies like every other local reply (controlplane.xds.replies).
 """
 
 from __future__ import annotations
@@ -23,30 +24,24 @@ from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 
 from controlplane.domain.policy import DEFAULT_MAX_REQUEST_BYTES
 from controlplane.domain.state import ModelSpec
 from controlplane.xds.resources import to_any
-from controlplane.xds.tenancy import json_reply_mapper
 
 __all__ = [
     "BODY_LIMIT_FILTER",
     "LIMIT_METADATA_KEY",
     "body_limit",
     "body_limit_filter",
-    "edge_reply_mappers",
     "largest_limit",
+    "limit_config",
 ]
 
 BODY_LIMIT_FILTER = "envoy.filters.http.buffer"
 # Route metadata, under the Lua filter's name, that the body-routing script reads.
 LIMIT_METADATA_KEY = "max_request_bytes"
-
-_BODIES = {
-    400: ("bad_request", "Envoy refused the request (for example an escaped slash in the path)"),
-    413: ("request_too_large", "the request body is larger than the model's max_request_bytes"),
-}
 
 
 def _buffer(limit: int) -> buffer_pb2.Buffer:
@@ -60,19 +55,17 @@ def body_limit_filter() -> hcm_pb2.HttpFilter:
     )
 
 
+def limit_config(limit: int) -> any_pb2.Any:
+    """The per-route config of the buffer filter that sets the body limit ``limit``."""
+    return to_any(buffer_pb2.BufferPerRoute(buffer=_buffer(limit)))
+
+
 def body_limit(route: route_components_pb2.Route, limit: int) -> None:
     """Give ``route`` the body limit ``limit`` (left to the listener's at the default)."""
     if limit != DEFAULT_MAX_REQUEST_BYTES:
-        route.typed_per_filter_config[BODY_LIMIT_FILTER].CopyFrom(
-            to_any(buffer_pb2.BufferPerRoute(buffer=_buffer(limit)))
-        )
+        route.typed_per_filter_config[BODY_LIMIT_FILTER].CopyFrom(limit_config(limit))
 
 
 def largest_limit(models: Iterable[ModelSpec]) -> int:
     """The largest body limit of any model (the default when there are none)."""
     return max((m.policy.request_limit() for m in models), default=DEFAULT_MAX_REQUEST_BYTES)
-
-
-def edge_reply_mappers() -> list[hcm_pb2.ResponseMapper]:
-    """JSON bodies for Envoy's own 400 and 413 replies."""
-    return [json_reply_mapper(status, error, detail) for status, (error, detail) in _BODIES.items()]

@@ -25,6 +25,7 @@ from controlplane.domain.policy import Retries
 from controlplane.domain.state import DesiredState, ModelSpec, TenantSpec, VersionSpec
 from controlplane.xds import translate as render
 from controlplane.xds.edge import largest_limit
+from controlplane.xds.listing import Catalog, catalog_of
 from controlplane.xds.memo import Memoised
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
 from controlplane.xds.snapshot import PackedResource, pack_resource
@@ -50,11 +51,19 @@ class PackedTranslator:
         self._assignments = Memoised(_assignment)
         self._model_routes = Memoised(_model_routes)
         self._listeners = Memoised(_listener)
+        self._tail_routes = Memoised(_tail_routes)
         # The same for every state: rendered once per translator.
         self._virtual_host_head: bytes = render.virtual_host([]).SerializeToString(
             deterministic=True
         )
-        self._tail_routes = Memoised(_tail_routes)
+        # A message's fields go out in field order: the name (1), the virtual host (2)
+        # the translator puts together, then every later field of the head.
+        head = render.route_configuration_head()
+        self._route_configuration_name = route_pb2.RouteConfiguration(
+            name=head.name
+        ).SerializeToString(deterministic=True)
+        head.ClearField("name")
+        self._route_configuration_rest = head.SerializeToString(deterministic=True)
 
     def translate(
         self,
@@ -79,7 +88,7 @@ class PackedTranslator:
             ROUTE: {
                 render.ROUTE_CONFIG_NAME: self._route_configuration(
                     [self._model_routes(model, access.get(model.name)) for model in state.models],
-                    self._tail_routes(largest_limit(state.models)),
+                    self._tail_routes(catalog_of(state), largest_limit(state.models)),
                 )
             },
         }
@@ -110,15 +119,17 @@ class PackedTranslator:
             "assignments": len(self._assignments),
             "model_routes": len(self._model_routes),
             "listeners": len(self._listeners),
+            "tail_routes": len(self._tail_routes),
         }
 
     def _route_configuration(
         self, per_model: list[tuple[bytes, bytes]], tail: bytes
     ) -> PackedResource:
         virtual_host = b"".join([self._virtual_host_head, *render.route_order(per_model, tail)])
-        head = route_pb2.RouteConfiguration(name=render.ROUTE_CONFIG_NAME)
-        value = head.SerializeToString(deterministic=True) + _field(
-            _ROUTE_CONFIGURATION_VIRTUAL_HOSTS, virtual_host
+        value = (
+            self._route_configuration_name
+            + _field(_ROUTE_CONFIGURATION_VIRTUAL_HOSTS, virtual_host)
+            + self._route_configuration_rest
         )
         packed = any_pb2.Any(type_url=ROUTE, value=value)
         return packed, hashlib.sha256(value).hexdigest()[:16]
@@ -141,14 +152,14 @@ def _listener(
     return pack_resource(render.build_listener(options, tenants, jwks))
 
 
+def _tail_routes(catalog: Catalog, limit: int) -> bytes:
+    return _entries(render.tail_routes(catalog, limit))
+
+
 def _model_routes(model: ModelSpec, access: ModelAccess | None) -> tuple[bytes, bytes]:
     """The model's path routes and header routes, each as VirtualHost.routes entries."""
     path_routes, header_routes = render.model_routes(model, access)
     return _entries(path_routes), _entries(header_routes)
-
-
-def _tail_routes(body_limit: int) -> bytes:
-    return _entries(render.tail_routes(body_limit))
 
 
 def _entries(routes: list[route_components_pb2.Route]) -> bytes:

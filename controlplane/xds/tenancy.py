@@ -22,9 +22,9 @@ Envoy checks every request itself; the control plane is not on the request path.
 They run after the body-routing filters: an OpenAI call naming a protected
 model in its body is re-routed (the Lua step clears the route cache) before
 they look up their per-route config, so it is checked like any other call.
-401, 403 and 429 replies get JSON bodies from the connection manager's
-``local_reply_config`` (these three codes only: other local replies, such as
-the 404 of an unknown model, keep their own bodies).
+``GET /v1/models`` asks for an optional credential (requirement ``listing``,
+controlplane.xds.listing). 401, 403 and 429 replies get JSON bodies like every
+other local reply (controlplane.xds.replies).
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
@@ -47,7 +46,7 @@ from envoy.type.matcher.v3 import metadata_pb2 as metadata_matcher_pb2
 from envoy.type.matcher.v3 import string_pb2, value_pb2
 from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
-from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+from google.protobuf import any_pb2, duration_pb2, empty_pb2, wrappers_pb2
 
 from controlplane.domain.credentials import AUDIENCE, ISSUER
 from controlplane.domain.state import DesiredState, TenantSpec
@@ -55,12 +54,12 @@ from controlplane.xds.resources import to_any
 
 __all__ = [
     "JWT_FILTER",
+    "LISTING_REQUIREMENT",
+    "PAYLOAD_KEY",
     "RATE_LIMIT_FILTER",
     "RBAC_FILTER",
     "ModelAccess",
     "access_of",
-    "json_reply_mapper",
-    "local_reply_config",
     "model_access_config",
     "tenancy_filters",
 ]
@@ -70,14 +69,12 @@ RBAC_FILTER = "envoy.filters.http.rbac"
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 PROVIDER = "turnout"
 REQUIREMENT = "tenant"
+# GET /v1/models: a credential is optional (SDKs send some key even to open models, so
+# one that fails counts as none), and a verified one re-routes the request.
+LISTING_PROVIDER = "turnout-listing"
+LISTING_REQUIREMENT = "listing"
 PAYLOAD_KEY = "jwt_payload"
 DESCRIPTOR_KEY = "tenant"
-
-_BODIES = {
-    401: ("unauthenticated", "a valid tenant credential is required"),
-    403: ("permission_denied", "the credential may not call this model, or it was revoked"),
-    429: ("rate_limited", "the tenant's request rate is exceeded; retry later"),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +114,6 @@ def tenancy_filters(tenants: Iterable[TenantSpec], jwks: str | None) -> list[hcm
     ]
 
 
-def local_reply_config(jwks: str | None) -> list[hcm_pb2.ResponseMapper]:
-    """Return JSON bodies for Envoy's own 401, 403 and 429 replies (none before the
-    first tenant exists: no ``jwks``)."""
-    if jwks is None:
-        return []
-    return [json_reply_mapper(status, error, detail) for status, (error, detail) in _BODIES.items()]
-
-
 def model_access_config(access: ModelAccess) -> dict[str, any_pb2.Any]:
     """Return the ``typed_per_filter_config`` of every route of a protected model."""
     return {
@@ -145,9 +134,22 @@ def _jwt_authentication(jwks: str) -> jwt_pb2.JwtAuthentication:
         payload_in_metadata=PAYLOAD_KEY,
         forward=False,
     )
+    listing = jwt_pb2.JwtProvider()
+    listing.CopyFrom(provider)
+    listing.clear_route_cache = True
     return jwt_pb2.JwtAuthentication(
-        providers={PROVIDER: provider},
-        requirement_map={REQUIREMENT: jwt_pb2.JwtRequirement(provider_name=PROVIDER)},
+        providers={PROVIDER: provider, LISTING_PROVIDER: listing},
+        requirement_map={
+            REQUIREMENT: jwt_pb2.JwtRequirement(provider_name=PROVIDER),
+            LISTING_REQUIREMENT: jwt_pb2.JwtRequirement(
+                requires_any=jwt_pb2.JwtRequirementOrList(
+                    requirements=[
+                        jwt_pb2.JwtRequirement(provider_name=LISTING_PROVIDER),
+                        jwt_pb2.JwtRequirement(allow_missing_or_failed=empty_pb2.Empty()),
+                    ]
+                )
+            ),
+        },
     )
 
 
@@ -234,25 +236,4 @@ def _rate_limit(tenants: Iterable[TenantSpec]) -> local_rate_limit_pb2.LocalRate
             )
             for tenant in tenants
         ],
-    )
-
-
-def json_reply_mapper(status: int, error: str, detail: str) -> hcm_pb2.ResponseMapper:
-    """Return a local-reply mapper giving Envoy's own ``status`` replies a JSON body."""
-    body = struct_pb2.Struct()
-    body.update({"error": error, "detail": detail, "reason": "%LOCAL_REPLY_BODY%"})
-    return hcm_pb2.ResponseMapper(
-        filter=accesslog_pb2.AccessLogFilter(
-            status_code_filter=accesslog_pb2.StatusCodeFilter(
-                comparison=accesslog_pb2.ComparisonFilter(
-                    op=accesslog_pb2.ComparisonFilter.EQ,
-                    value=base_pb2.RuntimeUInt32(
-                        default_value=status, runtime_key=f"turnout.local_reply.{status}"
-                    ),
-                )
-            )
-        ),
-        body_format_override=substitution_format_string_pb2.SubstitutionFormatString(
-            json_format=body
-        ),
     )

@@ -7,6 +7,13 @@ clock, the environment or the database.
 bytes, memoised, for the sync loop. It builds them with the functions here
 (one cluster, one assignment, one model's routes, the listener, the route
 order), so the two cannot drift apart.
+
+Streams: a request that asks for a streamed answer (``accept:
+text/event-stream``, or ``"stream": true`` in a body-routed OpenAI call) takes
+a twin of its route that has no total timeout, only the model's
+``stream_idle_timeout_ms`` between two chunks (default 60 s), and no per-try
+timeout: a long answer that keeps sending is never cut, a silent one is.
+https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-field-config-route-v3-routeaction-idle-timeout
 """
 
 from __future__ import annotations
@@ -26,11 +33,12 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.matcher.v3 import metadata_pb2 as metadata_matcher_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2, value_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from controlplane.domain.policy import Retries
+from controlplane.domain.policy import DEFAULT_STREAM_IDLE_TIMEOUT_MS, Retries
 from controlplane.domain.state import (
     DesiredState,
     EndpointSpec,
@@ -38,20 +46,22 @@ from controlplane.domain.state import (
     TenantSpec,
     VersionSpec,
 )
-from controlplane.xds.body_routing import LUA_FILTER, body_routing_filters, body_routing_routes
-from controlplane.xds.edge import (
-    LIMIT_METADATA_KEY,
-    body_limit,
-    body_limit_filter,
-    edge_reply_mappers,
-    largest_limit,
+from controlplane.xds.body_routing import (
+    LUA_FILTER,
+    METADATA_NAMESPACE,
+    STREAM_KEY,
+    body_routing_filters,
+    body_routing_routes,
+    served_model_config,
 )
-from controlplane.xds.policies import apply_route_policy, apply_version_policy
+from controlplane.xds.edge import LIMIT_METADATA_KEY, body_limit, body_limit_filter, largest_limit
+from controlplane.xds.listing import Catalog, catalog_of, listing_routes
+from controlplane.xds.policies import apply_route_policy, apply_version_policy, millis
+from controlplane.xds.replies import error_metadata, local_reply_config
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name, to_any
 from controlplane.xds.tenancy import (
     ModelAccess,
     access_of,
-    local_reply_config,
     model_access_config,
     tenancy_filters,
 )
@@ -66,6 +76,7 @@ __all__ = [
     "endpoint_zones",
     "load_assignment",
     "model_routes",
+    "route_configuration_head",
     "route_order",
     "tail_routes",
     "translate",
@@ -81,18 +92,14 @@ ROUTE_CONFIG_NAME = "turnout_routes"
 MODEL_HEADER = "x-turnout-model"
 VERSION_HEADER = "x-turnout-version"
 
-NOT_FOUND_BODY = json.dumps(
-    {
-        "error": "model_not_found",
-        "detail": "no model matches the path /models/{model}/... or the x-turnout-model header",
-    }
+NOT_FOUND = (
+    "model_not_found",
+    "no model matches the path /models/{model}/... or the x-turnout-model header",
 )
-NO_TRAFFIC_BODY = json.dumps(
-    {"error": "no_serving_version", "detail": "no version of this model has traffic weight"}
-)
-NO_VERSION_BODY = json.dumps(
-    {"error": "version_not_found", "detail": "the model has no version named by x-turnout-version"}
-)
+NO_TRAFFIC = ("no_serving_version", "no version of this model has traffic weight")
+NO_VERSION = ("version_not_found", "the model has no version named by x-turnout-version")
+# Envoy's default cap on a direct response's body is 4 KiB; the model list is longer.
+MAX_DIRECT_RESPONSE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +131,11 @@ def translate(
         CLUSTER: clusters,
         ENDPOINT: translate_endpoints(state, local_zone),
         LISTENER: {LISTENER_NAME: build_listener(listener, state.tenants, state.jwks)},
-        ROUTE: {ROUTE_CONFIG_NAME: _route_configuration(state.models, access_of(state))},
+        ROUTE: {
+            ROUTE_CONFIG_NAME: _route_configuration(
+                state.models, access_of(state), catalog_of(state)
+            )
+        },
     }
 
 
@@ -221,7 +232,7 @@ def build_listener(
     options: ListenerOptions, tenants: Sequence[TenantSpec], jwks: str | None
 ) -> listener_pb2.Listener:
     """Return the data-plane listener: where it binds, and its HTTP filters, which
-    depend on the tenants (credential checks, rate limits) and nothing else."""
+    depend on the tenants (credential checks, rate limits)."""
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix="turnout",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
@@ -255,8 +266,10 @@ def build_listener(
         ),
         stream_idle_timeout=duration_pb2.Duration(seconds=300),
         request_headers_timeout=duration_pb2.Duration(seconds=10),
+        # Every reply, an error above all, names the request (controlplane.xds.replies).
+        always_set_request_id_in_response=True,
+        local_reply_config=local_reply_config(),
     )
-    manager.local_reply_config.mappers.extend([*edge_reply_mappers(), *local_reply_config(jwks)])
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=address_pb2.Address(
@@ -291,16 +304,26 @@ def route_order(per_model: Sequence[tuple[T, T]], tail: T) -> list[T]:
 
 
 def _route_configuration(
-    models: Iterable[ModelSpec], access: dict[str, ModelAccess]
+    models: Iterable[ModelSpec], access: dict[str, ModelAccess], catalog: Catalog
 ) -> route_pb2.RouteConfiguration:
     models = list(models)
     groups = route_order(
         [model_routes(model, access.get(model.name)) for model in models],
-        tail_routes(largest_limit(models)),
+        tail_routes(catalog, largest_limit(models)),
     )
     routes = [route for group in groups for route in group]
+    configuration = route_configuration_head()
+    configuration.virtual_hosts.append(virtual_host(routes))
+    return configuration
+
+
+def route_configuration_head() -> route_pb2.RouteConfiguration:
+    """Return the route configuration without its virtual host."""
     return route_pb2.RouteConfiguration(
-        name=ROUTE_CONFIG_NAME, virtual_hosts=[virtual_host(routes)]
+        name=ROUTE_CONFIG_NAME,
+        max_direct_response_body_size_bytes=wrappers_pb2.UInt32Value(
+            value=MAX_DIRECT_RESPONSE_BYTES
+        ),
     )
 
 
@@ -309,17 +332,14 @@ def virtual_host(routes: list[route_components_pb2.Route]) -> route_components_p
     return route_components_pb2.VirtualHost(name="models", domains=["*"], routes=routes)
 
 
-def tail_routes(body_limit: int) -> list[route_components_pb2.Route]:
-    """The routes after every model's: OpenAI body routing (whose bodies may be as
-    large as ``body_limit``, the largest any model takes), then the 404 catch-all."""
+def tail_routes(catalog: Catalog, limit: int) -> list[route_components_pb2.Route]:
+    """The routes after every model's: the model list (``GET /v1/models``), OpenAI
+    body routing (whose bodies may be as large as ``limit``, the largest any model
+    takes: :func:`controlplane.xds.edge.largest_limit`), then the 404 catch-all."""
     return [
-        *body_routing_routes(body_limit),
-        route_components_pb2.Route(
-            name="unknown-model",
-            match=route_components_pb2.RouteMatch(prefix="/"),
-            direct_response=_json_response(404, NOT_FOUND_BODY),
-            response_headers_to_add=[_header("content-type", "application/json")],
-        ),
+        *listing_routes(catalog),
+        *body_routing_routes(limit),
+        _error_route("unknown-model", route_components_pb2.RouteMatch(prefix="/"), 404, NOT_FOUND),
     ]
 
 
@@ -372,18 +392,69 @@ def _routes_by(
         pinned = _with_headers(match, [(VERSION_HEADER, version.name)])
         routes.append(_version_route(model, version.name, pinned, rewrite, f"pin/{version.name}"))
     routes.append(
-        route_components_pb2.Route(
-            name=f"{model.name}/{kind}/pin-unknown",
-            match=_with_headers(match, [(VERSION_HEADER, None)]),
-            direct_response=_json_response(404, NO_VERSION_BODY),
-            response_headers_to_add=[_header("content-type", "application/json")],
+        _error_route(
+            f"{model.name}/{kind}/pin-unknown",
+            _with_headers(match, [(VERSION_HEADER, None)]),
+            404,
+            NO_VERSION,
         )
     )
     for i, experiment in enumerate(model.policy.experiments):
         matched = _with_headers(match, [(experiment.header, experiment.value)])
         routes.append(_version_route(model, experiment.version, matched, rewrite, f"exp{i}"))
     routes.append(_model_route(model, match, rewrite))
-    return [_named(route, model.name, kind) for route in routes]
+    # Body routing sets no path, so only header routes see "stream": true bodies.
+    by_body = rewrite is None
+    return [
+        _named(twin, model.name, kind)
+        for route in routes
+        for twin in (*_stream_twins(route, model, by_body), route)
+    ]
+
+
+def _stream_twins(
+    route: route_components_pb2.Route, model: ModelSpec, by_body: bool
+) -> list[route_components_pb2.Route]:
+    """Return the twins of ``route`` for streamed answers (see the module's docstring):
+    one for ``accept: text/event-stream``, and with ``by_body`` one for body-routed
+    requests whose body says ``"stream": true``. A direct response has none."""
+    if not route.HasField("route"):
+        return []
+    sse = route_components_pb2.HeaderMatcher(
+        name="accept",
+        string_match=string_pb2.StringMatcher(contains="text/event-stream", ignore_case=True),
+    )
+    streamed = metadata_matcher_pb2.MetadataMatcher(
+        filter=METADATA_NAMESPACE,
+        path=[metadata_matcher_pb2.MetadataMatcher.PathSegment(key=STREAM_KEY)],
+        value=value_pb2.ValueMatcher(bool_match=True),
+    )
+    twins = []
+    if by_body:
+        body_twin = _stream_route(route, model, "stream-body")
+        body_twin.match.dynamic_metadata.append(streamed)
+        twins.append(body_twin)
+    sse_twin = _stream_route(route, model, "stream-sse")
+    sse_twin.match.headers.append(sse)
+    twins.append(sse_twin)
+    return twins
+
+
+def _stream_route(
+    route: route_components_pb2.Route, model: ModelSpec, suffix: str
+) -> route_components_pb2.Route:
+    twin = route_components_pb2.Route()
+    twin.CopyFrom(route)
+    twin.name = f"{route.name}/{suffix}"
+    idle = DEFAULT_STREAM_IDLE_TIMEOUT_MS
+    timeouts = model.policy.timeouts
+    if timeouts is not None and timeouts.stream_idle_timeout_ms is not None:
+        idle = timeouts.stream_idle_timeout_ms
+    twin.route.timeout.CopyFrom(duration_pb2.Duration())  # 0: no bound on the whole stream
+    twin.route.idle_timeout.CopyFrom(millis(idle))
+    if twin.route.HasField("retry_policy"):
+        twin.route.retry_policy.ClearField("per_try_timeout")
+    return twin
 
 
 def _named(route: route_components_pb2.Route, model: str, kind: str) -> route_components_pb2.Route:
@@ -424,12 +495,25 @@ def _version_route(
     apply_route_policy(action, model, version)
     if rewrite is not None:
         action.regex_rewrite.CopyFrom(rewrite)
-    return route_components_pb2.Route(
+    route = route_components_pb2.Route(
         name=name,
         match=match,
         route=action,
         response_headers_to_add=[_header(VERSION_HEADER, version)],
     )
+    if rewrite is None:
+        # Body routing sets a header: only header routes see body-routed requests.
+        for filter_name, config in served_model_config(_served_name(model, version)).items():
+            route.typed_per_filter_config[filter_name].CopyFrom(config)
+    return route
+
+
+def _served_name(model: ModelSpec, version: str) -> str:
+    """Return the model name that ``version``'s server expects."""
+    for spec in model.versions:
+        if spec.name == version and spec.policy.served_model_name is not None:
+            return spec.policy.served_model_name
+    return model.name
 
 
 def _model_route(
@@ -441,12 +525,7 @@ def _model_route(
     weighted = [(v.name, model.weight_of(v.name)) for v in model.versions]
     weighted = [(name, weight) for name, weight in weighted if weight > 0]
     if not weighted:
-        return route_components_pb2.Route(
-            name=f"{model.name}/{kind}",
-            match=match,
-            direct_response=_json_response(503, NO_TRAFFIC_BODY),
-            response_headers_to_add=[_header("content-type", "application/json")],
-        )
+        return _error_route(f"{model.name}/{kind}", match, 503, NO_TRAFFIC)
     action = route_components_pb2.RouteAction(
         weighted_clusters=route_components_pb2.WeightedCluster(
             clusters=[
@@ -454,6 +533,9 @@ def _model_route(
                     name=cluster_name(model.name, version),
                     weight=wrappers_pb2.UInt32Value(value=weight),
                     response_headers_to_add=[_header(VERSION_HEADER, version)],
+                    typed_per_filter_config=(
+                        {} if rewrite else served_model_config(_served_name(model, version))
+                    ),
                 )
                 for version, weight in weighted
             ]
@@ -465,9 +547,21 @@ def _model_route(
     return route_components_pb2.Route(name=f"{model.name}/{kind}", match=match, route=action)
 
 
-def _json_response(status: int, body: str) -> route_components_pb2.DirectResponseAction:
-    return route_components_pb2.DirectResponseAction(
-        status=status, body=base_pb2.DataSource(inline_string=body)
+def _error_route(
+    name: str, match: route_components_pb2.RouteMatch, status: int, error: tuple[str, str]
+) -> route_components_pb2.Route:
+    """Return a route that answers ``status`` with the JSON error ``(code, detail)``;
+    its metadata carries both for the local reply mappers (controlplane.xds.replies)."""
+    code, detail = error
+    return route_components_pb2.Route(
+        name=name,
+        match=match,
+        direct_response=route_components_pb2.DirectResponseAction(
+            status=status,
+            body=base_pb2.DataSource(inline_string=json.dumps({"error": code, "detail": detail})),
+        ),
+        response_headers_to_add=[_header("content-type", "application/json")],
+        metadata=error_metadata(code, detail),
     )
 
 

@@ -127,7 +127,8 @@ async def test_request_timeout_gives_504_at_the_configured_bound(
     async with httpx.AsyncClient(base_url=envoy.base_url, timeout=30) as client:
         responses = await asyncio.gather(*(client.post(URL) for _ in range(3)))
     assert [r.status_code for r in responses] == [504, 504, 504]
-    assert all(r.text == "upstream request timeout" for r in responses)
+    assert all(r.json()["error"] == "upstream_timeout" for r in responses)
+    assert all(r.json()["reason"] == "upstream request timeout" for r in responses)
     # Envoy tells the upstream the bound it applies to the request.
     assert slow.headers[-1]["x-envoy-expected-rq-timeout-ms"] == "400"
     assert await envoy.stat(f"cluster.{MODEL}_v1.upstream_rq_timeout") >= 3
@@ -310,10 +311,11 @@ async def test_openai_requests_route_by_the_body_model_field(
             "/v1/chat/completions", json={**chat, "model": f"{MODEL}:v9"}
         )
         assert unknown_version.status_code == 404
-        assert unknown_version.json()["error"] == "version_not_found"
+        # Errors on the OpenAI paths come in OpenAI's shape (controlplane.xds.replies).
+        assert unknown_version.json()["error"]["code"] == "version_not_found"
         unknown = await client.post("/v1/embeddings", json={"model": "nope", "input": "x"})
         assert unknown.status_code == 404
-        assert unknown.json()["error"] == "model_not_found"
+        assert unknown.json()["error"]["code"] == "model_not_found"
         no_model = await client.post("/v1/completions", json={"prompt": "x"})
         assert no_model.status_code == 404
         # An explicit header wins over the body.

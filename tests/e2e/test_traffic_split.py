@@ -122,4 +122,5 @@ async def test_model_without_traffic_gets_503_json(
     async with httpx.AsyncClient(base_url=envoy.base_url, timeout=10) as client:
         response = await client.get("/models/empty/v1/chat")
         assert response.status_code == 503, response.text
-        assert response.json()["error"] == "no_serving_version"
+        # An OpenAI path under /models/{name}: OpenAI's error shape (controlplane.xds.replies).
+        assert response.json()["error"]["code"] == "no_serving_version"

@@ -13,7 +13,11 @@ from tests.support import config_state
 EP = {"address": "127.0.0.1", "port": 9001}
 
 MODEL_POLICY: dict[str, Any] = {
-    "timeouts": {"request_timeout_ms": 30000, "idle_timeout_ms": 10000},
+    "timeouts": {
+        "request_timeout_ms": 30000,
+        "idle_timeout_ms": 10000,
+        "stream_idle_timeout_ms": 20000,
+    },
     "retries": {
         "retry_on": ["5xx", "connect-failure", "retriable-status-codes"],
         "num_retries": 2,
@@ -50,6 +54,7 @@ VERSION_POLICY: dict[str, Any] = {
         "unhealthy_threshold": 2,
     },
     "load_balancing": {"policy": "ring_hash", "hash_header": "x-session"},
+    "served_model_name": "meta-llama/Llama-3.1-8B-Instruct",
 }
 EMPTY_MODEL_POLICY = {
     "timeouts": None,
@@ -65,6 +70,7 @@ EMPTY_VERSION_POLICY = {
     "health_check": None,
     "load_balancing": None,
     "batching": None,
+    "served_model_name": None,
 }
 
 
@@ -98,7 +104,11 @@ async def test_policies_start_empty_and_put_replaces_them(
     put = await api.put("/v1/models/m/policy", json={"timeouts": {"request_timeout_ms": 1000}})
     assert put.json() == {
         **EMPTY_MODEL_POLICY,
-        "timeouts": {"request_timeout_ms": 1000, "idle_timeout_ms": None},
+        "timeouts": {
+            "request_timeout_ms": 1000,
+            "idle_timeout_ms": None,
+            "stream_idle_timeout_ms": None,
+        },
     }
     newest = (await api.get("/v1/audit/events", params={"limit": 1})).json()["items"][0]
     assert newest["action"] == "model.policy.update"
@@ -168,6 +178,21 @@ def _retries(**fields: Any) -> dict[str, Any]:
             422,
             "validation_error",
             "backoff_max_ms",
+        ),
+        (
+            "/v1/models/m/policy",
+            {"timeouts": {"stream_idle_timeout_ms": 0}},
+            422,
+            "validation_error",
+            "stream_idle_timeout_ms",
+        ),
+        (
+            # It goes into JSON bodies as it is: no quote, backslash or space.
+            "/v1/models/m/versions/v1/policy",
+            {"served_model_name": 'say "hi"'},
+            422,
+            "validation_error",
+            "served_model_name",
         ),
         (
             "/v1/models/m/policy",

@@ -15,6 +15,7 @@ from envoy.config.core.v3 import protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -24,8 +25,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from controlplane.bootstrap import XdsAddress, render_bootstrap
+from controlplane.domain.policy import ModelPolicy
 from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
 from controlplane.processes import envoy_binary
+from controlplane.xds.edge import BODY_LIMIT_FILTER
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from controlplane.xds.translate import (
     LISTENER_NAME,
@@ -222,24 +225,33 @@ def test_routes_are_path_routes_then_header_routes_then_the_404_catch_all() -> N
         "classify", "http", (VersionSpec("v1", (EndpointSpec("10.0.2.1", 80),)),), (("v1", 1),)
     )
     routes = _routes(_state(other, _sentiment()))
-    # Version pins (x-turnout-version) come right before each model's weighted route.
+    # Version pins (x-turnout-version) come right before each model's weighted route,
+    # and each route that forwards has its stream twins right before it.
     names = [r.name for r in routes if "/pin" not in r.name]
 
     assert names == [
+        "classify/path/stream-sse",
         "classify/path",
+        "sentiment/path/stream-sse",
         "sentiment/path",
+        "classify/header/stream-body",
+        "classify/header/stream-sse",
         "classify/header",
+        "sentiment/header/stream-body",
+        "sentiment/header/stream-sse",
         "sentiment/header",
+        "models-list",
         "openai-body/v1/chat/completions",
         "openai-body/v1/completions",
         "openai-body/v1/embeddings",
         "unknown-model",
     ]
     pins = [r.name for r in routes if "/pin" in r.name]
-    assert pins[:3] == [
+    assert pins[:4] == [
+        "classify/path/pin/v1/stream-sse",
         "classify/path/pin/v1",
         "classify/path/pin-unknown",
-        "sentiment/path/pin/v1",
+        "sentiment/path/pin/v1/stream-sse",
     ]
     catch_all = routes[-1]
     assert catch_all.match.prefix == "/"
@@ -251,8 +263,11 @@ def test_routes_are_path_routes_then_header_routes_then_the_404_catch_all() -> N
 def test_empty_state_still_has_the_404_catch_all() -> None:
     routes = _routes(DesiredState(revision=0))
 
-    # The OpenAI body-routing routes are always there: they turn a body into a header.
-    assert [r.name for r in routes if not r.name.startswith("openai-body/")] == ["unknown-model"]
+    # The model list and the OpenAI body-routing routes are always there.
+    assert [r.name for r in routes if not r.name.startswith("openai-body/")] == [
+        "models-list",
+        "unknown-model",
+    ]
     assert routes[-1].name == "unknown-model"
 
 
@@ -424,3 +439,28 @@ def test_listener_does_not_share_its_port_unless_asked() -> None:
     shared = translate(_state(), ListenerOptions(reuse_port=True))[LISTENER][LISTENER_NAME]
     assert isinstance(shared, listener_pb2.Listener)
     assert shared.enable_reuse_port.value
+
+
+def test_one_buffer_filter_first_and_body_routing_takes_the_largest_model_limit() -> None:
+    large = 64 * 1024 * 1024
+    state = _state(
+        ModelSpec(
+            name="big",
+            protocol="openai",
+            versions=(VersionSpec("v1", (EndpointSpec("10.0.2.1", 8003),)),),
+            weights=(("v1", 100),),
+            policy=ModelPolicy(max_request_bytes=large),
+        ),
+        _sentiment(),
+    )
+    listener = translate(state)[LISTENER][LISTENER_NAME]
+    assert isinstance(listener, listener_pb2.Listener)
+    names = [f.name for f in _manager(listener).http_filters]
+    assert names.count(BODY_LIMIT_FILTER) == 1
+    assert names[0] == BODY_LIMIT_FILTER
+    body_routes = [r for r in _routes(state) if r.name.startswith("openai-body")]
+    assert len(body_routes) == 3
+    for route in body_routes:
+        per_route = buffer_pb2.BufferPerRoute()
+        assert route.typed_per_filter_config[BODY_LIMIT_FILTER].Unpack(per_route)
+        assert per_route.buffer.max_request_bytes.value == large
