@@ -51,6 +51,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Return the session factory; sessions do not expire objects on commit."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+def create_sessionmaker(
+    engine: AsyncEngine, *, info: dict[str, Any] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Return the session factory; sessions do not expire objects on commit, and
+    each starts with ``info`` in its ``Session.info`` (the audit key, say)."""
+    return async_sessionmaker(engine, expire_on_commit=False, info=info)
