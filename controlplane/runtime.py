@@ -21,8 +21,10 @@ from controlplane.db.audit_repository import audit_session_info
 from controlplane.db.engine import create_engine, create_sessionmaker, is_sqlite
 from controlplane.db.migrate import current_revision, head_revision
 from controlplane.memory import pin_mmap_threshold
+from controlplane.metrics import ControlPlaneMetrics
 from controlplane.notify import Notifier, PostgresListener
 from controlplane.services.audit import AuditCheckpointer, load_audit_secret
+from controlplane.services.keys import VerifiedKeys
 from controlplane.settings import Settings
 from controlplane.sync import StateSync
 from controlplane.xds.cache import SnapshotCache
@@ -51,11 +53,17 @@ class ControlPlane:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine: AsyncEngine = create_engine(settings.database_url)
+        self.metrics = ControlPlaneMetrics()
+        self.engine: AsyncEngine = create_engine(
+            settings.database_url,
+            connect_timeout_s=settings.database_connect_timeout_s,
+            statement_timeout_s=settings.database_statement_timeout_s,
+        )
         audit_secret = load_audit_secret(settings, create=True)
         self.sessionmaker: async_sessionmaker[AsyncSession] = create_sessionmaker(
             self.engine, info=audit_session_info(audit_secret)
         )
+        self.verified_keys = VerifiedKeys(settings.verified_key_ttl_s)
         self.audit_checkpoints = AuditCheckpointer(
             self.sessionmaker,
             audit_secret,

@@ -49,6 +49,22 @@ class Settings(BaseSettings):
     envoy_binary: str | None = Field(
         default=None, description="path to envoy; by default the one next to the Python interpreter"
     )
+    database_connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="give up opening a database connection after this"
+    )
+    database_statement_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="give up on a database statement after this (SQLite: its busy timeout)",
+    )
+    verified_key_ttl_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=60,
+        description="while the database is down, keys verified this recently still read "
+        "what needs no database (proxy status)",
+    )
     audit_key: SecretStr | None = Field(
         default=None, description="the audit chain's HMAC key (32 characters or more)"
     )
