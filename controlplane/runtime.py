@@ -107,7 +107,12 @@ class ControlPlane:
         # Large xDS responses are short-lived: give their memory back when freed.
         pin_mmap_threshold()
         if not is_sqlite(self.settings.database_url):
-            self._listener = PostgresListener(self.settings.database_url, self.notifier)
+            self._listener = PostgresListener(
+                self.settings.database_url,
+                self.notifier,
+                metrics=self.metrics,
+                connect_timeout_s=self.settings.database_connect_timeout_s,
+            )
             await self._listener.start()
         # Load state before serving xDS: a replica without state answers no stream.
         await self.sync.sync_once()

@@ -3,7 +3,8 @@
 Every database error or timeout is ``503 database_unavailable`` with
 ``Retry-After`` within the configured timeouts; ``/readyz`` answers within its
 own second; the proxies' routes keep answering for a key verified within the
-last minute. Postgres here is a throwaway server of
+last minute; and after a Postgres restart the replicas wake each other again
+without waiting for the poll interval. Postgres here is a throwaway server of
 this module's own (stopped and restarted at will), reached directly or through
 a TCP proxy the test controls.
 """
@@ -253,6 +254,50 @@ async def test_a_stopped_postgres_gets_503_and_a_write_is_all_or_nothing(
         events = (await api.get("/v1/audit/events")).json()["items"]
         assert [e["resource_id"] for e in events] == ["n"]
         assert (await api.get("/v1/audit/verify")).json()["ok"] is True
+
+
+def _listener_metrics(text: str) -> tuple[float, float]:
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        values[name] = value
+    return (
+        float(values["turnout_notify_listener_up"]),
+        float(values["turnout_notify_listener_reconnects_total"]),
+    )
+
+
+async def test_replicas_wake_each_other_again_after_a_postgres_restart(
+    database: str, throwaway_postgres: ThrowawayPostgres, start_plane: StartPlane
+) -> None:
+    url = throwaway_postgres.url(database)
+    # A poll interval far longer than the test: only a notification wakes B in time.
+    writer = await start_plane(url, poll_interval_s=600.0)
+    reader = await start_plane(url, poll_interval_s=600.0)
+    key = await seed_key(writer, "admin")
+
+    async def reader_at(revision: int) -> bool:
+        return reader.sync.revision == revision
+
+    async with _client(writer, key) as api, _client(reader, key) as reader_api:
+        created = await api.post("/v1/models", json={"name": "a", "protocol": "http"})
+        assert created.status_code == 201, created.text
+        await eventually(lambda: reader_at(int(created.headers["x-turnout-revision"])))
+
+        throwaway_postgres.restart()
+
+        async def listening_again() -> bool:
+            response = await reader_api.get("/metrics")
+            return response.status_code == 200 and _listener_metrics(response.text) == (1.0, 1.0)
+
+        await eventually(listening_again, timeout=30)
+
+        async def write() -> httpx.Response | None:
+            response = await api.post("/v1/models", json={"name": "b", "protocol": "http"})
+            return response if response.status_code == 201 else None
+
+        second = await eventually(write, timeout=20)
+        await eventually(lambda: reader_at(int(second.headers["x-turnout-revision"])))
 
 
 async def test_a_locked_sqlite_database_gets_503_not_500(
