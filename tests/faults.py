@@ -160,8 +160,9 @@ class TcpProxy:
         except (ConnectionError, OSError):
             pass
         finally:
+            # Close, not abort: what the source sent last (an error message) arrives.
             if sink is not None and not sink.transport.is_closing():
-                sink.transport.abort()
+                sink.close()
 
     async def close(self) -> None:
         """Stop listening and drop every connection."""
