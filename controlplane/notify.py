@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from sqlalchemy.engine import make_url
+
+from controlplane.metrics import ControlPlaneMetrics
 
 __all__ = ["CHANNEL", "Notifier", "PostgresListener"]
 
@@ -43,27 +46,140 @@ class Notifier:
 
 
 class PostgresListener:
-    """Forwards Postgres ``NOTIFY turnout_revision`` to a :class:`Notifier`."""
+    """Forwards Postgres ``NOTIFY turnout_revision`` to a :class:`Notifier`, and
+    keeps doing so across database restarts.
 
-    def __init__(self, database_url: str, notifier: Notifier) -> None:
+    The LISTEN connection is watched (asyncpg reports a closed connection, and a
+    ``SELECT 1`` every ``check_interval_s`` catches one that went silent). When
+    it drops, the listener logs ``notify.listener_down``, sets
+    ``turnout_notify_listener_up`` to 0 and reconnects with exponential backoff
+    (``backoff_s`` doubling up to ``max_backoff_s``). Once it listens again it
+    logs ``notify.listener_restored``, counts the reconnect, and wakes the
+    notifier: notifications sent while it was down are lost, so the sync must
+    read the revision again.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        notifier: Notifier,
+        *,
+        metrics: ControlPlaneMetrics | None = None,
+        connect_timeout_s: float = 5.0,
+        check_interval_s: float = 5.0,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+    ) -> None:
         url = make_url(database_url).set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
         self._notifier = notifier
+        self._metrics = metrics
+        self._connect_timeout_s = connect_timeout_s
+        self._check_interval_s = check_interval_s
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
         self._connection: Any = None
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN connection is open now."""
+        return self._connection is not None and not self._lost.is_set()
 
     async def start(self) -> None:
-        """Open a dedicated connection and LISTEN on the revision channel."""
+        """LISTEN on the revision channel and keep the connection open; if the
+        database cannot be reached now, keep trying in the background."""
+        try:
+            await self._connect()
+        except Exception as exc:
+            self._down(exc)
+        self._task = asyncio.create_task(self._keep_listening(), name="turnout-listen")
+
+    async def _connect(self) -> None:
         import asyncpg
 
-        self._connection = await asyncpg.connect(self._dsn)
-        await self._connection.add_listener(CHANNEL, self._on_notify)
+        connection = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
+        lost = asyncio.Event()
+        try:
+            connection.add_termination_listener(lambda _connection: lost.set())
+            await connection.add_listener(CHANNEL, self._on_notify)
+        except BaseException:
+            connection.terminate()
+            raise
+        self._connection, self._lost = connection, lost
+        if self._metrics is not None:
+            self._metrics.listener_up.set(1)
+
+    def _down(self, exc: BaseException | None) -> None:
+        self._lost.set()
+        if self._metrics is not None:
+            self._metrics.listener_up.set(0)
+        log.warning(
+            "notify.listener_down",
+            extra={
+                "channel": CHANNEL,
+                "error_type": type(exc).__name__ if exc else None,
+                "error": str(exc)[:160] if exc else "connection closed",
+            },
+        )
+
+    async def _keep_listening(self) -> None:
+        while True:
+            if self._connection is not None:
+                exc = await self._watch()
+                self._down(exc)
+                self._connection.terminate()
+                self._connection = None
+            down_since = time.monotonic()
+            await self._reconnect()
+            if self._metrics is not None:
+                self._metrics.listener_reconnects.inc()
+            log.info(
+                "notify.listener_restored",
+                extra={"channel": CHANNEL, "down_s": round(time.monotonic() - down_since, 2)},
+            )
+            self._notifier.notify()
+
+    async def _watch(self) -> BaseException | None:
+        """Return when the connection is lost: the error that showed it, or None."""
+        while True:
+            try:
+                await asyncio.wait_for(self._lost.wait(), self._check_interval_s)
+                return None
+            except TimeoutError:
+                pass
+            try:
+                await self._connection.fetchval("SELECT 1", timeout=self._connect_timeout_s)
+            except Exception as exc:
+                return exc
+
+    async def _reconnect(self) -> None:
+        delay = self._backoff_s
+        while True:
+            try:
+                await self._connect()
+                return
+            except Exception as exc:
+                log.info(
+                    "notify.listener_retry",
+                    extra={"error_type": type(exc).__name__, "retry_in_s": delay},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._max_backoff_s)
 
     def _on_notify(self, *_args: Any) -> None:
         self._notifier.notify()
 
     async def stop(self) -> None:
-        """Close the listening connection."""
+        """Stop listening and close the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
         if self._connection is not None:
             with contextlib.suppress(Exception):
-                await self._connection.close()
+                await asyncio.wait_for(self._connection.close(), self._connect_timeout_s)
+            self._connection.terminate()
             self._connection = None

@@ -17,10 +17,14 @@ import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
+from controlplane.db.audit_repository import audit_session_info
 from controlplane.db.engine import create_engine, create_sessionmaker, is_sqlite
 from controlplane.db.migrate import current_revision, head_revision
 from controlplane.memory import pin_mmap_threshold
+from controlplane.metrics import ControlPlaneMetrics
 from controlplane.notify import Notifier, PostgresListener
+from controlplane.services.audit import AuditCheckpointer, load_audit_secret
+from controlplane.services.keys import VerifiedKeys
 from controlplane.settings import Settings
 from controlplane.sync import StateSync
 from controlplane.xds.cache import SnapshotCache
@@ -41,6 +45,7 @@ class SchemaNotReady(RuntimeError):
 class _Tasks:
     sync: asyncio.Task[None] | None = None
     api: asyncio.Task[None] | None = None
+    checkpoints: asyncio.Task[None] | None = None
 
 
 class ControlPlane:
@@ -48,8 +53,23 @@ class ControlPlane:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine: AsyncEngine = create_engine(settings.database_url)
-        self.sessionmaker: async_sessionmaker[AsyncSession] = create_sessionmaker(self.engine)
+        self.metrics = ControlPlaneMetrics()
+        self.engine: AsyncEngine = create_engine(
+            settings.database_url,
+            connect_timeout_s=settings.database_connect_timeout_s,
+            statement_timeout_s=settings.database_statement_timeout_s,
+        )
+        audit_secret = load_audit_secret(settings, create=True)
+        self.sessionmaker: async_sessionmaker[AsyncSession] = create_sessionmaker(
+            self.engine, info=audit_session_info(audit_secret)
+        )
+        self.verified_keys = VerifiedKeys(settings.verified_key_ttl_s)
+        self.audit_checkpoints = AuditCheckpointer(
+            self.sessionmaker,
+            audit_secret,
+            path=settings.audit_checkpoint_file,
+            interval_s=settings.audit_checkpoint_interval_s,
+        )
         self.notifier = Notifier()
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
@@ -63,6 +83,7 @@ class ControlPlane:
                 reuse_port=settings.listener_reuse_port,
             ),
             poll_interval_s=settings.poll_interval_s,
+            metrics=self.metrics,
         )
         self.xds = XdsServer(self.cache, self.registry)
         self._listener: PostgresListener | None = None
@@ -91,11 +112,19 @@ class ControlPlane:
         # Large xDS responses are short-lived: give their memory back when freed.
         pin_mmap_threshold()
         if not is_sqlite(self.settings.database_url):
-            self._listener = PostgresListener(self.settings.database_url, self.notifier)
+            self._listener = PostgresListener(
+                self.settings.database_url,
+                self.notifier,
+                metrics=self.metrics,
+                connect_timeout_s=self.settings.database_connect_timeout_s,
+            )
             await self._listener.start()
         # Load state before serving xDS: a replica without state answers no stream.
         await self.sync.sync_once()
         self._tasks.sync = asyncio.create_task(self.sync.run(), name="turnout-sync")
+        self._tasks.checkpoints = asyncio.create_task(
+            self.audit_checkpoints.run(), name="turnout-audit-checkpoints"
+        )
         self.xds_port = await self.xds.start(self.settings.xds_host, self.settings.xds_port)
         if api is not None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -131,6 +160,12 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tasks.sync
             self._tasks.sync = None
+        if self._tasks.checkpoints is not None:
+            self._tasks.checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tasks.checkpoints
+            self._tasks.checkpoints = None
+            await self.audit_checkpoints.final()
         if self._listener is not None:
             await self._listener.stop()
         await self.engine.dispose()

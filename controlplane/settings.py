@@ -7,6 +7,7 @@ Every option is an environment variable prefixed ``TURNOUT_`` (for example
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +59,36 @@ class Settings(BaseSettings):
     )
     envoy_binary: str | None = Field(
         default=None, description="path to envoy; by default the one next to the Python interpreter"
+    )
+    database_connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="give up opening a database connection after this"
+    )
+    database_statement_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="give up on a database statement after this (SQLite: its busy timeout)",
+    )
+    verified_key_ttl_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=60,
+        description="while the database is down, keys verified this recently still read "
+        "what needs no database (proxy status)",
+    )
+    audit_key: SecretStr | None = Field(
+        default=None, description="the audit chain's HMAC key (32 characters or more)"
+    )
+    audit_key_file: Path = Field(
+        default=Path(".turnout/audit.key"),
+        description="file holding the audit key when audit_key is unset; created if missing",
+    )
+    audit_checkpoint_file: Path | None = Field(
+        default=Path(".turnout/audit-checkpoints.jsonl"),
+        description="signed checkpoints of the audit chain's head are appended here",
+    )
+    audit_checkpoint_interval_s: float = Field(
+        default=10.0, gt=0, description="checkpoint the audit chain's head this often"
     )
 
 

@@ -19,12 +19,12 @@ import math
 import time
 from dataclasses import replace
 
-from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.revisions import RevisionRepository
 from controlplane.db.state import load_access, load_models, load_state
 from controlplane.domain.state import DesiredState
+from controlplane.metrics import ControlPlaneMetrics
 from controlplane.notify import Notifier
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.containment import Containment, Hold
@@ -41,15 +41,6 @@ FULL_READ_INTERVAL_S = 300.0
 
 log = logging.getLogger(__name__)
 
-MODEL_DEGRADED = Gauge(
-    "turnout_xds_model_degraded",
-    "1 while a model is held at its last accepted config because Envoy rejected its resources",
-    ["model"],
-)
-REJECTIONS = Counter(
-    "turnout_xds_rejections_total", "NACKs received from proxies, by resource type", ["type"]
-)
-
 
 class StateSync:
     """Loads desired state by revision and publishes it as snapshots."""
@@ -62,8 +53,10 @@ class StateSync:
         *,
         listener: ListenerOptions,
         poll_interval_s: float,
+        metrics: ControlPlaneMetrics | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self._metrics = metrics if metrics is not None else ControlPlaneMetrics()
         self._cache = cache
         self._notifier = notifier
         self._listener = listener
@@ -76,7 +69,7 @@ class StateSync:
         self._full_read_at = -math.inf
         self._containment = Containment()
         self._published_generation = 0
-        self._degraded: set[str] = set()  # the models this loop reports in MODEL_DEGRADED
+        self._degraded: set[str] = set()  # the models it reports as degraded
         cache.observe(self)
 
     def holds(self) -> list[Hold]:
@@ -134,7 +127,7 @@ class StateSync:
 
     def rejected(self, snapshot: Snapshot | None, type_url: str, error: str, node: str) -> None:
         """Feedback from a stream: a proxy NACKed ``type_url``; hold back its culprits."""
-        REJECTIONS.labels(type=SHORT_NAMES.get(type_url, type_url)).inc()
+        self._metrics.rejections.labels(type=SHORT_NAMES.get(type_url, type_url)).inc()
         holds = self._containment.rejected(snapshot, type_url, error, node)
         for hold in holds:
             log.warning(
@@ -154,9 +147,9 @@ class StateSync:
     def _report_degraded(self) -> None:
         held = {hold.model for hold in self._containment.holds()}
         for model in self._degraded - held:
-            MODEL_DEGRADED.remove(model)
+            self._metrics.model_degraded.remove(model)
         for model in held:
-            MODEL_DEGRADED.labels(model=model).set(1)
+            self._metrics.model_degraded.labels(model=model).set(1)
         self._degraded = held
 
     async def _load(self) -> DesiredState:

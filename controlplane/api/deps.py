@@ -75,13 +75,18 @@ _bearer = HTTPBearer(
 async def get_principal(
     request: Request,
     session: SessionDep,
+    runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """Return the caller behind the request's API key; raise Unauthenticated (401)."""
     if getattr(request.state, "authenticated", False):
         principal: Principal | None = request.state.principal
     else:
-        principal = await authenticate(session, credentials.credentials if credentials else None)
+        principal = await authenticate(
+            session,
+            credentials.credentials if credentials else None,
+            recent=runtime.verified_keys,
+        )
         request.state.principal = principal
     if principal is None:
         raise Unauthenticated(

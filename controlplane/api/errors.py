@@ -1,4 +1,9 @@
-"""Maps domain and validation errors to HTTP, as ``{"error": ..., "detail": ...}``."""
+"""Maps domain and validation errors to HTTP, as ``{"error": ..., "detail": ...}``.
+
+A database that is down, refuses connections or does not answer in time
+(:func:`is_database_unavailable`) is ``503 database_unavailable`` with
+``Retry-After``, never a 500 or a dropped connection.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from controlplane.db.engine import UNAVAILABLE_ERRORS, is_database_unavailable
 from controlplane.domain.errors import (
     Conflict,
     InvalidInput,
@@ -22,7 +28,13 @@ from controlplane.domain.errors import (
     Unauthenticated,
 )
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = [
+    "RETRY_AFTER_S",
+    "database_unavailable_response",
+    "error_response",
+    "install_error_handlers",
+    "is_database_unavailable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +46,27 @@ _STATUS = {
     PreconditionFailed: 412,
     InvalidInput: 422,
 }
+
+
+# How long a client should wait before retrying after a 503 (seconds).
+RETRY_AFTER_S = 5
+
+
+def database_unavailable_response(exc: BaseException | None = None) -> JSONResponse:
+    """Return ``503 database_unavailable`` with ``Retry-After``, and log why (the
+    error's class and a short message, never a connection string)."""
+    if exc is not None:
+        log.warning(
+            "api.database_unavailable",
+            extra={"error_type": type(exc).__name__, "error": str(exc)[:160]},
+        )
+    response = error_response(
+        503,
+        "database_unavailable",
+        f"the database is unavailable or did not answer in time; retry in {RETRY_AFTER_S} s",
+    )
+    response.headers["retry-after"] = str(RETRY_AFTER_S)
+    return response
 
 
 def error_response(status: int, error: str, detail: Any = None) -> JSONResponse:
@@ -78,8 +111,17 @@ async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "conflict", "the change conflicts with a concurrent change")
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        runtime.metrics.database_unavailable.inc()
+    return database_unavailable_response(exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register every error mapping on ``app``."""
+    for kind in UNAVAILABLE_ERRORS:
+        app.add_exception_handler(kind, _database_error)
     app.add_exception_handler(TurnoutError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -46,7 +46,11 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from controlplane.api.errors import error_response
+from controlplane.api.errors import (
+    database_unavailable_response,
+    error_response,
+    is_database_unavailable,
+)
 from controlplane.api.unit_of_work import Audited, UnitOfWork, audited_of, parse_dry_run
 from controlplane.db.audit_repository import AuditRepository, was_audited
 from controlplane.db.engine import DatabaseBusy, write_transaction
@@ -77,6 +81,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 # Seconds a client waits before sending a change again after a busy database.
 RETRY_AFTER_BUSY_S = 1
+log = logging.getLogger(__name__)
 
 
 def bearer_key(headers: Headers) -> str | None:
@@ -221,12 +226,22 @@ class AdminGateway:
                         self.runtime.notifier.notify()
         except DatabaseBusy:
             raise
-        except Exception:
-            await self._audit_failure(scope, headers, route, principal, 500)
-            raise
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                await self._audit_failure(scope, headers, route, principal, 500)
+                raise
+            # The transaction rolled back, or never began, and nothing else can be
+            # written now, the request's audit event included: log it instead.
+            self.runtime.metrics.database_unavailable.inc()
+            response = database_unavailable_response(exc)
+            _log_unaudited(scope, route, principal)
+            await response(scope, receive, send)
+            return
         finally:
             state.pop("unit_of_work", None)
-        if captured.status >= 400:
+        if captured.status == 503 and captured.header(b"retry-after") is not None:
+            _log_unaudited(scope, route, principal)  # the route found the database unavailable
+        elif captured.status >= 400:
             await self._audit_failure(scope, headers, route, principal, captured.status)
         elif outcome == Outcome.DRY_RUN:
             await self._audit_failure(
@@ -383,16 +398,48 @@ class AdminGateway:
         status: int,
         outcome: str | None = None,
     ) -> None:
-        """Write the one audit event of a request that changed nothing."""
+        """Write the one audit event of a request that changed nothing; if the
+        database fails meanwhile, log that instead of failing the answer."""
         if route is None:
             route = self._route(scope, b"")
         outcome = outcome or Outcome.for_status(status)
         entry = self._entry(scope, headers, route, principal, status, outcome)
-        async with (
-            self.runtime.sessionmaker() as session,
-            write_transaction(session, timeout_s=self._write_timeout_s),
-        ):
-            await AuditRepository(session).append(entry)
+        try:
+            async with (
+                self.runtime.sessionmaker() as session,
+                write_transaction(session, timeout_s=self._write_timeout_s),
+            ):
+                await AuditRepository(session).append(entry)
+        except DatabaseBusy:
+            log.warning(
+                "audit.write_failed",
+                extra={"request_id": entry.request_id, "action": entry.action, "busy": True},
+            )
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            log.warning(
+                "audit.write_failed",
+                extra={
+                    "request_id": entry.request_id,
+                    "action": entry.action,
+                    "status_code": status,
+                    "error_type": type(exc).__name__,
+                },
+            )
+
+
+def _log_unaudited(scope: Scope, route: _Route, principal: Principal | None) -> None:
+    log.warning(
+        "audit.skipped_database_unavailable",
+        extra={
+            "request_id": scope["state"]["request_id"],
+            "action": route.action,
+            "resource_id": route.resource_id,
+            "actor": principal.name if principal else None,
+            "status_code": 503,
+        },
+    )
 
 
 class _Rollback(Exception):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from controlplane.db.audit_repository import AuditRepository, ChainReport
+from controlplane.db.audit_repository import ChainReport, audit_session_info
 from controlplane.db.engine import create_engine, create_sessionmaker, write_transaction
 from controlplane.db.key_repository import ApiKeyRepository
 from controlplane.db.models import ApiKey
 from controlplane.domain.audit import ActionContext
 from controlplane.domain.keys import Role, hash_key, is_well_formed
+from controlplane.services.audit import AuditKeyMissing, load_audit_secret, verify_with_checkpoints
 from controlplane.services.keys import KeyService
+from controlplane.settings import get_settings
 
 __all__ = [
     "CLI_ACTOR",
@@ -57,7 +60,7 @@ async def create_key_with(
     """Create a key through ``engine``; return its row and the key itself."""
     context = ActionContext(actor=actor, role=Role.ADMIN.value, status_code=201)
     async with (
-        create_sessionmaker(engine)() as session,
+        _writer(engine)() as session,
         write_transaction(session, timeout_s=CLI_WRITE_TIMEOUT_S),
     ):
         return await KeyService(session, context).create(name, role, expires_at=expires_at)
@@ -76,7 +79,7 @@ async def reuse_or_create_key(
             return stored, True
     context = ActionContext(actor=actor, role=Role.ADMIN.value, status_code=204)
     async with (
-        create_sessionmaker(engine)() as session,
+        _writer(engine)() as session,
         write_transaction(session, timeout_s=CLI_WRITE_TIMEOUT_S),
     ):
         service = KeyService(session, context)
@@ -85,6 +88,12 @@ async def reuse_or_create_key(
                 await service.revoke(row.id)
     _, key = await create_key_with(engine, name, role, actor=actor)
     return key, False
+
+
+def _writer(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that append keyed audit events (the key from the settings)."""
+    secret = load_audit_secret(get_settings(), create=True)
+    return create_sessionmaker(engine, info=audit_session_info(secret))
 
 
 async def list_keys(database_url: str) -> list[ApiKey]:
@@ -103,7 +112,7 @@ async def revoke_key(database_url: str, key_id: int) -> None:
     context = ActionContext(actor=CLI_ACTOR, role=Role.ADMIN.value, status_code=204)
     try:
         async with (
-            create_sessionmaker(engine)() as session,
+            _writer(engine)() as session,
             write_transaction(session, timeout_s=CLI_WRITE_TIMEOUT_S),
         ):
             await KeyService(session, context).revoke(key_id)
@@ -111,11 +120,19 @@ async def revoke_key(database_url: str, key_id: int) -> None:
         await engine.dispose()
 
 
-async def verify_audit(database_url: str) -> ChainReport:
-    """Recompute the audit chain; return the report."""
+async def verify_audit(database_url: str, checkpoint_file: Path | None = None) -> ChainReport:
+    """Recompute the audit chain, keyed events under the configured audit key, and
+    check the log against the signed checkpoints in ``checkpoint_file``; return
+    the report. Without a key only unkeyed events verify; checkpoints need it."""
+    try:
+        secret: bytes | None = load_audit_secret(get_settings(), create=False)
+    except AuditKeyMissing:
+        if checkpoint_file is not None:
+            raise
+        secret = None
     engine = create_engine(database_url)
     try:
         async with create_sessionmaker(engine)() as session, session.begin():
-            return await AuditRepository(session).verify()
+            return await verify_with_checkpoints(session, secret, checkpoint_file)
     finally:
         await engine.dispose()

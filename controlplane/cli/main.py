@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -182,24 +183,45 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="the key's id")]) -> 
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Recompute the audit log's hash chain; exit 1 at the first broken position."""
+def audit_verify(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="also check the log against the signed checkpoints in this file "
+            "(detects a wiped log, a cut tail, a rewritten history)",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Recompute the audit log's keyed hash chain; exit 1 at the first broken
+    position or the first checkpoint the log contradicts."""
     from controlplane.cli.admin import verify_audit
+    from controlplane.services.audit import AuditKeyMissing
 
     try:
-        report = asyncio.run(verify_audit(get_settings().database_url))
+        report = asyncio.run(verify_audit(get_settings().database_url, checkpoint))
+    except AuditKeyMissing as exc:
+        raise _fail(str(exc)) from exc
     except Exception as exc:
         raise _database_error(exc) from exc
-    if report.ok:
-        typer.echo(f"ok: {report.checked} events, chain intact up to event {report.head_id}")
-        return
-    assert report.broken is not None
-    typer.secho(
-        f"BROKEN at position {report.broken.position} (event id {report.broken.event_id}): "
-        f"{report.broken.reason}; {report.checked} events before it verify",
-        fg=typer.colors.RED,
-    )
-    raise typer.Exit(code=1)
+    if report.broken is not None:
+        typer.secho(
+            f"BROKEN at position {report.broken.position} (event id {report.broken.event_id}): "
+            f"{report.broken.reason}; {report.checked} events before it verify",
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(code=1)
+    for problem in report.checkpoint_problems:
+        typer.secho(
+            f"CHECKPOINT line {problem.line} (event id {problem.checkpoint_id}): {problem.reason}",
+            fg=typer.colors.RED,
+        )
+    if report.checkpoint_problems:
+        raise typer.Exit(code=1)
+    against = f", consistent with {report.checkpoints_checked} checkpoints" if checkpoint else ""
+    typer.echo(f"ok: {report.checked} events, chain intact up to event {report.head_id}{against}")
 
 
 @envoy_app.command("bootstrap")

@@ -1,12 +1,16 @@
 """The audit log: appends (hash-chained, serialised) and governance queries.
 
-Every audit event in Turnout is written by :meth:`AuditRepository.append`.
+Every audit event in Turnout is written by :meth:`AuditRepository.append`,
+keyed with HMAC-SHA256 under the audit key. The key travels with the session:
+a sessionmaker built with ``info=audit_session_info(secret)`` gives every
+session it makes the key, so no caller passes it by hand; appending through a
+session without it is an error, never an unkeyed event.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -19,16 +23,36 @@ from controlplane.domain.audit import (
     GENESIS_HASH,
     AuditEntry,
     ChainBreak,
+    ChainKey,
+    HashScheme,
     canonical_fields,
-    chain_hash,
     find_break,
+    keyed_chain_hash,
 )
+from controlplane.domain.checkpoints import Checkpoint, CheckpointProblem, check_against
 from controlplane.domain.clock import utcnow
 
-__all__ = ["AUDITED_KEY", "AuditQuery", "AuditRepository", "ChainReport", "was_audited"]
+__all__ = [
+    "AUDITED_KEY",
+    "AUDIT_SECRET_KEY",
+    "AuditHeadState",
+    "AuditQuery",
+    "AuditRepository",
+    "ChainReport",
+    "audit_session_info",
+    "was_audited",
+]
 
 AUDITED_KEY = "turnout.audited"
-_HASHED_COLUMNS = [getattr(AuditEvent, name) for name in (*CHAINED_FIELDS, "prev_hash", "hash")]
+AUDIT_SECRET_KEY = "turnout.audit_secret"
+_HASHED_COLUMNS = [
+    getattr(AuditEvent, name) for name in (*CHAINED_FIELDS, "prev_hash", "hash", "hash_version")
+]
+
+
+def audit_session_info(secret: bytes) -> dict[str, Any]:
+    """Return the ``info`` of a sessionmaker whose sessions append keyed events."""
+    return {AUDIT_SECRET_KEY: secret}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +73,24 @@ class AuditQuery:
 
 @dataclass(frozen=True, slots=True)
 class ChainReport:
-    """The result of verifying the whole chain."""
+    """The result of verifying the whole chain, and the checkpoints if given."""
 
     ok: bool
     checked: int
     head_id: int
     broken: ChainBreak | None
+    checkpoints_checked: int = 0
+    checkpoint_problems: tuple[CheckpointProblem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditHeadState:
+    """The committed chain head: the newest event's id and hash, and where keyed
+    hashing began."""
+
+    last_id: int
+    last_hash: str
+    keyed_from: int
 
 
 def was_audited(session: AsyncSession) -> bool:
@@ -89,12 +125,23 @@ class AuditRepository:
         return int(row[0]), str(row[1])
 
     async def append(self, entry: AuditEntry) -> AuditEvent:
-        """Append ``entry`` as the next event of the chain and flush."""
+        """Append ``entry`` as the next event of the chain, keyed, and flush."""
+        secret = self._session.info.get(AUDIT_SECRET_KEY)
+        if not isinstance(secret, bytes):
+            raise RuntimeError(
+                "this session carries no audit key: build its sessionmaker with "
+                "info=audit_session_info(secret)"
+            )
         last_id, last_hash = await self.lock()
         values: dict[str, Any] = {f.name: getattr(entry, f.name) for f in fields(entry)}
         values.update(id=last_id + 1, created_at=utcnow())
-        digest = chain_hash(canonical_fields(values), last_hash)
-        event = AuditEvent(**values, prev_hash=last_hash, hash=digest)
+        digest = keyed_chain_hash(canonical_fields(values), last_hash, secret)
+        event = AuditEvent(
+            **values,
+            prev_hash=last_hash,
+            hash=digest,
+            hash_version=int(HashScheme.HMAC_SHA256),
+        )
         self._session.add(event)
         await self._session.flush()
         await self._session.execute(
@@ -135,13 +182,62 @@ class AuditRepository:
                 return
             after = rows[-1].id
 
-    async def verify(self, *, batch: int = 5000) -> ChainReport:
-        """Recompute the chain, oldest first; report the first broken position."""
-        head_id, head_hash = (
+    async def head(self) -> AuditHeadState:
+        """Return the committed chain head (no lock taken)."""
+        row = (
             await self._session.execute(
-                select(AuditHead.last_id, AuditHead.last_hash).where(AuditHead.id == 1)
+                select(AuditHead.last_id, AuditHead.last_hash, AuditHead.keyed_from).where(
+                    AuditHead.id == 1
+                )
             )
         ).one()
+        return AuditHeadState(int(row[0]), str(row[1]), int(row[2]))
+
+    async def hashes(self, ids: Sequence[int]) -> dict[int, str]:
+        """Return the stored hash of each event of ``ids`` that exists."""
+        found: dict[int, str] = {}
+        unique = sorted(set(ids))
+        for start in range(0, len(unique), 1000):
+            chunk = unique[start : start + 1000]
+            rows = await self._session.execute(
+                select(AuditEvent.id, AuditEvent.hash).where(AuditEvent.id.in_(chunk))
+            )
+            found.update({int(i): str(h) for i, h in rows if h is not None})
+        return found
+
+    async def verify(
+        self,
+        *,
+        secret: bytes | None = None,
+        checkpoints: Sequence[tuple[int, Checkpoint]] = (),
+        batch: int = 5000,
+    ) -> ChainReport:
+        """Recompute the chain, oldest first, and report the first broken position;
+        then check the log against ``checkpoints`` (signed heads kept outside the
+        database). Keyed events verify under ``secret``, by default the session's
+        audit key; without one, only unkeyed events verify."""
+        if secret is None:
+            stored = self._session.info.get(AUDIT_SECRET_KEY)
+            secret = stored if isinstance(stored, bytes) else None
+        head = await self.head()
+        key = ChainKey(secret, head.keyed_from) if secret is not None else None
+        report = await self._verify_chain(head, key, batch)
+        if not report.ok or not checkpoints:
+            return report
+        hashes = await self.hashes([c.id for _, c in checkpoints if 0 < c.id <= head.last_id])
+        problems = check_against(
+            checkpoints, head_id=head.last_id, keyed_from=head.keyed_from, hash_of=hashes.get
+        )
+        return replace(
+            report,
+            ok=not problems,
+            checkpoints_checked=len(checkpoints),
+            checkpoint_problems=tuple(problems),
+        )
+
+    async def _verify_chain(
+        self, head: AuditHeadState, key: ChainKey | None, batch: int
+    ) -> ChainReport:
         position, prev_hash, after, last_id = 1, GENESIS_HASH, -1, 0
         while True:
             rows = (
@@ -157,23 +253,23 @@ class AuditRepository:
                 .all()
             )
             broken, position, prev_hash, batch_last = find_break(
-                [dict(row) for row in rows], start_position=position, prev_hash=prev_hash
+                [dict(row) for row in rows], start_position=position, prev_hash=prev_hash, key=key
             )
             if broken is not None:
-                return ChainReport(False, position - 1, int(head_id), broken)
+                return ChainReport(False, position - 1, head.last_id, broken)
             if batch_last is not None:
                 last_id = batch_last
             if len(rows) < batch:
                 break
             after = int(rows[-1]["id"])
         checked = position - 1
-        if (last_id, prev_hash) != (int(head_id), head_hash):
+        if (last_id, prev_hash) != (head.last_id, head.last_hash):
             reason = (
-                f"the chain ends at event {last_id} but its head records event {head_id}: "
+                f"the chain ends at event {last_id} but its head records event {head.last_id}: "
                 "the newest events were removed or the head was altered"
             )
-            return ChainReport(False, checked, int(head_id), ChainBreak(position, None, reason))
-        return ChainReport(True, checked, int(head_id), None)
+            return ChainReport(False, checked, head.last_id, ChainBreak(position, None, reason))
+        return ChainReport(True, checked, head.last_id, None)
 
     async def _filtered(self, query: AuditQuery) -> Select[AuditEvent]:
         statement = select(AuditEvent)

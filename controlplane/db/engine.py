@@ -22,13 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    OperationalError,
+    PendingRollbackError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -37,10 +45,12 @@ from sqlalchemy.ext.asyncio import (
 )
 
 __all__ = [
+    "UNAVAILABLE_ERRORS",
     "DatabaseBusy",
     "WriteQueue",
     "create_engine",
     "create_sessionmaker",
+    "is_database_unavailable",
     "is_sqlite",
     "write_queue",
     "write_transaction",
@@ -53,6 +63,8 @@ _ATTEMPT_MS = 1000
 # Execution options: the busy timeout of a write's BEGIN IMMEDIATE, and the queue.
 _WRITE_OPTION = "turnout_write_busy_ms"
 _QUEUE_OPTION = "turnout_write_queue"
+# Execution option: the connection's busy timeout outside a write's begin.
+_BUSY_OPTION = "turnout_busy_ms"
 
 
 class DatabaseBusy(Exception):
@@ -89,26 +101,58 @@ class WriteQueue:
             self._lock.release()
 
 
+# What a database that is down, unreachable or too slow raises: the driver's
+# errors wrapped by SQLAlchemy (an IntegrityError is a conflict, not an outage),
+# a pool that found no connection in time, a connection lost mid-transaction,
+# and what the drivers raise unwrapped while connecting (refused, timed out).
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    PoolTimeout,
+    DisconnectionError,
+    PendingRollbackError,
+    OSError,  # ConnectionRefusedError, TimeoutError, socket errors
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Return whether ``exc`` (or what caused it) means the database cannot be used
+    now: down, unreachable, or not answering within its timeouts."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None or isinstance(seen, IntegrityError):
+            return False
+        if isinstance(seen, UNAVAILABLE_ERRORS):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def is_sqlite(url: str) -> bool:
     """Return whether ``url`` names a SQLite database."""
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # The sqlite3 driver opens transactions lazily and lets a SAVEPOINT's release
-    # commit; take transaction control back so that SQLAlchemy's BEGIN, SAVEPOINT
-    # and ROLLBACK mean what they say. (SQLAlchemy docs, "pysqlite: Serializable
-    # isolation / Savepoints / Transactional DDL".)
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The sqlite3 driver opens transactions lazily and lets a SAVEPOINT's release
+        # commit; take transaction control back so that SQLAlchemy's BEGIN, SAVEPOINT
+        # and ROLLBACK mean what they say. (SQLAlchemy docs, "pysqlite: Serializable
+        # isolation / Savepoints / Transactional DDL".)
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cursor.close()
+
+    return on_connect
 
 
 def _sqlite_begin(connection: Any) -> None:
-    busy_ms = connection.get_execution_options().get(_WRITE_OPTION)
+    options = connection.get_execution_options()
+    busy_ms = options.get(_WRITE_OPTION)
     if busy_ms is None:
         # Deferred: in WAL mode a reader sees a snapshot and takes no write lock.
         connection.exec_driver_sql("BEGIN")
@@ -121,27 +165,66 @@ def _sqlite_begin(connection: Any) -> None:
     try:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
     finally:
-        connection.exec_driver_sql(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        connection.exec_driver_sql(
+            f"PRAGMA busy_timeout={int(options.get(_BUSY_OPTION, _BUSY_TIMEOUT_MS))}"
+        )
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(
+    url: str,
+    *,
+    connect_timeout_s: float | None = None,
+    statement_timeout_s: float | None = None,
+    **kwargs: Any,
+) -> AsyncEngine:
     """Create an async engine; on SQLite, turn on foreign keys and WAL, and give
     it the queue its writers wait in (:func:`write_queue`). Errors never carry a
-    statement's parameters (a key's hash among them) into logs."""
+    statement's parameters (a key's hash among them) into logs.
+
+    With timeouts, no database call waits unbounded: on Postgres opening a
+    connection gives up after ``connect_timeout_s`` and a statement after
+    ``statement_timeout_s`` (the server cancels it; should the server not answer
+    at all, the client gives up a second later), and waiting for a pooled
+    connection after both. On SQLite, a local file, ``statement_timeout_s`` is
+    the busy timeout: how long a statement waits for another writer's lock.
+    Without timeouts (migrations, the CLI) statements may run as long as they need.
+    """
     kwargs.setdefault("hide_parameters", True)
     if is_sqlite(url):
-        options = {**kwargs.pop("execution_options", {}), _QUEUE_OPTION: WriteQueue()}
+        busy_ms = round((statement_timeout_s or _BUSY_TIMEOUT_MS / 1000) * 1000)
+        options = {
+            **kwargs.pop("execution_options", {}),
+            _QUEUE_OPTION: WriteQueue(),
+            _BUSY_OPTION: busy_ms,
+        }
         engine = create_async_engine(url, execution_options=options, **kwargs)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_ms))
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if connect_timeout_s is not None or statement_timeout_s is not None:
+        connect_args: dict[str, Any] = dict(kwargs.pop("connect_args", {}))
+        waits = 0.0
+        if connect_timeout_s is not None:
+            connect_args["timeout"] = connect_timeout_s
+            waits += connect_timeout_s
+        if statement_timeout_s is not None:
+            settings = dict(connect_args.get("server_settings", {}))
+            settings["statement_timeout"] = str(max(1, round(statement_timeout_s * 1000)))
+            connect_args["server_settings"] = settings
+            connect_args["command_timeout"] = statement_timeout_s + 1.0
+            waits += statement_timeout_s + 1.0
+        kwargs["connect_args"] = connect_args
+        kwargs.setdefault("pool_timeout", waits)
     return create_async_engine(url, **kwargs)
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Return the session factory; sessions do not expire objects on commit."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+def create_sessionmaker(
+    engine: AsyncEngine, *, info: dict[str, Any] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Return the session factory; sessions do not expire objects on commit, and
+    each starts with ``info`` in its ``Session.info`` (the audit key, say)."""
+    return async_sessionmaker(engine, expire_on_commit=False, info=info)
 
 
 def write_queue(engine: AsyncEngine) -> WriteQueue | None:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -224,6 +225,8 @@ class AuditEvent(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     prev_hash: Mapped[str | None] = mapped_column(String(64))
     hash: Mapped[str | None] = mapped_column(String(64))
+    # 1: SHA-256, 2: HMAC-SHA256 under the audit key (controlplane.domain.audit.HashScheme)
+    hash_version: Mapped[int] = mapped_column(SmallInteger, server_default="1")
 
 
 class AuditHead(Base):
@@ -239,6 +242,8 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_id: Mapped[int] = mapped_column(BigInteger)
     last_hash: Mapped[str] = mapped_column(String(64))
+    # The first event id hashed with the audit key (migration 0009).
+    keyed_from: Mapped[int] = mapped_column(BigInteger, server_default="1")
 
 
 class ApiKey(IdMixin, Base):

@@ -7,13 +7,16 @@ other change, but bump no config revision: they are not desired state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.audit_repository import AuditRepository
+from controlplane.db.engine import is_database_unavailable
 from controlplane.db.key_repository import ApiKeyRepository
 from controlplane.db.models import ApiKey
 from controlplane.domain.audit import ActionContext, AuditAction
@@ -28,18 +31,84 @@ from controlplane.domain.keys import (
     key_display_prefix,
 )
 
-__all__ = ["KeyService", "authenticate", "key_document"]
+__all__ = ["KeyService", "VerifiedKeys", "authenticate", "key_document"]
 
 
-async def authenticate(session: AsyncSession, key: str | None) -> Principal | None:
+class VerifiedKeys:
+    """Keys the database vouched for recently, so that reads which need no database
+    (proxy status) keep working while it is down.
+
+    The database is always asked first: a key it no longer knows (revoked,
+    deleted) is forgotten at once, so a revocation takes effect on the next
+    request whenever the database answers. Only when the database cannot answer
+    is a key accepted that it vouched for within ``ttl_s`` (at most a minute),
+    and only for the request at hand. The cache holds key hashes, never keys,
+    and at most ``capacity`` of them (least recently verified dropped first).
+    """
+
+    def __init__(
+        self,
+        ttl_s: float = 60.0,
+        *,
+        capacity: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl_s = ttl_s
+        self._capacity = capacity
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    def remember(self, key_hash: str, principal: Principal) -> None:
+        """Record that the database vouched for ``key_hash`` just now."""
+        self._entries[key_hash] = (principal, self._clock())
+        self._entries.move_to_end(key_hash)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def forget(self, key_hash: str) -> None:
+        """Drop ``key_hash``: the database no longer vouches for it."""
+        self._entries.pop(key_hash, None)
+
+    def recent(self, key_hash: str) -> Principal | None:
+        """Return the caller behind ``key_hash`` if it was verified within the TTL."""
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        principal, verified_at = entry
+        if self._clock() - verified_at > self._ttl_s:
+            self._entries.pop(key_hash, None)
+            return None
+        return principal
+
+
+async def authenticate(
+    session: AsyncSession, key: str | None, *, recent: VerifiedKeys | None = None
+) -> Principal | None:
     """Return the caller behind ``key``, or None when it is missing, malformed,
-    unknown or revoked. A malformed key costs no database lookup."""
+    unknown or revoked. A malformed key costs no database lookup.
+
+    With ``recent``, a key the database vouched for within its TTL is accepted
+    when the database cannot be reached (the database's error is raised
+    otherwise); see :class:`VerifiedKeys`.
+    """
     if not key or not is_well_formed(key):
         return None
-    row = await ApiKeyRepository(session).active_by_hash(hash_key(key))
+    digest = hash_key(key)
+    try:
+        row = await ApiKeyRepository(session).active_by_hash(digest)
+    except Exception as exc:
+        cached = recent.recent(digest) if recent is not None else None
+        if cached is None or not is_database_unavailable(exc):
+            raise
+        return cached
     if row is None:
+        if recent is not None:
+            recent.forget(digest)
         return None
-    return Principal(key_id=row.id, name=row.name, role=Role(row.role))
+    principal = Principal(key_id=row.id, name=row.name, role=Role(row.role))
+    if recent is not None:
+        recent.remember(digest, principal)
+    return principal
 
 
 def key_document(key: ApiKey) -> dict[str, Any]:

@@ -130,7 +130,9 @@ async def export_audit_events(
 
 @router.get("/verify")
 async def verify_audit_chain(session: SessionDep) -> AuditVerifyOut:
-    """Recompute the hash chain over every event; report the first broken position."""
+    """Recompute the keyed hash chain over every event; report the first broken
+    position. (Checking the log against signed checkpoints, which finds a wiped
+    log or a cut tail, is `turnout audit verify --checkpoint FILE`.)"""
     report = await AuditRepository(session).verify()
     return AuditVerifyOut(
         ok=report.ok,

@@ -1,26 +1,36 @@
-"""Health and readiness (open to all), and the connected proxies (``read``)."""
+"""Health and readiness (open to all), metrics and the connected proxies (``read``).
+
+The proxies' routes read only this replica's memory: with the database down they
+keep answering for a key the database vouched for within the last minute
+(:class:`~controlplane.services.keys.VerifiedKeys`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from google.protobuf import json_format
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from controlplane.api.deps import RuntimeDep, require
-from controlplane.api.errors import error_response
+from controlplane.api.errors import RETRY_AFTER_S, error_response
 from controlplane.api.schemas import ErrorBody, HeldOut, ProxyOut, TypeStatusOut
 from controlplane.domain.errors import NotFound
 from controlplane.domain.keys import Permission
+from controlplane.metrics import CONTENT_TYPE
 from controlplane.xds.resources import SHORT_NAMES
 from controlplane.xds.status import ProxyRegistry
 
 __all__ = ["router"]
 
 router = APIRouter()
+
+# /readyz answers within a second whatever the database does; a load balancer's
+# probe usually gives up after one.
+READY_TIMEOUT_S = 0.8
 
 
 @router.get("/healthz", tags=["health"])
@@ -38,10 +48,12 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     """Readiness: the database answers and the xDS state is loaded. Also shows the
     loaded revision and its resource versions, which are equal on every replica."""
     try:
-        async with runtime.engine.connect() as connection:
+        async with asyncio.timeout(READY_TIMEOUT_S), runtime.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
+    except TimeoutError:
+        return _unready(f"the database did not answer within {READY_TIMEOUT_S} s")
     except Exception as exc:
-        return error_response(503, "database_unavailable", str(exc)[:200])
+        return _unready(f"the database is unavailable ({type(exc).__name__})")
     if not runtime.sync.loaded.is_set():
         return error_response(503, "state_not_loaded", "the xDS state has not been loaded yet")
     snapshot = runtime.cache.snapshot
@@ -53,10 +65,22 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics", tags=["health"], response_class=Response)
-async def metrics() -> Response:
-    """The control plane's metrics in Prometheus' text format (open, like /readyz)."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+def _unready(detail: str) -> JSONResponse:
+    response = error_response(503, "database_unavailable", detail)
+    response.headers["retry-after"] = str(RETRY_AFTER_S)
+    return response
+
+
+@router.get(
+    "/metrics",
+    tags=["health"],
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
+)
+async def metrics(runtime: RuntimeDep) -> Response:
+    """This replica's metrics in the Prometheus text format. Open, like /readyz, so
+    that Prometheus scrapes it without a key: it names models, never a caller."""
+    return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 @router.get(
