@@ -98,6 +98,10 @@ def was_audited(session: AsyncSession) -> bool:
     return bool(session.info.get(AUDITED_KEY))
 
 
+# Session.info: the audit head this session's transaction holds locked.
+_HEAD_KEY = "turnout.audit_head"
+
+
 class AuditRepository:
     """The append-only, hash-chained audit log."""
 
@@ -112,6 +116,9 @@ class AuditRepository:
         that take this lock first, run one at a time and see each other's
         committed changes.
         """
+        held = self._held()
+        if held is not None:
+            return held
         row = (
             await self._session.execute(
                 update(AuditHead)
@@ -122,7 +129,21 @@ class AuditRepository:
         ).one_or_none()
         if row is None:
             raise RuntimeError("audit_head is empty: run `turnout db upgrade`")
+        self._hold(int(row[0]), str(row[1]))
         return int(row[0]), str(row[1])
+
+    def _held(self) -> tuple[int, str] | None:
+        """The head this transaction already locked (and moved), if any: the lock
+        lasts until the transaction ends, so the head cannot have moved since."""
+        entry = self._session.info.get(_HEAD_KEY)
+        transaction = self._session.sync_session.get_transaction()
+        if entry is None or transaction is None or entry[0] is not transaction:
+            return None
+        return entry[1], entry[2]
+
+    def _hold(self, last_id: int, last_hash: str) -> None:
+        transaction = self._session.sync_session.get_transaction()
+        self._session.info[_HEAD_KEY] = (transaction, last_id, last_hash)
 
     async def append(self, entry: AuditEntry) -> AuditEvent:
         """Append ``entry`` as the next event of the chain, keyed, and flush."""
@@ -147,6 +168,7 @@ class AuditRepository:
         await self._session.execute(
             update(AuditHead).where(AuditHead.id == 1).values(last_id=event.id, last_hash=digest)
         )
+        self._hold(event.id, digest)
         self._session.info[AUDITED_KEY] = True
         return event
 

@@ -85,7 +85,7 @@ def _create_key_file(path: Path) -> None:
         # A hard link appears whole or not at all, and never replaces a key that
         # another process created first.
         os.link(draft, path)
-        log.warning("audit.key_generated", extra={"path": str(path)})
+        log.info("audit.key_generated", extra={"path": str(path)})
     except FileExistsError:
         pass
     finally:
