@@ -9,7 +9,7 @@ session without it is an error, never an unkeyed event.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
@@ -189,20 +189,6 @@ class AuditRepository:
         statement = (await self._filtered(query)).order_by(AuditEvent.id)
         statement = statement.where(AuditEvent.id > after_id, AuditEvent.id <= up_to_id)
         return (await self._session.scalars(statement.limit(limit))).all()
-
-    async def stream(self, query: AuditQuery, *, batch: int = 1000) -> AsyncIterator[AuditEvent]:
-        """Yield every matching event, oldest first, in batches."""
-        base = (await self._filtered(query)).order_by(AuditEvent.id)
-        after = 0
-        while True:
-            rows = (
-                await self._session.scalars(base.where(AuditEvent.id > after).limit(batch))
-            ).all()
-            for row in rows:
-                yield row
-            if len(rows) < batch:
-                return
-            after = rows[-1].id
 
     async def head(self) -> AuditHeadState:
         """Return the committed chain head (no lock taken)."""

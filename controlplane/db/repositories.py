@@ -67,13 +67,6 @@ class VersionRepository:
             )
         ).all()
 
-    async def ids_of(self, model: Model) -> dict[str, int]:
-        """Return ``{version name: id}`` of every version of ``model``."""
-        rows = await self._session.execute(
-            select(ModelVersion.name, ModelVersion.id).where(ModelVersion.model_id == model.id)
-        )
-        return {name: version_id for name, version_id in rows}
-
     async def add(self, version: ModelVersion) -> ModelVersion:
         """Insert ``version`` (with its endpoints) and flush."""
         self._session.add(version)

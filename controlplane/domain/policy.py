@@ -40,7 +40,6 @@ __all__ = [
     "Timeouts",
     "VersionPolicy",
     "check_model_policy",
-    "max_request_bytes",
     "model_policy_from_document",
     "version_policy_from_document",
 ]
@@ -230,11 +229,6 @@ class VersionPolicy:
     def batching_enabled(self) -> bool:
         """Whether traffic goes through the batchers."""
         return self.batching is not None and self.batching.enabled
-
-
-def max_request_bytes(policy: ModelPolicy) -> int:
-    """Return the largest request body that a model with ``policy`` takes."""
-    return policy.request_limit()
 
 
 def check_model_policy(policy: ModelPolicy, model: str, versions: Collection[str]) -> None:
