@@ -171,20 +171,31 @@ class RevisionRepository:
         if revision == 0:
             return DesiredState(revision=0)
         row = await self.get(revision)
-        if row is None or row.access_digest is None:
+        return await self.state_of(row) if row is not None else None
+
+    async def state_of(self, row: ConfigRevision) -> DesiredState | None:
+        """Return the desired state that revision ``row`` left, or None when it
+        predates stored states."""
+        if row.access_digest is None:
             return None
-        digests = await self.model_digests(revision)
+        digests = await self.model_digests(row.revision)
         documents = await self.documents([*digests.values(), row.access_digest])
         tenants, jwks = decode_access(documents[row.access_digest])
         models = sorted(
             (decode_model(documents[digest]) for digest in digests.values()),
             key=lambda model: model.name,
         )
-        return DesiredState(revision=revision, models=tuple(models), tenants=tenants, jwks=jwks)
+        return DesiredState(revision=row.revision, models=tuple(models), tenants=tenants, jwks=jwks)
 
     async def models_at(self, revision: int, names: Sequence[str]) -> dict[str, ModelSpec | None]:
         """Return the named models as of ``revision`` (None: absent then)."""
-        digests = await self.model_digests(revision)
+        return await self.models_of(await self.model_digests(revision), names)
+
+    async def models_of(
+        self, digests: dict[str, str], names: Sequence[str]
+    ) -> dict[str, ModelSpec | None]:
+        """Return the named models of a revision whose :meth:`model_digests` are
+        ``digests`` (None: absent then)."""
         documents = await self.documents([digests[n] for n in names if n in digests])
         return {
             name: decode_model(documents[digests[name]]) if name in digests else None

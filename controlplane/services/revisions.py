@@ -80,20 +80,30 @@ class RevisionService:
     async def get(self, revision: int) -> tuple[ConfigRevision, dict[str, Any]]:
         """Return one revision and the document of the whole state it left; raise
         NotFound if it does not exist or predates stored states."""
-        row = await self._revisions.get(revision)
-        if row is None:
-            raise NotFound(f"revision {revision} does not exist")
-        return row, encode_state(await self.state_at(revision))
+        row = await self._row(revision)
+        return row, encode_state(await self._state_of(row))
 
     async def state_at(self, revision: int) -> DesiredState:
         """Return the whole desired state as of ``revision`` (0 is the empty start)."""
-        state = await self._revisions.state_at(revision)
-        if state is None:
-            if revision > await self._revisions.current() or (
-                await self._revisions.get(revision) is None
-            ):
-                raise NotFound(f"revision {revision} does not exist")
-            raise NotFound(f"revision {revision} predates stored states; it cannot be shown")
+        if revision == 0:
+            return DesiredState(revision=0)
+        return await self._state_of(await self._row(revision))
+
+    async def _row(self, revision: int) -> ConfigRevision:
+        row = await self._revisions.get(revision)
+        if row is None:
+            raise NotFound(f"revision {revision} does not exist")
+        return row
+
+    @staticmethod
+    def _showable(row: ConfigRevision) -> ConfigRevision:
+        if row.access_digest is None:
+            raise NotFound(f"revision {row.revision} predates stored states; it cannot be shown")
+        return row
+
+    async def _state_of(self, row: ConfigRevision) -> DesiredState:
+        state = await self._revisions.state_of(self._showable(row))
+        assert state is not None  # a showable revision has a state
         return state
 
     async def diff(
@@ -107,12 +117,13 @@ class RevisionService:
     async def rollback(self, revision: int) -> int:
         """Make the traffic state of ``revision`` current again, as a new revision;
         return it. The access state is left as it is."""
-        await self.state_at(revision)  # NotFound for an unknown or unshowable revision
+        if revision != 0:
+            self._showable(await self._row(revision))
         current = await self._revisions.current()
         then = await self._revisions.model_digests(revision)
         now = await self._revisions.model_digests(current)
         changed = sorted(name for name in set(then) | set(now) if then.get(name) != now.get(name))
-        await apply_models(self._session, await self._revisions.models_at(revision, changed))
+        await apply_models(self._session, await self._revisions.models_of(then, changed))
         return await record_change(
             self._session,
             self._context,
