@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,6 +20,41 @@ from controlplane.runtime import ControlPlane
 from examples.model_server import ModelServer, bound_port, serve
 
 T = TypeVar("T")
+
+# Linux hands out local ports of outgoing connections from 32768 up; a port there
+# that is free now may be some connection's own port before `turnout up` binds it.
+_QUIET_PORTS = range(20000, 32768)
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _quiet_free_block(count: int) -> int:
+    """Return the first of ``count`` consecutive ports that are free now and outside
+    the ephemeral range."""
+    while True:
+        start = random.randrange(_QUIET_PORTS.start, _QUIET_PORTS.stop - count)
+        if all(_is_free(port) for port in range(start, start + count)):
+            return start
+
+
+def demo_mesh_ports() -> dict[str, int]:
+    """The port settings of a `turnout up --demo` mesh, on ports free now and outside
+    the ephemeral range (the demo servers take the base port and the next one)."""
+    first = _quiet_free_block(6)
+    return {
+        "TURNOUT_DEMO_BASE_PORT": first,
+        "TURNOUT_API_PORT": first + 2,
+        "TURNOUT_XDS_PORT": first + 3,
+        "TURNOUT_LISTENER_PORT": first + 4,
+        "TURNOUT_ENVOY_ADMIN_PORT": first + 5,
+    }
 
 
 async def eventually(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -19,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import applied
+from tests.support import applied, demo_mesh_ports
 
 pytestmark = pytest.mark.envoy
 
@@ -27,42 +25,12 @@ TURNOUT = str(Path(sys.executable).parent / "turnout")
 READY = "Press Ctrl-C to stop."
 
 
-# Linux hands out local ports of outgoing connections from 32768 up; a port there
-# that is free now may be some connection's own port before `turnout up` binds it.
-_QUIET_PORTS = range(20000, 32768)
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _quiet_free_block(count: int) -> int:
-    """Return the first of ``count`` consecutive ports that are free now and outside
-    the ephemeral range."""
-    while True:
-        start = random.randrange(_QUIET_PORTS.start, _QUIET_PORTS.stop - count)
-        if all(_is_free(port) for port in range(start, start + count)):
-            return start
-
-
 def mesh_env() -> dict[str, str]:
     """The environment of a demo mesh on free ports outside the ephemeral range (the
     demo servers take the base port and the next one), with no TURNOUT_* setting
     from outside."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
-    first = _quiet_free_block(6)
-    env.update(
-        TURNOUT_DEMO_BASE_PORT=str(first),
-        TURNOUT_API_PORT=str(first + 2),
-        TURNOUT_XDS_PORT=str(first + 3),
-        TURNOUT_LISTENER_PORT=str(first + 4),
-        TURNOUT_ENVOY_ADMIN_PORT=str(first + 5),
-    )
+    env.update((name, str(port)) for name, port in demo_mesh_ports().items())
     return env
 
 

@@ -19,7 +19,7 @@ import pytest
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
 from controlplane.processes import ChildProcess, RunningProcess, envoy_binary, wait_for_port
 from tests.conftest import free_port
-from tests.support import eventually
+from tests.support import demo_mesh_ports, eventually
 
 pytestmark = [
     pytest.mark.envoy,
@@ -71,14 +71,7 @@ class Up:
 
 @pytest.fixture
 async def up(tmp_path: Path) -> AsyncIterator[Up]:
-    names = (
-        "TURNOUT_API_PORT",
-        "TURNOUT_XDS_PORT",
-        "TURNOUT_LISTENER_PORT",
-        "TURNOUT_ENVOY_ADMIN_PORT",
-        "TURNOUT_DEMO_BASE_PORT",
-    )
-    run = Up(cwd=tmp_path, ports={name: free_port() for name in names})
+    run = Up(cwd=tmp_path, ports=demo_mesh_ports())
     try:
         yield run
     finally:
