@@ -78,7 +78,7 @@ async def _run_admin(url: str, statement: str) -> None:
         await engine.dispose()
 
 
-def _in_thread(function: Callable[[], object]) -> None:
+def in_thread(function: Callable[[], object]) -> None:
     """Run ``function`` in a fresh thread (it may call asyncio.run) and wait for it."""
     errors: list[BaseException] = []
 
@@ -105,19 +105,19 @@ def postgres_url() -> Iterator[str]:
             pytest.fail(f"{reason} (skipping Postgres tests is not allowed under CI=true)")
         pytest.skip(reason)
     name = f"turnout_test_{uuid.uuid4().hex[:10]}"
-    _in_thread(lambda: asyncio.run(_run_admin(admin_url, f'CREATE DATABASE "{name}"')))
+    in_thread(lambda: asyncio.run(_run_admin(admin_url, f'CREATE DATABASE "{name}"')))
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    _in_thread(lambda: upgrade(url))
+    in_thread(lambda: upgrade(url))
     yield url
     drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-    _in_thread(lambda: asyncio.run(_run_admin(admin_url, drop)))
+    in_thread(lambda: asyncio.run(_run_admin(admin_url, drop)))
 
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file that each test copies."""
     path = tmp_path_factory.mktemp("sqlite") / "template.db"
-    _in_thread(lambda: upgrade(f"sqlite+aiosqlite:///{path}"))
+    in_thread(lambda: upgrade(f"sqlite+aiosqlite:///{path}"))
     return path
 
 

@@ -35,7 +35,7 @@ from controlplane.domain.audit import (
 from controlplane.domain.clock import utcnow
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
-from tests.conftest import _in_thread, _postgres_admin_url, _run_admin, free_port, seed_key
+from tests.conftest import _postgres_admin_url, _run_admin, free_port, in_thread, seed_key
 
 AUDIT_KEY = secrets.token_hex(32)
 EVENTS = 6
@@ -284,7 +284,7 @@ async def test_events_written_before_keying_still_verify(backend: str, tmp_path:
         await _run_admin(admin, f'CREATE DATABASE "{name}"')
         url = make_url(admin).set(database=name).render_as_string(hide_password=False)
     try:
-        _in_thread(lambda: upgrade(url, "0008"))
+        in_thread(lambda: upgrade(url, "0008"))
         engine = create_engine(url)
         try:
             async with engine.begin() as connection:
@@ -315,7 +315,7 @@ async def test_events_written_before_keying_still_verify(backend: str, tmp_path:
                 )
         finally:
             await engine.dispose()
-        _in_thread(lambda: upgrade(url))
+        in_thread(lambda: upgrade(url))
         plane = ControlPlane(
             Settings(
                 database_url=url,

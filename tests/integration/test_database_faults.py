@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import sqlite3
-import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from controlplane.api.app import create_app
 from controlplane.db.migrate import upgrade
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
-from tests.conftest import free_port, seed_key
+from tests.conftest import free_port, in_thread, seed_key
 from tests.faults import TcpProxy, ThrowawayPostgres
 from tests.support import eventually
 
@@ -38,22 +37,6 @@ pytestmark = pytest.mark.postgres
 
 TEMPLATE = "turnout_template"
 StartPlane = Callable[..., Awaitable[ControlPlane]]
-
-
-def _in_thread(function: Callable[[], object]) -> None:
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            function()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
 
 
 async def _admin(server: ThrowawayPostgres, statement: str) -> None:
@@ -78,8 +61,8 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
     try:
         server.init()
         server.start()
-        _in_thread(lambda: asyncio.run(_admin(server, f'CREATE DATABASE "{TEMPLATE}"')))
-        _in_thread(lambda: upgrade(server.url(TEMPLATE)))
+        in_thread(lambda: asyncio.run(_admin(server, f'CREATE DATABASE "{TEMPLATE}"')))
+        in_thread(lambda: upgrade(server.url(TEMPLATE)))
         yield server
     finally:
         server.remove()
