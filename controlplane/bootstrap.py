@@ -12,7 +12,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TEMPLATE_PATH", "XdsAddress", "dump_bootstrap", "render_bootstrap"]
+from controlplane.domain.statistics import (
+    BATCH_SIZE_BUCKETS,
+    CLUSTER_STATISTICS,
+    LATENCY_BUCKETS_MS,
+    QUEUE_WAIT_BUCKETS_US,
+    STAT_PREFIX,
+    StatKind,
+)
+
+__all__ = ["TEMPLATE_PATH", "XdsAddress", "dump_bootstrap", "render_bootstrap", "stats_config"]
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "envoy" / "bootstrap.yaml"
 
@@ -67,13 +76,15 @@ def render_bootstrap(
     node_cluster: str = "turnout",
     delta: bool = False,
     zone: str | None = None,
+    stats_flush_interval_s: float = 1.0,
 ) -> dict[str, Any]:
     """Return the bootstrap of one Envoy as a dict (dump it as YAML or JSON).
 
     Every address in ``xds`` is an endpoint of the ``turnout_xds`` cluster, so
     Envoy fails over between control-plane replicas. ``delta`` picks incremental
     ADS instead of state-of-the-world; ``zone`` is the Envoy's own zone, whose
-    endpoints it then prefers.
+    endpoints it then prefers. Every ``stats_flush_interval_s`` Envoy streams
+    its statistics to the same xDS addresses (``controlplane.telemetry``).
     """
     if not node_id:
         raise ValueError("node id must not be empty")
@@ -86,6 +97,10 @@ def render_bootstrap(
     if delta:
         bootstrap["dynamic_resources"]["ads_config"]["api_type"] = "DELTA_GRPC"
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    if not 0.05 <= stats_flush_interval_s <= 300:
+        raise ValueError("the stats flush interval must be between 0.05 and 300 seconds")
+    bootstrap["stats_flush_interval"] = f"{stats_flush_interval_s:.3f}s"
+    bootstrap["stats_config"] = stats_config()
     cluster = bootstrap["static_resources"]["clusters"][0]
     if not all(_is_ip(a.host) for a in xds):
         cluster["type"] = "STRICT_DNS"
@@ -102,6 +117,48 @@ def render_bootstrap(
         }
     ]
     return bootstrap
+
+
+# Every statistic whose name does not start with "cluster." (RE2 has no lookahead;
+# Envoy matches a regex against the whole name).
+_NOT_CLUSTER = "^(?:[^c]|c[^l]|cl[^u]|clu[^s]|clus[^t]|clust[^e]|cluste[^r]|cluster[^.]).*"
+
+
+def stats_config() -> dict[str, Any]:
+    """Return the bootstrap's ``stats_config``: which statistics Envoy keeps and
+    the buckets of the histograms Turnout reads.
+
+    Envoy keeps every statistic except per-cluster ones, of which it keeps
+    only :data:`~controlplane.domain.statistics.CLUSTER_STATISTICS`: with a
+    cluster per model version, the rest would cost memory and stat-sink
+    bandwidth in proportion to the number of versions.
+    https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/metrics/v3/stats.proto
+    """
+    wanted = "|".join(s.replace(".", r"\.") for s in CLUSTER_STATISTICS)
+    return {
+        "stats_matcher": {
+            "inclusion_list": {
+                "patterns": [
+                    {"safe_regex": {"regex": _NOT_CLUSTER}},
+                    {"safe_regex": {"regex": rf"^cluster\.[^.]+\.(?:{wanted})$"}},
+                ]
+            }
+        },
+        "histogram_bucket_settings": [
+            {
+                "match": {"safe_regex": {"regex": r"^cluster\.[^.]+\.upstream_rq_time$"}},
+                "buckets": list(LATENCY_BUCKETS_MS),
+            },
+            {
+                "match": {"prefix": f"{STAT_PREFIX}.{StatKind.BATCH_SIZE}."},
+                "buckets": list(BATCH_SIZE_BUCKETS),
+            },
+            {
+                "match": {"prefix": f"{STAT_PREFIX}.{StatKind.QUEUE_WAIT}."},
+                "buckets": list(QUEUE_WAIT_BUCKETS_US),
+            },
+        ],
+    }
 
 
 def dump_bootstrap(bootstrap: dict[str, Any]) -> str:

@@ -27,6 +27,9 @@ from controlplane.services.audit import AuditCheckpointer, load_audit_secret
 from controlplane.services.keys import VerifiedKeys
 from controlplane.settings import Settings
 from controlplane.sync import StateSync
+from controlplane.telemetry.exposition import DataPlaneCollector
+from controlplane.telemetry.sink import metrics_service_handler
+from controlplane.telemetry.window import TrafficWindow
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import XdsServer
 from controlplane.xds.status import ProxyRegistry
@@ -85,7 +88,16 @@ class ControlPlane:
             poll_interval_s=settings.poll_interval_s,
             metrics=self.metrics,
         )
-        self.xds = XdsServer(self.cache, self.registry)
+        # Envoy's statistics, streamed by every proxy's stat sink to the xDS port.
+        self.traffic = TrafficWindow(
+            lambda: self.sync.state,
+            retention_s=settings.metrics_retention_s,
+            flush_interval_s=settings.stats_flush_interval_s,
+        )
+        self.metrics.registry.register(DataPlaneCollector(self.traffic))
+        self.xds = XdsServer(
+            self.cache, self.registry, handlers=[metrics_service_handler(self.traffic)]
+        )
         self._listener: PostgresListener | None = None
         self._api_server: uvicorn.Server | None = None
         self._tasks = _Tasks()

@@ -76,6 +76,20 @@ class Settings(BaseSettings):
         description="while the database is down, keys verified this recently still read "
         "what needs no database (proxy status)",
     )
+    stats_flush_interval_s: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=300,
+        description="how often every Envoy streams its statistics to the control plane "
+        "(written into the bootstrap)",
+    )
+    metrics_retention_s: float = Field(
+        default=300.0,
+        ge=10,
+        le=3600,
+        description="how far back the traffic window keeps Envoy's statistics: the longest "
+        "?window= the metrics endpoints accept",
+    )
     audit_key: SecretStr | None = Field(
         default=None, description="the audit chain's HMAC key (32 characters or more)"
     )

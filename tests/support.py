@@ -134,6 +134,7 @@ class EnvoyProcess:
         workdir: Path,
         delta: bool = False,
         zone: str | None = None,
+        stats_flush_interval_s: float = 1.0,
     ) -> None:
         self.node_id = node_id
         self.listener_port = listener_port
@@ -146,6 +147,7 @@ class EnvoyProcess:
             admin_port=0,
             delta=delta,
             zone=zone,
+            stats_flush_interval_s=stats_flush_interval_s,
         )
         self.bootstrap_path = workdir / f"envoy-{node_id}.yaml"
         self.bootstrap_path.write_text(dump_bootstrap(bootstrap))

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from controlplane import __version__
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.gateway import AdminGateway
-from controlplane.api.routes import audit, keys, models, revisions, system, tenants
+from controlplane.api.routes import audit, keys, models, revisions, system, telemetry, tenants
 
 if TYPE_CHECKING:
     from controlplane.runtime import ControlPlane
@@ -39,6 +39,7 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(audit.router)
     app.include_router(tenants.router)
+    app.include_router(telemetry.router)
     # The gateway matches routes itself (for the audit event of a request that never
     # reaches one: a 413, an idempotent replay), against the routers' own routes.
     routes = [

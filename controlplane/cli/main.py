@@ -257,6 +257,7 @@ def envoy_bootstrap(
             admin_port=settings.envoy_admin_port if admin_port is None else admin_port,
             delta=delta,
             zone=zone,
+            stats_flush_interval_s=settings.stats_flush_interval_s,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from exc

@@ -285,6 +285,7 @@ async def _start_envoy(settings: Settings, xds_port: int) -> ChildProcess:
         "turnout-local",
         [XdsAddress(settings.xds_host, xds_port)],
         admin_port=settings.envoy_admin_port,
+        stats_flush_interval_s=settings.stats_flush_interval_s,
     )
     path = RUN_DIR / "envoy-bootstrap.yaml"
     path.write_text(dump_bootstrap(bootstrap))

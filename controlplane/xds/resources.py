@@ -8,6 +8,8 @@ from typing import Final
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from controlplane.domain.naming import cluster_name
+
 __all__ = [
     "CLUSTER",
     "ENDPOINT",
@@ -36,11 +38,6 @@ SHORT_NAMES: Final = {
     LISTENER: "listeners",
     ROUTE: "routes",
 }
-
-
-def cluster_name(model: str, version: str) -> str:
-    """Return the Envoy cluster (and EDS service) name of a model version."""
-    return f"{model}/{version}"
 
 
 def to_any(message: Message) -> any_pb2.Any:

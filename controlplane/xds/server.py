@@ -6,7 +6,7 @@ gRPC status codes appear only here, at the stream edge.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
 
 import grpc
@@ -80,9 +80,16 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
 
 
 class XdsServer:
-    """A grpc.aio server carrying the ADS service."""
+    """A grpc.aio server carrying the ADS service (and any other it is given)."""
 
-    def __init__(self, cache: SnapshotCache, registry: ProxyRegistry) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        registry: ProxyRegistry,
+        handlers: Sequence[grpc.GenericRpcHandler] = (),
+    ) -> None:
+        """``handlers`` are other gRPC services served on the same port (the
+        stat sink's metrics service)."""
         self._server = grpc.aio.server(
             options=[
                 ("grpc.keepalive_time_ms", 30_000),
@@ -94,6 +101,8 @@ class XdsServer:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AggregatedDiscoveryService(cache, registry), self._server
         )
+        if handlers:
+            self._server.add_generic_rpc_handlers(tuple(handlers))
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:

@@ -38,6 +38,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2, value_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from controlplane.domain.naming import stat_name
 from controlplane.domain.policy import DEFAULT_STREAM_IDLE_TIMEOUT_MS, Retries
 from controlplane.domain.state import (
     DesiredState,
@@ -59,6 +60,7 @@ from controlplane.xds.listing import Catalog, catalog_of, listing_routes
 from controlplane.xds.policies import apply_route_policy, apply_version_policy, millis
 from controlplane.xds.replies import error_metadata, local_reply_config
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name, to_any
+from controlplane.xds.statistics import stats_access_log
 from controlplane.xds.tenancy import (
     ModelAccess,
     access_of,
@@ -179,7 +181,7 @@ def version_cluster(
     """Return the EDS cluster ``name`` of one version (its model's retry budget included)."""
     cluster = cluster_pb2.Cluster(
         name=name,
-        alt_stat_name=re.sub(r"[^A-Za-z0-9_-]", "_", name),
+        alt_stat_name=stat_name(name),
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
             eds_config=_ads(), service_name=name
@@ -269,6 +271,8 @@ def build_listener(
         # Every reply, an error above all, names the request (controlplane.xds.replies).
         always_set_request_id_in_response=True,
         local_reply_config=local_reply_config(),
+        # Per-request statistics for the control plane's traffic window.
+        access_log=[stats_access_log()],
     )
     return listener_pb2.Listener(
         name=LISTENER_NAME,

@@ -1,0 +1,540 @@
+"""The traffic window: Envoy's statistics from every proxy, summed per model
+version (and zone) and per tenant, over the last few minutes.
+
+Each proxy's stat sink reports, every flush interval, what changed since its
+last flush: counters as deltas (``report_counters_as_deltas``), histograms as
+the interval's samples, gauges as their current value. Deltas make a proxy
+restart harmless (its new stream starts from zero; nothing is subtracted), and
+a proxy that goes away leaves its past counts in the window and takes its
+gauges with it.
+
+State is bounded by what is measured, not by traffic: one series per
+(model, version, zone) and per tenant, each a ring of ``retention_s /
+slot_s`` slots, with a slot allocated only when something happened in it,
+plus one gauge entry per proxy and series. Reads sum the slots a window
+covers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from controlplane.domain.naming import stat_names
+from controlplane.domain.state import DesiredState
+from controlplane.domain.statistics import (
+    BATCH_SIZE_BUCKETS,
+    LATENCY_BUCKETS_MS,
+    QUEUE_WAIT_BUCKETS_US,
+    STAT_PREFIX,
+    StatKind,
+)
+from controlplane.telemetry.protocol import COUNTER, GAUGE, HISTOGRAM
+
+__all__ = [
+    "DEFAULT_SLOT_S",
+    "Batching",
+    "Figures",
+    "Proxy",
+    "SeriesKey",
+    "TrafficWindow",
+    "quantile",
+]
+
+DEFAULT_SLOT_S: Final = 5.0
+# A proxy whose last report is older than this many flush intervals no longer
+# counts in the gauges (its stream may be open but stuck).
+STALE_FLUSHES: Final = 3
+
+SeriesKey = tuple[str, str, str]  # model, version, zone
+
+# What one statistic name means, parsed once: (target, name, field).
+# target: "cluster" (name is a stat name) or "tenant" (name is a subject).
+_Meaning = tuple[str, str, str]
+_IGNORED: Final[_Meaning] = ("", "", "")
+
+# Fields of a slot, by the statistic that feeds them.
+_CLUSTER_COUNTERS: Final = {
+    "upstream_rq_retry": "retries",
+    "upstream_rq_pending_overflow": "overflows",
+    "upstream_rq_retry_overflow": "overflows",
+    "upstream_cx_overflow": "overflows",
+    "outlier_detection.ejections_enforced_total": "ejections",
+}
+_CLUSTER_GAUGES: Final = {
+    "upstream_rq_active": 0,
+    "upstream_rq_pending_active": 1,
+    "outlier_detection.ejections_active": 2,
+}
+_HISTOGRAM_BOUNDS: Final = {
+    "latency": LATENCY_BUCKETS_MS,
+    "batch_size": BATCH_SIZE_BUCKETS,
+    "queue_wait": QUEUE_WAIT_BUCKETS_US,
+}
+
+
+def _parse(name: str) -> _Meaning:
+    """Return what the statistic ``name`` feeds, or ``_IGNORED``."""
+    if name.startswith("cluster."):
+        stat, _, statistic = name[len("cluster.") :].partition(".")
+        if statistic == "upstream_rq_time":
+            return ("cluster", stat, "latency")
+        if statistic in _CLUSTER_COUNTERS:
+            return ("cluster", stat, _CLUSTER_COUNTERS[statistic])
+        if statistic in _CLUSTER_GAUGES:
+            return ("cluster", stat, "gauge:" + statistic)
+        return _IGNORED
+    if not name.startswith(STAT_PREFIX + "."):
+        return _IGNORED
+    kind, _, rest = name[len(STAT_PREFIX) + 1 :].partition(".")
+    if kind == StatKind.REQUESTS:
+        # cluster.<stat name>.code.<status>
+        head, _, code = rest.rpartition(".code.")
+        if head.startswith("cluster.") and code.isdigit():
+            return ("cluster", head[len("cluster.") :], "code:" + code)
+    elif kind == StatKind.TENANT_REQUESTS:
+        head, _, code = rest.rpartition(".code.")
+        if head.startswith("tenant.") and code.isdigit():
+            return ("tenant", head[len("tenant.") :], "code:" + code)
+    elif kind in (StatKind.BATCH_SIZE, StatKind.QUEUE_WAIT, StatKind.SHED) and rest.startswith(
+        "cluster."
+    ):
+        what = {
+            StatKind.BATCH_SIZE: "batch_size",
+            StatKind.QUEUE_WAIT: "queue_wait",
+            StatKind.SHED: "shed",
+        }[kind]
+        return ("cluster", rest[len("cluster.") :], what)
+    return _IGNORED
+
+
+@dataclass(slots=True)
+class _Counts:
+    """What happened in one slot of one series (or, for totals, ever)."""
+
+    codes: dict[int, float] = field(default_factory=dict)
+    retries: float = 0.0
+    overflows: float = 0.0
+    ejections: float = 0.0
+    shed: float = 0.0
+    # Per-bucket (not cumulative) counts; the last bucket is +Inf. Sums too.
+    histograms: dict[str, list[float]] = field(default_factory=dict)
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def add_histogram(self, what: str, counts: Sequence[float], total: float) -> None:
+        mine = self.histograms.get(what)
+        if mine is None:
+            self.histograms[what] = list(counts)
+        else:
+            for i, n in enumerate(counts):
+                mine[i] += n
+        self.sums[what] = self.sums.get(what, 0.0) + total
+
+    def merge(self, other: _Counts) -> None:
+        for code, n in other.codes.items():
+            self.codes[code] = self.codes.get(code, 0.0) + n
+        self.retries += other.retries
+        self.overflows += other.overflows
+        self.ejections += other.ejections
+        self.shed += other.shed
+        for what, counts in other.histograms.items():
+            self.add_histogram(what, counts, other.sums.get(what, 0.0))
+
+
+@dataclass(slots=True)
+class _Series:
+    """One series: its slots in the window, its totals since start, and the
+    latest gauges of every proxy that reports it."""
+
+    slots: deque[tuple[int, _Counts]]
+    totals: _Counts = field(default_factory=_Counts)
+    gauges: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
+
+    def slot(self, index: int) -> _Counts:
+        if self.slots and self.slots[-1][0] == index:
+            return self.slots[-1][1]
+        counts = _Counts()
+        self.slots.append((index, counts))
+        return counts
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """One stat-sink stream: the Envoy behind it and its zone."""
+
+    stream_id: int
+    node_id: str
+    zone: str
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """What the batchers in front of a version reported over a window."""
+
+    requests: int
+    mean_batch_size: float | None
+    queue_wait_p99_ms: float | None
+    shed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """One version's (or a model's, or a tenant's) traffic over a window."""
+
+    window_s: float
+    requests: int
+    responses: dict[str, int]
+    retries: int
+    overflows: int
+    ejections: int
+    latency_samples: int
+    latency_ms: dict[str, float | None]
+    active_requests: int
+    pending_requests: int
+    ejected_hosts: int
+    batching: Batching | None
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def errors(self) -> int:
+        """Responses with a 5xx status: the ones the version is to blame for."""
+        return sum(n for code, n in self.responses.items() if code.startswith("5"))
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    def classes(self) -> dict[str, int]:
+        """Return the responses by class (``"2xx"``...)."""
+        classes: dict[str, int] = {}
+        for code, n in self.responses.items():
+            name = code[0] + "xx"
+            classes[name] = classes.get(name, 0) + n
+        return classes
+
+
+def quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float | None:
+    """Return the ``q`` quantile of a histogram by linear interpolation in its
+    bucket, as Prometheus's ``histogram_quantile`` does; ``counts`` has one
+    more entry than ``bounds`` (the +Inf bucket), whose samples count as the
+    last bound. None when the histogram is empty."""
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0.0
+    for i, n in enumerate(counts):
+        if n and seen + n >= rank:
+            if i >= len(bounds):
+                return float(bounds[-1])
+            lower = bounds[i - 1] if i else 0.0
+            return float(lower + (bounds[i] - lower) * ((rank - seen) / n))
+        seen += n
+    return float(bounds[-1])
+
+
+class _Rebinner:
+    """Maps a reported histogram's buckets onto the ones Turnout asks for (the
+    same, unless a proxy runs with another bootstrap)."""
+
+    def __init__(self, expected: Sequence[float]) -> None:
+        self._expected = tuple(float(b) for b in expected)
+        self._maps: dict[tuple[float, ...], list[int]] = {}
+
+    def per_bucket(
+        self, bounds: tuple[float, ...], cumulative: Sequence[int], count: int
+    ) -> list[float]:
+        out = [0.0] * (len(self._expected) + 1)
+        index = self._maps.get(bounds)
+        if index is None:
+            index = [bisect.bisect_left(self._expected, b) for b in bounds]
+            self._maps[bounds] = index
+        previous = 0
+        for target, c in zip(index, cumulative, strict=True):
+            out[target] += c - previous
+            previous = c
+        out[-1] += count - previous
+        return out
+
+
+class TrafficWindow:
+    """Sums what every proxy's stat sink reports; see the module docs.
+
+    ``state`` returns the desired state the stat names are read against (the
+    sync loop's current one); ``clock`` is a monotonic clock in seconds.
+    """
+
+    def __init__(
+        self,
+        state: Callable[[], DesiredState | None],
+        *,
+        retention_s: float = 300.0,
+        slot_s: float = DEFAULT_SLOT_S,
+        flush_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if slot_s <= 0 or retention_s < slot_s:
+            raise ValueError("need 0 < slot_s <= retention_s")
+        self._state = state
+        self._slot_s = slot_s
+        self._retention_s = retention_s
+        self._slots = math.ceil(retention_s / slot_s)
+        self._stale_after_s = STALE_FLUSHES * flush_interval_s
+        self._clock = clock
+        self._started = clock()
+        self._versions: dict[SeriesKey, _Series] = {}
+        self._tenants: dict[str, _Series] = {}
+        self._meanings: dict[str, _Meaning] = {}
+        self._names: dict[str, tuple[str, str]] = {}
+        self._names_of: DesiredState | None = None
+        self._seen: dict[int, float] = {}  # stream id -> time of its last report
+        self._rebinners = {what: _Rebinner(b) for what, b in _HISTOGRAM_BOUNDS.items()}
+        self.reports = 0
+
+    @property
+    def retention_s(self) -> float:
+        return self._retention_s
+
+    def _stat_names(self) -> dict[str, tuple[str, str]]:
+        state = self._state()
+        if state is not self._names_of:
+            self._names_of = state
+            self._names = stat_names(state) if state is not None else {}
+        return self._names
+
+    def ingest(self, proxy: Proxy, families: Iterable[Any]) -> None:
+        """Add one flush of ``proxy`` (a sequence of ``MetricFamily`` messages)."""
+        now = self._clock()
+        index = int(now // self._slot_s)
+        names = self._stat_names()
+        meanings = self._meanings
+        self._seen[proxy.stream_id] = now
+        gauges: dict[SeriesKey, list[float]] = {}
+        for family in families:
+            name = family.name
+            meaning = meanings.get(name)
+            if meaning is None:
+                meaning = meanings[name] = _parse(name)
+            target, subject, what = meaning
+            if not target:
+                continue
+            kind = family.type
+            if kind == HISTOGRAM:
+                histogram = family.metric[0].histogram
+                count = histogram.sample_count
+                if not count:
+                    continue
+                buckets = histogram.bucket
+                samples = self._rebinners[what].per_bucket(
+                    tuple(b.upper_bound for b in buckets),
+                    [b.cumulative_count for b in buckets],
+                    count,
+                )
+                series = self._version_series(names, subject, proxy.zone)
+                if series is not None:
+                    series.slot(index).add_histogram(what, samples, histogram.sample_sum)
+                    series.totals.add_histogram(what, samples, histogram.sample_sum)
+                continue
+            if kind == GAUGE:
+                model_version = names.get(subject)
+                if model_version is None or not what.startswith("gauge:"):
+                    continue
+                values = gauges.setdefault(
+                    (model_version[0], model_version[1], proxy.zone), [0.0, 0.0, 0.0]
+                )
+                values[_CLUSTER_GAUGES[what[len("gauge:") :]]] = family.metric[0].gauge.value
+                continue
+            if kind != COUNTER:
+                continue
+            value = family.metric[0].counter.value
+            if not value:
+                continue
+            series = (
+                self._tenant_series(subject)
+                if target == "tenant"
+                else self._version_series(names, subject, proxy.zone)
+            )
+            if series is None:
+                continue
+            for counts in (series.slot(index), series.totals):
+                if what.startswith("code:"):
+                    code = int(what[len("code:") :])
+                    counts.codes[code] = counts.codes.get(code, 0.0) + value
+                else:
+                    setattr(counts, what, getattr(counts, what) + value)
+        for series_key, (active, pending, ejected) in gauges.items():
+            gauged = self._versions.get(series_key)
+            if gauged is None:
+                gauged = self._versions[series_key] = _Series(deque(maxlen=self._slots))
+            gauged.gauges[proxy.stream_id] = (now, active, pending, ejected)
+        self.reports += 1
+
+    def _version_series(
+        self, names: dict[str, tuple[str, str]], stat: str, zone: str
+    ) -> _Series | None:
+        model_version = names.get(stat)
+        if model_version is None:
+            return None
+        key = (model_version[0], model_version[1], zone)
+        series = self._versions.get(key)
+        if series is None:
+            series = self._versions[key] = _Series(deque(maxlen=self._slots))
+        return series
+
+    def _tenant_series(self, subject: str) -> _Series:
+        series = self._tenants.get(subject)
+        if series is None:
+            series = self._tenants[subject] = _Series(deque(maxlen=self._slots))
+        return series
+
+    def forget(self, proxy: Proxy) -> None:
+        """Drop the gauges of a proxy whose stream ended; its counts stay."""
+        self._seen.pop(proxy.stream_id, None)
+        for series in self._versions.values():
+            series.gauges.pop(proxy.stream_id, None)
+
+    def prune(self, state: DesiredState | None = None) -> None:
+        """Drop the series of versions that are gone from the desired state
+        and have nothing left in the window."""
+        names = set(stat_names(state).values()) if state is not None else None
+        horizon = int(self._clock() // self._slot_s) - self._slots
+        for key in list(self._versions):
+            series = self._versions[key]
+            idle = not series.slots or series.slots[-1][0] <= horizon
+            if idle and not series.gauges and (names is None or key[:2] not in names):
+                del self._versions[key]
+
+    # -- reads ---------------------------------------------------------------
+
+    def _window(self, window_s: float) -> tuple[int, float]:
+        """Return the first slot a window of ``window_s`` covers, and the
+        seconds it really covers (less while the window is still filling)."""
+        window_s = min(max(window_s, self._slot_s), self._retention_s)
+        now = self._clock()
+        current = int(now // self._slot_s)
+        first = current - math.ceil(window_s / self._slot_s) + 1
+        covered = now - max(first * self._slot_s, self._started)
+        return first, max(covered, 1e-9)
+
+    @staticmethod
+    def _sum(series: Iterable[_Series], first: int) -> _Counts:
+        counts = _Counts()
+        for s in series:
+            for index, slot in reversed(s.slots):
+                if index < first:
+                    break
+                counts.merge(slot)
+        return counts
+
+    def _gauges(self, series: Iterable[_Series]) -> tuple[int, int, int]:
+        fresh = self._clock() - self._stale_after_s
+        active = pending = ejected = 0.0
+        for s in series:
+            for at, a, p, e in s.gauges.values():
+                if at >= fresh:
+                    active, pending, ejected = active + a, pending + p, ejected + e
+        return round(active), round(pending), round(ejected)
+
+    def _figures(self, series: list[_Series], first: int, covered: float) -> Figures:
+        counts = self._sum(series, first)
+        active, pending, ejected = self._gauges(series)
+        return _figures_of(counts, covered, active, pending, ejected)
+
+    def versions(self, model: str) -> list[tuple[str, str]]:
+        """Return the (version, zone) pairs of ``model`` that have a series."""
+        return sorted((v, z) for m, v, z in self._versions if m == model)
+
+    def version_figures(
+        self, model: str, window_s: float
+    ) -> dict[str, tuple[Figures, dict[str, Figures]]]:
+        """Return ``{version: (figures, {zone: figures})}`` for ``model`` over the
+        last ``window_s`` seconds (zones only where proxies report one)."""
+        first, covered = self._window(window_s)
+        by_version: dict[str, dict[str, _Series]] = {}
+        for (m, v, z), series in self._versions.items():
+            if m == model:
+                by_version.setdefault(v, {})[z] = series
+        out: dict[str, tuple[Figures, dict[str, Figures]]] = {}
+        for version, zones in by_version.items():
+            total = self._figures(list(zones.values()), first, covered)
+            named = {zone: self._figures([s], first, covered) for zone, s in zones.items() if zone}
+            out[version] = (total, named)
+        return out
+
+    def model_figures(self, model: str, window_s: float) -> Figures:
+        """Return ``model``'s figures over the window, all versions together."""
+        first, covered = self._window(window_s)
+        series = [s for (m, _, _), s in self._versions.items() if m == model]
+        return self._figures(series, first, covered)
+
+    def nothing(self, window_s: float) -> Figures:
+        """Return the figures of a series that reported nothing over the window."""
+        _, covered = self._window(window_s)
+        return _figures_of(_Counts(), covered, 0, 0, 0)
+
+    def models(self) -> list[str]:
+        """Return every model with a series, sorted."""
+        return sorted({m for m, _, _ in self._versions})
+
+    def tenant_figures(self, window_s: float) -> dict[str, Figures]:
+        """Return every tenant's figures over the window ("" is no verified tenant)."""
+        first, covered = self._window(window_s)
+        return {
+            subject: self._figures([series], first, covered)
+            for subject, series in sorted(self._tenants.items())
+        }
+
+    def totals(self) -> Iterable[tuple[SeriesKey, _Counts, tuple[int, int, int]]]:
+        """Yield every version series' counts since start, with its gauges."""
+        for key, series in sorted(self._versions.items()):
+            yield key, series.totals, self._gauges([series])
+
+    def tenant_totals(self) -> Iterable[tuple[str, _Counts]]:
+        """Yield every tenant's counts since start."""
+        for subject, series in sorted(self._tenants.items()):
+            yield subject, series.totals
+
+
+def _figures_of(
+    counts: _Counts, covered: float, active: int, pending: int, ejected: int
+) -> Figures:
+    latency = counts.histograms.get("latency")
+    latency_ms: dict[str, float | None] = {
+        name: (quantile(q, LATENCY_BUCKETS_MS, latency) if latency else None)
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+    }
+    sizes = counts.histograms.get("batch_size")
+    waits = counts.histograms.get("queue_wait")
+    batching = None
+    if sizes or waits or counts.shed:
+        sized = sum(sizes) if sizes else 0.0
+        wait_p99 = quantile(0.99, QUEUE_WAIT_BUCKETS_US, waits) if waits else None
+        batching = Batching(
+            requests=round(sized),
+            mean_batch_size=(counts.sums.get("batch_size", 0.0) / sized) if sized else None,
+            queue_wait_p99_ms=wait_p99 / 1000 if wait_p99 is not None else None,
+            shed=round(counts.shed),
+        )
+    responses = {str(code): round(n) for code, n in sorted(counts.codes.items())}
+    return Figures(
+        window_s=covered,
+        requests=sum(responses.values()),
+        responses=responses,
+        retries=round(counts.retries),
+        overflows=round(counts.overflows),
+        ejections=round(counts.ejections),
+        latency_samples=round(sum(latency)) if latency else 0,
+        latency_ms=latency_ms,
+        active_requests=active,
+        pending_requests=pending,
+        ejected_hosts=ejected,
+        batching=batching,
+    )
