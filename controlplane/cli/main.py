@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -405,15 +406,9 @@ def _no_key_message() -> str:
     )
 
 
-@app.command("proxy-status")
-def proxy_status(
-    api: Annotated[
-        str | None, typer.Option(help="admin API base URL; by default from TURNOUT_API_*")
-    ] = None,
-) -> None:
-    """Show each connected Envoy: per resource type SYNCED, STALE, NACKED or NOT SENT.
-
-    Needs a key with the read permission in TURNOUT_API_KEY."""
+def _read_api(api: str | None, path: str, params: dict[str, str] | None = None) -> Any:
+    """GET ``path`` from the admin API with TURNOUT_API_KEY; return its JSON body,
+    or fail with a message that says what to fix."""
     import httpx
 
     settings = get_settings()
@@ -422,17 +417,58 @@ def proxy_status(
     base = api or f"http://{settings.api_host}:{settings.api_port}"
     headers = {"authorization": f"Bearer {settings.api_key.get_secret_value()}"}
     try:
-        response = httpx.get(f"{base}/v1/proxies", headers=headers, timeout=10)
+        response = httpx.get(f"{base}{path}", headers=headers, params=params, timeout=10)
     except httpx.HTTPError as exc:
-        raise _fail(f"cannot read {base}/v1/proxies ({exc}); is `turnout serve` running?") from exc
+        raise _fail(f"cannot read {base}{path} ({exc}); is `turnout serve` running?") from exc
     if response.status_code in (401, 403):
         raise _fail(
             f"the admin API refused the key in TURNOUT_API_KEY ({response.status_code}): "
             "set it to a live key with the read permission (`turnout keys list` shows them)"
         )
     if response.is_error:
-        raise _fail(f"{base}/v1/proxies answered {response.status_code}: {response.text[:200]}")
-    typer.echo(format_proxy_status(response.json()), nl=False)
+        raise _fail(f"{base}{path} answered {response.status_code}: {response.text[:200]}")
+    return response.json()
+
+
+_ApiOption = Annotated[
+    str | None, typer.Option(help="admin API base URL; by default from TURNOUT_API_*")
+]
+
+
+@app.command("proxy-status")
+def proxy_status(api: _ApiOption = None) -> None:
+    """Show each connected Envoy: per resource type SYNCED, STALE, NACKED or NOT SENT.
+
+    Needs a key with the read permission in TURNOUT_API_KEY."""
+    typer.echo(format_proxy_status(_read_api(api, "/v1/proxies")), nl=False)
+
+
+@app.command("top")
+def top(
+    api: _ApiOption = None,
+    model: Annotated[str | None, typer.Option(help="show only this model")] = None,
+    window: Annotated[str, typer.Option(help="how far back the figures look")] = "10s",
+    interval: Annotated[float, typer.Option(min=0.1, help="seconds between refreshes")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="print the table once and exit")] = False,
+) -> None:
+    """Live traffic per model version: weight, requests/s, errors, p50 and p99
+    latency, mean batch size; refreshed every second until Ctrl-C.
+
+    Needs a key with the read permission in TURNOUT_API_KEY."""
+    from controlplane.cli.top import format_top
+
+    params = {"window": window}
+    if once:
+        typer.echo(format_top(_read_api(api, "/v1/metrics/summary", params), model), nl=False)
+        return
+    try:
+        while True:
+            table = format_top(_read_api(api, "/v1/metrics/summary", params), model)
+            # Home the cursor and clear the screen, then draw.
+            typer.echo("\x1b[H\x1b[2J" + table, nl=False)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        typer.echo("")
 
 
 def format_proxy_status(proxies: list[dict[str, Any]]) -> str:

@@ -7,7 +7,10 @@ After 2,000 requests the control plane must show what the client saw.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
+import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -201,6 +204,32 @@ async def test_versions_show_what_the_client_saw(
     ]
     assert counts == [v1["latency_samples"]]
 
+    # `turnout top --once`: a row per version with the same figures.
+    table = await _turnout_top(api, "--once", "--window", "2m", "--model", MODEL)
+    rows = {line.split()[1]: line.split() for line in table.splitlines()[2:]}
+    assert set(rows) == {"v1", "v2", "(all)"}, table
+    assert rows["v1"][2] == "90%" and rows["v2"][2] == "10%"
+    assert rows["v2"][4] == f"{v2['error_rate'] * 100:.1f}%"
+    assert float(rows["v1"][5]) == pytest.approx(v1["latency_ms"]["p50"], abs=0.05)
+
+
+async def _turnout_top(api: httpx.AsyncClient, *args: str) -> str:
+    """Run the `turnout top` command against ``api``'s control plane; return its output."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
+    environment["TURNOUT_API_KEY"] = api.headers["authorization"].removeprefix("Bearer ")
+    environment["TURNOUT_API_PORT"] = str(api.base_url.port)
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "turnout"),
+        "top",
+        *args,
+        env=environment,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
 
 async def test_window_must_be_a_duration_within_the_retention(api: httpx.AsyncClient) -> None:
     response = await api.post("/v1/models", json={"name": MODEL, "protocol": "http"})
@@ -215,3 +244,34 @@ async def test_window_must_be_a_duration_within_the_retention(api: httpx.AsyncCl
     response = await api.get(f"/v1/models/{MODEL}/metrics", params={"window": "5m"})
     assert response.status_code == 200
     assert response.json()["total"]["requests"] == 0
+
+
+async def test_top_redraws_until_interrupted(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/models", json={"name": MODEL, "protocol": "http"})
+    assert response.status_code == 201
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
+    environment["TURNOUT_API_KEY"] = api.headers["authorization"].removeprefix("Bearer ")
+    environment["TURNOUT_API_PORT"] = str(api.base_url.port)
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "turnout"),
+        "top",
+        "--interval",
+        "0.2",
+        env=environment,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    seen = b""
+    try:
+        # Two frames drawn: it refreshes on its own.
+        while seen.count(b"\x1b[2J") < 2:
+            chunk = await asyncio.wait_for(process.stdout.read(4096), timeout=30)
+            assert chunk, (seen, await process.stderr.read() if process.stderr else b"")
+            seen += chunk
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), timeout=30)
+    assert code == 0
+    assert f"{MODEL}  v".encode() not in seen  # no versions yet: no rows
+    assert b"MODEL" in seen
