@@ -121,7 +121,7 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
     Progress goes to stdout as it happens; once everything is up, one block says
     where the API and Envoy are, which key to export and what to try."""
     RUN_DIR.mkdir(exist_ok=True)  # noqa: ASYNC240  (once, before anything runs)
-    settings = with_local_access_log(settings)
+    settings = _with_local_access_log(settings)
     ledger = await _take_over_run_dir()
     if ledger is None:
         return 2
@@ -183,7 +183,7 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
         typer.echo("stopped")
 
 
-def with_local_access_log(settings: Settings) -> Settings:
+def _with_local_access_log(settings: Settings) -> Settings:
     """Return ``settings`` with Envoy's access log in ``.turnout/access.log`` (as an
     absolute path: Envoy opens it), unless ``TURNOUT_ACCESS_LOG_PATH`` says otherwise."""
     if "access_log_path" in settings.model_fields_set:
