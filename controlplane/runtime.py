@@ -76,15 +76,19 @@ class ControlPlane:
         self.notifier = Notifier()
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
+        # The one mapping of settings to the listener: what the sync loop pushes is
+        # what a dry run or a revision diff shows.
+        self.listener = ListenerOptions(
+            host=settings.listener_host,
+            port=settings.listener_port,
+            reuse_port=settings.listener_reuse_port,
+            access_log_path=settings.access_log_path or None,
+        )
         self.sync = StateSync(
             self.sessionmaker,
             self.cache,
             self.notifier,
-            listener=ListenerOptions(
-                host=settings.listener_host,
-                port=settings.listener_port,
-                reuse_port=settings.listener_reuse_port,
-            ),
+            listener=self.listener,
             poll_interval_s=settings.poll_interval_s,
             metrics=self.metrics,
         )

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
         description="let several Envoys on one host share the listener port (SO_REUSEPORT); "
         "off, an Envoy refuses a port that another process holds",
     )
+    access_log_path: str | None = Field(
+        default="/dev/stdout",
+        description="where every Envoy appends its JSON access log, one line per request "
+        "(`turnout up`: .turnout/access.log); empty: no access log",
+    )
     envoy_admin_port: int = Field(default=9901, ge=0, le=65535)
     demo_base_port: int = Field(
         default=9001, ge=1, le=65000, description="first port of the demo model servers"

@@ -163,6 +163,9 @@ class EnvoyProcess:
                 "warn",
                 "--concurrency",
                 "1",
+                # Access log lines reach their file within 0.1 s, not Envoy's default 10 s.
+                "--file-flush-interval-msec",
+                "100",
                 "--admin-address-path",
                 str(self._admin_address_path),
             ],

@@ -65,7 +65,6 @@ from controlplane.domain.keys import Principal
 from controlplane.services.changes import committed_revision
 from controlplane.services.keys import authenticate
 from controlplane.services.revisions import whole_diff
-from controlplane.xds.translate import ListenerOptions
 
 if TYPE_CHECKING:
     from controlplane.runtime import ControlPlane
@@ -259,9 +258,7 @@ class AdminGateway:
         else:
             before = await RevisionRepository(session).state_at(revision - 1)
             after = await load_state(session)
-            settings = self.runtime.settings
-            listener = ListenerOptions(host=settings.listener_host, port=settings.listener_port)
-            outcome.update(whole_diff(before or after, after, listener))
+            outcome.update(whole_diff(before or after, after, self.runtime.listener))
         payload = json.dumps(jsonable_encoder(outcome)).encode()
         return _Captured(
             status=200,

@@ -41,6 +41,7 @@ RUN_DIR = Path(".turnout")
 # The demo's keys, kept between runs so a restart does not mint another live key.
 DEMO_ADMIN_KEY_FILE = "demo-admin.key"
 DEMO_BATCHER_KEY_FILE = "demo-batcher.key"
+ACCESS_LOG = RUN_DIR / "access.log"
 
 
 def log_to_file(level: str, path: Path) -> None:
@@ -120,6 +121,7 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
     Progress goes to stdout as it happens; once everything is up, one block says
     where the API and Envoy are, which key to export and what to try."""
     RUN_DIR.mkdir(exist_ok=True)  # noqa: ASYNC240  (once, before anything runs)
+    settings = _with_local_access_log(settings)
     ledger = await _take_over_run_dir()
     if ledger is None:
         return 2
@@ -181,6 +183,14 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
         typer.echo("stopped")
 
 
+def _with_local_access_log(settings: Settings) -> Settings:
+    """Return ``settings`` with Envoy's access log in ``.turnout/access.log`` (as an
+    absolute path: Envoy opens it), unless ``TURNOUT_ACCESS_LOG_PATH`` says otherwise."""
+    if "access_log_path" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"access_log_path": str(ACCESS_LOG.absolute())})
+
+
 def _start_block(
     settings: Settings,
     api: str,
@@ -201,6 +211,8 @@ def _start_block(
         f"  xDS         {settings.xds_host}:{xds_port}",
         f"  logs        {RUN_DIR}/",
     ]
+    if settings.access_log_path:
+        lines.append(f"  access log  {settings.access_log_path}")
     if weights:
         split = ", ".join(f"{version} {weight}%" for version, weight in sorted(weights.items()))
         lines.append(f"  model       '{DEMO_MODEL}': {split}")
@@ -298,6 +310,9 @@ async def _start_envoy(settings: Settings, xds_port: int) -> ChildProcess:
             "--disable-hot-restart",
             "--log-level",
             "warn",
+            # Access log lines reach the file within a second (Envoy's default: 10 s).
+            "--file-flush-interval-msec",
+            "1000",
         ],
         log_path=RUN_DIR / "envoy.log",
     )

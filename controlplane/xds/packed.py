@@ -74,9 +74,7 @@ class PackedTranslator:
         """Return ``{type_url: {name: (packed resource, version hash)}}`` for ``state``:
         the resources of ``translate(state, listener, local_zone)``, packed."""
         clusters = {
-            cluster_name(m.name, v.name): self._clusters(
-                cluster_name(m.name, v.name), v, m.policy.retries
-            )
+            cluster_name(m.name, v.name): self._clusters(m.name, v, m.policy.retries)
             for m in state.models
             for v in m.versions
         }
@@ -135,8 +133,8 @@ class PackedTranslator:
         return packed, hashlib.sha256(value).hexdigest()[:16]
 
 
-def _cluster(name: str, version: VersionSpec, retries: Retries | None) -> PackedResource:
-    return pack_resource(render.version_cluster(name, version, retries))
+def _cluster(model: str, version: VersionSpec, retries: Retries | None) -> PackedResource:
+    return pack_resource(render.version_cluster(model, version, retries))
 
 
 def _assignment(name: str, version: VersionSpec, local_zone: str | None) -> PackedResource:

@@ -47,6 +47,7 @@ from controlplane.domain.state import (
     TenantSpec,
     VersionSpec,
 )
+from controlplane.xds.access_log import access_logs, tag_cluster, tag_route
 from controlplane.xds.body_routing import (
     LUA_FILTER,
     METADATA_NAMESPACE,
@@ -106,12 +107,14 @@ MAX_DIRECT_RESPONSE_BYTES = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ListenerOptions:
-    """Where the data-plane listener binds, and whether it may share the port
-    (SO_REUSEPORT) with other processes that ask for the same."""
+    """Where the data-plane listener binds, whether it may share the port
+    (SO_REUSEPORT) with other processes that ask for the same, and where its
+    access log goes (None: nowhere; see controlplane.xds.access_log)."""
 
     host: str = "127.0.0.1"
     port: int = 10000
     reuse_port: bool = False
+    access_log_path: str | None = None
 
 
 def translate(
@@ -128,7 +131,7 @@ def translate(
     for model in state.models:
         for version in model.versions:
             name = cluster_name(model.name, version.name)
-            clusters[name] = version_cluster(name, version, model.policy.retries)
+            clusters[name] = version_cluster(model.name, version, model.policy.retries)
     return {
         CLUSTER: clusters,
         ENDPOINT: translate_endpoints(state, local_zone),
@@ -176,9 +179,11 @@ def _ads() -> config_source_pb2.ConfigSource:
 
 
 def version_cluster(
-    name: str, version: VersionSpec, retries: Retries | None
+    model: str, version: VersionSpec, retries: Retries | None
 ) -> cluster_pb2.Cluster:
-    """Return the EDS cluster ``name`` of one version (its model's retry budget included)."""
+    """Return the EDS cluster of one version of ``model`` (its model's retry budget
+    included), named :func:`cluster_name`."""
+    name = cluster_name(model, version.name)
     cluster = cluster_pb2.Cluster(
         name=name,
         alt_stat_name=stat_name(name),
@@ -190,6 +195,7 @@ def version_cluster(
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
     )
     apply_version_policy(cluster, version.policy, retries)
+    tag_cluster(cluster, model, version.name)
     return cluster
 
 
@@ -271,8 +277,9 @@ def build_listener(
         # Every reply, an error above all, names the request (controlplane.xds.replies).
         always_set_request_id_in_response=True,
         local_reply_config=local_reply_config(),
-        # Per-request statistics for the control plane's traffic window.
-        access_log=[stats_access_log()],
+        # Per-request statistics for the control plane's traffic window, then the
+        # JSON access log.
+        access_log=[stats_access_log(), *access_logs(options.access_log_path)],
     )
     return listener_pb2.Listener(
         name=LISTENER_NAME,
@@ -410,7 +417,7 @@ def _routes_by(
     # Body routing sets no path, so only header routes see "stream": true bodies.
     by_body = rewrite is None
     return [
-        _named(twin, model.name, kind)
+        tag_route(_named(twin, model.name, kind), model.name)
         for route in routes
         for twin in (*_stream_twins(route, model, by_body), route)
     ]

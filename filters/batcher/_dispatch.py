@@ -20,6 +20,12 @@ Rules, in the order the dispatch loop applies them:
 
 Each request owns one future; results are delivered by position in the batch
 and only to that future, so no request sees another's result.
+
+Headers on every reply, for Envoy's access log and the batching figures:
+``x-turnout-batch-size`` (the requests in the batch that served it) and
+``x-turnout-queue-wait-us`` (microseconds from its arrival to its first upstream
+send) on a reply that went upstream; ``x-turnout-shed: 1`` on a request refused
+for load (``queue_full``, ``deadline``).
 """
 
 from __future__ import annotations
@@ -42,7 +48,16 @@ from ._policy import BatchingPolicy
 from ._protocols import Call, Message, SplitError, merge_request, split_answer
 from ._upstream import Upstream, UpstreamError
 
-__all__ = ["Dispatcher", "Pending", "Reply", "describe", "error_reply"]
+__all__ = [
+    "BATCH_SIZE_HEADER",
+    "QUEUE_WAIT_HEADER",
+    "SHED_HEADER",
+    "Dispatcher",
+    "Pending",
+    "Reply",
+    "describe",
+    "error_reply",
+]
 
 log = logging.getLogger("turnout.batcher.dispatch")
 
@@ -53,6 +68,10 @@ _SPLITTABLE = frozenset({400, 413, 422, 500})
 # so calls may run this long past their latest deadline; callers that stopped
 # waiting have left already.
 UPSTREAM_GRACE_S = 10.0
+
+BATCH_SIZE_HEADER = "x-turnout-batch-size"
+QUEUE_WAIT_HEADER = "x-turnout-queue-wait-us"
+SHED_HEADER = "x-turnout-shed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +109,21 @@ class Pending:
     deadline: float
     future: asyncio.Future[Reply]
     state: State = State.QUEUED
-    queued_wait_recorded: bool = field(default=False)
+    # Seconds from arrival to the first upstream send; None until it is sent.
+    queue_wait_s: float | None = field(default=None)
 
     def resolve(self, reply: Reply) -> None:
         """Deliver ``reply`` unless the caller is gone or already answered."""
         self.state = State.DONE
         if not self.future.done():
             self.future.set_result(reply)
+
+    def served(self, status: int, body: bytes, headers: dict[str, str], size: int) -> None:
+        """Deliver an answer that a batch of ``size`` requests got from upstream."""
+        figures = {BATCH_SIZE_HEADER: str(size)}
+        if self.queue_wait_s is not None:
+            figures[QUEUE_WAIT_HEADER] = str(round(self.queue_wait_s * 1_000_000))
+        self.resolve(Reply(status, body, {**headers, **figures}))
 
 
 class Dispatcher:
@@ -164,11 +191,16 @@ class Dispatcher:
                 429,
                 "queue_full",
                 "the batcher's queue is full",
-                **{"Retry-After": str(retry_after)},
+                **{"Retry-After": str(retry_after), SHED_HEADER: "1"},
             )
         if self._earliest_start(now) + self.latency.predict(pending.call.rows) > pending.deadline:
             self.metrics.rejections.labels(reason="deadline").inc()
-            return error_reply(503, "deadline", "the request cannot complete before its deadline")
+            return error_reply(
+                503,
+                "deadline",
+                "the request cannot complete before its deadline",
+                **{SHED_HEADER: "1"},
+            )
         if not self._depth and not self._ends and self._loop_task is not None:
             # Idle upstream, empty queue: send now, without a turn of the dispatch loop.
             self._launch([pending], now)
@@ -282,7 +314,14 @@ class Dispatcher:
     def _reject_deadline(self, pending: Pending) -> None:
         self._left_queue(1)
         self.metrics.rejections.labels(reason="deadline").inc()
-        pending.resolve(error_reply(503, "deadline", "the request can no longer meet its deadline"))
+        pending.resolve(
+            error_reply(
+                503,
+                "deadline",
+                "the request can no longer meet its deadline",
+                **{SHED_HEADER: "1"},
+            )
+        )
 
     def _hold_until(self, now: float) -> float:
         """Return when the next batch may go: now, unless a partial batch may wait for company."""
@@ -335,9 +374,9 @@ class Dispatcher:
         self.metrics.in_flight.set(len(self._ends))
         for pending in batch:
             pending.state = State.SENT
-            if not pending.queued_wait_recorded:
-                self.metrics.queue_wait.observe(now - pending.arrived)
-                pending.queued_wait_recorded = True
+            if pending.queue_wait_s is None:
+                pending.queue_wait_s = now - pending.arrived
+                self.metrics.queue_wait.observe(pending.queue_wait_s)
         self.batches_sent += 1
         task = asyncio.get_running_loop().create_task(self._execute(batch, rows, self._ends[-1]))
         self._tasks.add(task)
@@ -378,12 +417,10 @@ class Dispatcher:
         elif len(batch) > 1 and answer.status in _SPLITTABLE:
             self._split_and_retry(batch, f"upstream answered {answer.status}")
         else:
-            headers = {**answer.framing(), "x-turnout-batch-size": str(len(batch))}
-            reply = Reply(answer.status, answer.body, headers)
             if len(batch) > 1:
                 self.metrics.rejections.labels(reason="upstream_error").inc(len(batch))
             for pending in batch:
-                pending.resolve(reply)
+                pending.served(answer.status, answer.body, answer.framing(), len(batch))
 
     def _finish(self, end_marker: float) -> None:
         self._ends.remove(end_marker)
@@ -391,9 +428,8 @@ class Dispatcher:
         self._wake.set()
 
     def _deliver(self, batch: list[Pending], answer: Message, status: int) -> None:
-        size = {"x-turnout-batch-size": str(len(batch))}
         if len(batch) == 1:
-            batch[0].resolve(Reply(status, answer.body, {**answer.headers, **size}))
+            batch[0].served(status, answer.body, answer.headers, 1)
             return
         try:
             parts = split_answer(answer, [p.call for p in batch])
@@ -401,7 +437,7 @@ class Dispatcher:
             self._split_and_retry(batch, f"cannot split the answer: {exc}")
             return
         for pending, part in zip(batch, parts, strict=True):
-            pending.resolve(Reply(status, part.body, {**part.headers, **size}))
+            pending.served(status, part.body, part.headers, len(batch))
 
     def _split_and_retry(self, batch: list[Pending], reason: str) -> None:
         log.info("splitting rejected batch", extra={"requests": len(batch), "reason": reason})
@@ -418,7 +454,7 @@ class Dispatcher:
     def _fail_all(self, batch: list[Pending], reply: Reply) -> None:
         self.metrics.rejections.labels(reason="upstream_error").inc(len(batch))
         for pending in batch:
-            pending.resolve(reply)
+            pending.served(reply.status, reply.body, reply.headers, len(batch))
 
 
 def describe(policy: BatchingPolicy) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 
 Requests that ``parse_call`` recognises join the dispatcher's queue; everything
 else (and everything while the policy is disabled) is proxied to the upstream
-unchanged, one by one, streaming the answer back. The batcher answers two
-paths itself: ``GET /metrics`` (Prometheus) and ``GET /turnout/batcher``
-(its policy and queue, as JSON).
+unchanged, one by one, streaming the answer back (with ``x-turnout-batch-size:
+1``). The batcher answers two paths itself: ``GET /metrics`` (Prometheus) and
+``GET /turnout/batcher`` (its policy and queue, as JSON).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from ._dispatch import Dispatcher, Pending, Reply, describe, error_reply
+from ._dispatch import BATCH_SIZE_HEADER, Dispatcher, Pending, Reply, describe, error_reply
 from ._metrics import BatcherMetrics
 from ._policy import BatchingPolicy, PolicySource
 from ._protocols import MalformedInput, parse_call
@@ -137,6 +137,8 @@ class _Service:
                 for name, value in upstream.headers.items():
                     if name.lower() not in HOP_BY_HOP:
                         response.headers.add(name, value)
+                # Served alone: the access log's batch size (no queue wait: it never queued).
+                response.headers[BATCH_SIZE_HEADER] = "1"
                 if upstream.content_length is not None:
                     response.content_length = upstream.content_length
                 await response.prepare(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import applied, demo_mesh_ports
+from tests.support import applied, demo_mesh_ports, eventually
 
 pytestmark = pytest.mark.envoy
 
@@ -113,6 +114,16 @@ async def test_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
             assert traffic.json()["weights"] == {"v1": 90, "v2": 10}
         assert set(answers) <= {"v1", "v2"}
         assert answers["v1"] > answers["v2"]  # 90/10
+        assert f"access log  {tmp_path / '.turnout' / 'access.log'}" in block
+
+        # Envoy logged each of those requests as one JSON line naming the model.
+        async def logged() -> Counter[str] | None:
+            lines = (tmp_path / ".turnout" / "access.log").read_text().splitlines()
+            entries = [json.loads(line) for line in lines]
+            served = Counter(e["version"] for e in entries if e["model"] == "demo")
+            return served if sum(served.values()) >= 100 else None
+
+        assert await eventually(logged, timeout=15) == answers
     # The logs went to .turnout/, as JSON lines.
     log = (tmp_path / ".turnout" / "turnout.log").read_text()
     assert '"logger": "controlplane.runtime"' in log

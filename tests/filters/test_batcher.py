@@ -70,6 +70,9 @@ async def test_concurrent_requests_share_upstream_calls_and_get_their_own_rows(
         assert status == 200
         expect_v2(answer, rid, rows[rid])
         assert headers["x-turnout-batch-size"] == "10"
+        # Each waited in the queue while the blocker held the upstream.
+        assert int(headers["x-turnout-queue-wait-us"]) > 0
+        assert "x-turnout-shed" not in headers
     assert upstream.model.calls == 2
     assert upstream.model.rows == 11
 
@@ -144,6 +147,8 @@ async def test_full_queue_answers_429_with_retry_after(
     assert status == 429
     assert answer["error"] == "queue_full"
     assert int(headers["Retry-After"]) >= 1
+    assert headers["x-turnout-shed"] == "1"
+    assert "x-turnout-batch-size" not in headers
     upstream.model.gate.set()
     await blocker
     assert [status for status, _, _ in await asyncio.gather(*queued)] == [200, 200]
@@ -161,8 +166,11 @@ async def test_request_that_cannot_meet_its_deadline_is_rejected_early(
         status, _, _ = await post(client, batcher, "/v2/models/m/infer", v2_body("a", [[1.0]]))
         assert status == 200
         calls = slow.model.calls
-        status, answer, _ = await post(client, batcher, "/v2/models/m/infer", v2_body("b", [[1.0]]))
+        status, answer, headers = await post(
+            client, batcher, "/v2/models/m/infer", v2_body("b", [[1.0]])
+        )
         assert status == 503 and answer["error"] == "deadline"
+        assert headers["x-turnout-shed"] == "1"
         # Envoy's expected timeout tightens the deadline below the SLO too.
         relaxed = BatchingPolicy(slo_ms=10_000)
         batcher.dispatcher.set_policy(relaxed)
@@ -293,8 +301,11 @@ async def test_unbatchable_requests_pass_through_unchanged(
         assert response.status == 200 and await response.json() == {"status": "ok"}
     async with client.get(batcher.url + "/stats") as response:
         assert (await response.json())["version"] == "v1"
-    status, _, _ = await post(client, batcher, "/v1/chat/completions", {"x": 1})
+    status, _, headers = await post(client, batcher, "/v1/chat/completions", {"x": 1})
     assert status == 404  # the upstream's own answer
+    # Served alone, and never queued.
+    assert headers["x-turnout-batch-size"] == "1"
+    assert "x-turnout-queue-wait-us" not in headers
     mismatched = {
         "id": "m",
         "inputs": [

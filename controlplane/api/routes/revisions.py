@@ -19,7 +19,6 @@ from controlplane.api.unit_of_work import audited
 from controlplane.domain.audit import AuditAction
 from controlplane.domain.keys import Permission
 from controlplane.services.revisions import RevisionService
-from controlplane.xds.translate import ListenerOptions
 
 __all__ = ["router"]
 
@@ -83,11 +82,8 @@ async def diff_revision(
 ) -> RevisionDiff:
     """What changed from ``against`` (by default the revision before) to ``revision``:
     models, and the Envoy resources that differ."""
-    listener = ListenerOptions(
-        host=runtime.settings.listener_host, port=runtime.settings.listener_port
-    )
     base = against if against is not None else max(revision - 1, 0)
-    diff = await RevisionService(session, context).diff(base, revision, listener)
+    diff = await RevisionService(session, context).diff(base, revision, runtime.listener)
     return RevisionDiff.model_validate(diff)
 
 
