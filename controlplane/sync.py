@@ -38,7 +38,7 @@ from controlplane.notify import Notifier
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.containment import Containment, Hold
 from controlplane.xds.packed import PackedTranslator
-from controlplane.xds.resources import ENDPOINT, SHORT_NAMES
+from controlplane.xds.resources import ENDPOINT, TYPE_LABELS
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.translate import ListenerOptions, endpoint_zones
 
@@ -163,7 +163,7 @@ class StateSync:
         revision learnt while running to a proxy that held an earlier snapshot."""
         for type_url in type_urls:
             self._metrics.pushes.labels(
-                type=SHORT_NAMES.get(type_url, type_url), variant=variant
+                type=TYPE_LABELS.get(type_url, type_url), variant=variant
             ).inc()
         awaiting = self._awaiting_push
         if update and awaiting is not None and snapshot.revision == awaiting[0]:
@@ -174,7 +174,7 @@ class StateSync:
 
     def rejected(self, snapshot: Snapshot | None, type_url: str, error: str, node: str) -> None:
         """Feedback from a stream: a proxy NACKed ``type_url``; hold back its culprits."""
-        self._metrics.rejections.labels(type=SHORT_NAMES.get(type_url, type_url)).inc()
+        self._metrics.rejections.labels(type=TYPE_LABELS.get(type_url, type_url)).inc()
         holds = self._containment.rejected(snapshot, type_url, error, node)
         for hold in holds:
             log.warning(
