@@ -57,5 +57,7 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     ]
     app.add_middleware(AdminGateway, runtime=runtime, routes=routes)
     # Added last, so outermost: it sees every answer, the gateway's own included.
-    app.add_middleware(RequestMetrics, metrics=runtime.metrics, routes=routes)
+    app.add_middleware(
+        RequestMetrics, metrics=runtime.metrics, routes=[*routes, *telemetry.router.routes]
+    )
     return app
