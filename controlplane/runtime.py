@@ -21,7 +21,7 @@ from controlplane.db.audit_repository import audit_session_info
 from controlplane.db.engine import create_engine, create_sessionmaker, is_sqlite
 from controlplane.db.migrate import current_revision, head_revision
 from controlplane.memory import pin_mmap_threshold
-from controlplane.metrics import ControlPlaneMetrics
+from controlplane.metrics import ControlPlaneMetrics, ProxyFigure, XdsFigures
 from controlplane.notify import Notifier, PostgresListener
 from controlplane.services.audit import AuditCheckpointer, load_audit_secret
 from controlplane.services.keys import VerifiedKeys
@@ -62,6 +62,7 @@ class ControlPlane:
             connect_timeout_s=settings.database_connect_timeout_s,
             statement_timeout_s=settings.database_statement_timeout_s,
         )
+        self.metrics.time_statements(self.engine.sync_engine)
         audit_secret = load_audit_secret(settings, create=True)
         self.sessionmaker: async_sessionmaker[AsyncSession] = create_sessionmaker(
             self.engine, info=audit_session_info(audit_secret)
@@ -102,6 +103,7 @@ class ControlPlane:
         self.xds = XdsServer(
             self.cache, self.registry, handlers=[metrics_service_handler(self.traffic)]
         )
+        self.metrics.watch_xds(self.xds_figures)
         self._listener: PostgresListener | None = None
         self._api_server: uvicorn.Server | None = None
         self._tasks = _Tasks()
@@ -185,6 +187,22 @@ class ControlPlane:
         if self._listener is not None:
             await self._listener.stop()
         await self.engine.dispose()
+
+    def xds_figures(self) -> XdsFigures:
+        """What /metrics shows of xDS now: the revision served and each proxy's status
+        and the revision it last held all of."""
+        snapshot = self.cache.snapshot
+        proxies = [
+            ProxyFigure(
+                node=connection.node_id,
+                status=ProxyRegistry.overall(
+                    connection, self.cache.snapshot_for(connection.zone)
+                ).value,
+                held_revision=connection.held_revision,
+            )
+            for connection in self.registry.latest()
+        ]
+        return XdsFigures(snapshot.revision if snapshot is not None else None, proxies)
 
     def _safe_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)

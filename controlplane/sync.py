@@ -9,6 +9,12 @@ What it publishes is the desired state with every model that Envoy rejected
 held at its last accepted config (``controlplane.xds.containment``): the loop
 listens to the proxies' ACKs and NACKs through the cache, and publishes again
 when the holds change, at the same revision.
+
+It also measures the path from commit to proxy: each pass and its translation,
+and, for each revision it learns while running, the time from the revision's
+``created_at`` (the writer's clock) to the first push of it to a proxy that
+already held an earlier snapshot. A proxy's first config on a new stream is not
+a change reaching it, so it is not counted.
 """
 
 from __future__ import annotations
@@ -17,19 +23,22 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.revisions import RevisionRepository
 from controlplane.db.state import load_access, load_models, load_state
+from controlplane.domain.clock import utcnow
 from controlplane.domain.state import DesiredState
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.notify import Notifier
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.containment import Containment, Hold
 from controlplane.xds.packed import PackedTranslator
-from controlplane.xds.resources import ENDPOINT, SHORT_NAMES
+from controlplane.xds.resources import ENDPOINT, TYPE_LABELS
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.translate import ListenerOptions, endpoint_zones
 
@@ -70,6 +79,9 @@ class StateSync:
         self._containment = Containment()
         self._published_generation = 0
         self._degraded: set[str] = set()  # the models it reports as degraded
+        # The newest revision learnt while running and its commit time, until its
+        # first push: what turnout_xds_commit_to_push_seconds measures.
+        self._awaiting_push: tuple[int, datetime] | None = None
         cache.observe(self)
 
     def holds(self) -> list[Hold]:
@@ -79,8 +91,19 @@ class StateSync:
     async def sync_once(self) -> bool:
         """Publish the latest revision if it is new, or again when the holds changed;
         return whether it published."""
+        started = time.perf_counter()
+        try:
+            published = await self._sync()
+        except Exception:
+            self._metrics.sync.labels(result="failed").observe(time.perf_counter() - started)
+            raise
+        result = "published" if published else "unchanged"
+        self._metrics.sync.labels(result=result).observe(time.perf_counter() - started)
+        return published
+
+    async def _sync(self) -> bool:
         async with self._sessionmaker() as session:
-            current = await RevisionRepository(session).current()
+            current, committed_at = await RevisionRepository(session).head()
         started = time.perf_counter()
         if current != self.revision:
             state = await self._load()
@@ -88,6 +111,7 @@ class StateSync:
             state = self.state
         else:
             return False
+        translating = time.perf_counter()
         effective = self._containment.apply(state)
         generation = self._containment.generation
         # Resources unused by this translation and the one before are forgotten.
@@ -101,6 +125,13 @@ class StateSync:
             )
             for zone in endpoint_zones(effective)
         }
+        self._metrics.translation.observe(time.perf_counter() - translating)
+        if state.revision != self.revision:
+            # Only a revision learnt while running: the first load's may be old.
+            known = self.revision is not None and state.revision == current
+            self._awaiting_push = (
+                (state.revision, committed_at) if known and committed_at is not None else None
+            )
         for published in (snapshot, *by_zone.values()):
             self._containment.published(published, effective)
         await self._cache.publish(snapshot, by_zone)
@@ -125,9 +156,25 @@ class StateSync:
         if self._containment.accepted(snapshot):
             self._notifier.notify()
 
+    def sent(
+        self, snapshot: Snapshot, type_urls: Sequence[str], variant: str, *, update: bool
+    ) -> None:
+        """Feedback from a stream: count the pushes, and time the first one of a
+        revision learnt while running to a proxy that held an earlier snapshot."""
+        for type_url in type_urls:
+            self._metrics.pushes.labels(
+                type=TYPE_LABELS.get(type_url, type_url), variant=variant
+            ).inc()
+        awaiting = self._awaiting_push
+        if update and awaiting is not None and snapshot.revision == awaiting[0]:
+            self._awaiting_push = None
+            # Clamped: the writer may be another replica whose clock runs ahead.
+            seconds = max(0.0, (utcnow() - awaiting[1]).total_seconds())
+            self._metrics.commit_to_push.observe(seconds)
+
     def rejected(self, snapshot: Snapshot | None, type_url: str, error: str, node: str) -> None:
         """Feedback from a stream: a proxy NACKed ``type_url``; hold back its culprits."""
-        self._metrics.rejections.labels(type=SHORT_NAMES.get(type_url, type_url)).inc()
+        self._metrics.rejections.labels(type=TYPE_LABELS.get(type_url, type_url)).inc()
         holds = self._containment.rejected(snapshot, type_url, error, node)
         for hold in holds:
             log.warning(

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
 from controlplane.db.revisions import RevisionRepository
@@ -73,6 +74,30 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Return ``{(sample name, labels): value}`` of a Prometheus text exposition."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def scrape(api: httpx.AsyncClient) -> Samples:
+    """Return the samples of the admin API's ``GET /metrics`` (it needs no key)."""
+    response = await api.get("/metrics")
+    assert response.status_code == 200, response.text
+    return parse_metrics(response.text)
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """Return one sample's value, 0.0 when the series is absent."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def latest_revision(api: httpx.AsyncClient) -> int:

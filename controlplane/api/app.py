@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from controlplane import __version__
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.gateway import AdminGateway
+from controlplane.api.request_metrics import RequestMetrics
 from controlplane.api.routes import audit, keys, models, revisions, system, telemetry, tenants
 
 if TYPE_CHECKING:
@@ -55,4 +56,8 @@ def create_app(runtime: ControlPlane) -> FastAPI:
         for route in router.routes
     ]
     app.add_middleware(AdminGateway, runtime=runtime, routes=routes)
+    # Added last, so outermost: it sees every answer, the gateway's own included.
+    app.add_middleware(
+        RequestMetrics, metrics=runtime.metrics, routes=[*routes, *telemetry.router.routes]
+    )
     return app

@@ -134,6 +134,21 @@ class RevisionRepository:
         revision = await self._session.scalar(select(ConfigHead.revision).where(ConfigHead.id == 1))
         return int(revision or 0)
 
+    async def head(self) -> tuple[int, datetime | None]:
+        """Return the latest committed revision and its ``created_at``: the writer's
+        clock just before the commit (None for revision 0, which has no row)."""
+        row = (
+            await self._session.execute(
+                select(ConfigHead.revision, ConfigRevision.created_at)
+                .select_from(ConfigHead)
+                .outerjoin(ConfigRevision, ConfigRevision.revision == ConfigHead.revision)
+                .where(ConfigHead.id == 1)
+            )
+        ).one_or_none()
+        if row is None:
+            return 0, None
+        return int(row[0] or 0), row[1]
+
     async def model_digests(self, revision: int) -> dict[str, str]:
         """Return ``{model: document digest}`` of every model at ``revision``."""
         newest = (

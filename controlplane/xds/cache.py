@@ -8,7 +8,7 @@ proxy's own zone comes first) when the state has endpoints in that zone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Protocol
 
@@ -26,6 +26,13 @@ class Feedback(Protocol):
     def rejected(self, snapshot: Snapshot | None, type_url: str, error: str, node: str) -> None:
         """A proxy rejected (NACKed) the resources of ``type_url`` it was sent from
         ``snapshot`` with ``error``."""
+
+    def sent(
+        self, snapshot: Snapshot, type_urls: Sequence[str], variant: str, *, update: bool
+    ) -> None:
+        """A stream of ``variant`` ("sotw" or "delta") sent one response per type in
+        ``type_urls`` from ``snapshot``; ``update``: to a proxy that held all of an
+        earlier snapshot (not the first config of a new stream)."""
 
 
 class SnapshotCache:
@@ -52,6 +59,13 @@ class SnapshotCache:
         """A stream's proxy NACKed ``type_url`` of ``snapshot``."""
         if self._feedback is not None:
             self._feedback.rejected(snapshot, type_url, error, node)
+
+    def report_sent(
+        self, snapshot: Snapshot, type_urls: Sequence[str], variant: str, *, update: bool
+    ) -> None:
+        """A stream sent responses of ``type_urls`` from ``snapshot``."""
+        if self._feedback is not None:
+            self._feedback.sent(snapshot, type_urls, variant, update=update)
 
     @property
     def snapshot(self) -> Snapshot | None:

@@ -17,6 +17,7 @@ __all__ = [
     "PUSH_ORDER",
     "ROUTE",
     "SHORT_NAMES",
+    "TYPE_LABELS",
     "cluster_name",
     "to_any",
 ]
@@ -37,6 +38,13 @@ SHORT_NAMES: Final = {
     ENDPOINT: "endpoints",
     LISTENER: "listeners",
     ROUTE: "routes",
+}
+# The ``type`` label of the xDS series on /metrics (pushes, NACKs): one word, singular.
+TYPE_LABELS: Final = {
+    CLUSTER: "cluster",
+    ENDPOINT: "endpoint",
+    LISTENER: "listener",
+    ROUTE: "route",
 }
 
 

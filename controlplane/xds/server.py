@@ -16,10 +16,10 @@ from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.delta import DeltaStream
 from controlplane.xds.sotw import SotwStream
 from controlplane.xds.status import ProxyRegistry
-from controlplane.xds.stream import StreamLoop
+from controlplane.xds.stream import StreamLoop, XdsResponse
 
 RequestT = TypeVar("RequestT")
-ResponseT = TypeVar("ResponseT")
+ResponseT = TypeVar("ResponseT", bound=XdsResponse)
 
 __all__ = ["AggregatedDiscoveryService", "XdsServer"]
 

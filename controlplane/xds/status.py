@@ -99,6 +99,8 @@ class ProxyConnection:
     cluster: str = ""
     zone: str = ""
     connected_at: datetime = field(default_factory=utcnow)
+    # The config revision of the newest snapshot the proxy held all of (None: none yet).
+    held_revision: int | None = None
     types: dict[str, TypeState] = field(
         default_factory=lambda: {type_url: TypeState() for type_url in PUSH_ORDER}
     )
@@ -125,6 +127,11 @@ class ProxyRegistry:
         """Return the streams that have identified their node, oldest first."""
         return [c for c in self._connections.values() if c.node_id]
 
+    def latest(self) -> list[ProxyConnection]:
+        """Return the newest stream of each node id that has identified itself: a
+        proxy that reconnected counts once, at its new stream."""
+        return list({c.node_id: c for c in self._connections.values() if c.node_id}.values())
+
     def find(self, node_id: str) -> ProxyConnection | None:
         """Return the newest stream of ``node_id``, or None."""
         matches = [c for c in self._connections.values() if c.node_id == node_id]
@@ -142,6 +149,16 @@ class ProxyRegistry:
             )
             for type_url, state in connection.types.items()
         }
+
+    @classmethod
+    def overall(cls, connection: ProxyConnection, snapshot: Snapshot | None) -> SyncStatus:
+        """Return the proxy's status as a whole: NACKED when it rejected the last
+        version of any type, SYNCED when it holds all of ``snapshot``, else STALE."""
+        if any(state.nacked_version is not None for state in connection.types.values()):
+            return SyncStatus.NACKED
+        if cls.synced_revision(connection, snapshot) is not None:
+            return SyncStatus.SYNCED
+        return SyncStatus.STALE
 
     @staticmethod
     def synced_revision(connection: ProxyConnection, snapshot: Snapshot | None) -> int | None:

@@ -8,6 +8,8 @@ what to send against the current snapshot for the proxy's zone.
 What the proxy makes of it goes back to the cache's feedback: a NACK as it
 arrives, and, once per snapshot, the moment the proxy holds all of it (which
 is what lets the publisher hold back only the resources a proxy rejects).
+Each round of responses is reported too, as it is handed to the transport:
+the one place where both variants send, so pushes are counted once.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from envoy.config.core.v3 import base_pb2
 
@@ -25,10 +27,18 @@ from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.status import ProxyConnection
 
-__all__ = ["StreamLoop"]
+__all__ = ["StreamLoop", "XdsResponse"]
+
+
+class XdsResponse(Protocol):
+    """What both variants' responses have: the type they carry."""
+
+    @property
+    def type_url(self) -> str: ...
+
 
 RequestT = TypeVar("RequestT")
-ResponseT = TypeVar("ResponseT")
+ResponseT = TypeVar("ResponseT", bound=XdsResponse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +82,12 @@ class StreamLoop(ABC, Generic[RequestT, ResponseT]):
                     continue  # state not loaded yet: answer nothing (no empty push)
                 # Planned again after each round: sending clusters can make endpoints due.
                 while batch := self._respond(snapshot):
+                    self._cache.report_sent(
+                        snapshot,
+                        [response.type_url for response in batch],
+                        self._connection.variant,
+                        update=self._reported is not None,
+                    )
                     # Handed over one by one and not kept: an idle stream must not
                     # pin its last (possibly megabytes-large) responses.
                     batch.reverse()
@@ -79,6 +95,7 @@ class StreamLoop(ABC, Generic[RequestT, ResponseT]):
                         yield batch.pop()
                 if snapshot is not self._reported and self._holds_all(snapshot):
                     self._reported = snapshot
+                    self._connection.held_revision = snapshot.revision
                     self._cache.report_accepted(snapshot)
         finally:
             for task in (reader, watcher):
