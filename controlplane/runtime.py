@@ -30,6 +30,7 @@ from controlplane.sync import StateSync
 from controlplane.telemetry.exposition import DataPlaneCollector
 from controlplane.telemetry.sink import metrics_service_handler
 from controlplane.telemetry.window import TrafficWindow
+from controlplane.tracing import Tracing, envoy_tracing
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import XdsServer
 from controlplane.xds.status import ProxyRegistry
@@ -76,17 +77,21 @@ class ControlPlane:
         self.notifier = Notifier()
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
+        self.tracing = Tracing.from_settings(settings)
+        self.listener = ListenerOptions(
+            host=settings.listener_host,
+            port=settings.listener_port,
+            reuse_port=settings.listener_reuse_port,
+            tracing=envoy_tracing(settings),
+        )
         self.sync = StateSync(
             self.sessionmaker,
             self.cache,
             self.notifier,
-            listener=ListenerOptions(
-                host=settings.listener_host,
-                port=settings.listener_port,
-                reuse_port=settings.listener_reuse_port,
-            ),
+            listener=self.listener,
             poll_interval_s=settings.poll_interval_s,
             metrics=self.metrics,
+            tracing=self.tracing,
         )
         # Envoy's statistics, streamed by every proxy's stat sink to the xDS port.
         self.traffic = TrafficWindow(
@@ -181,6 +186,8 @@ class ControlPlane:
         if self._listener is not None:
             await self._listener.stop()
         await self.engine.dispose()
+        # In a thread: it waits for the last spans to reach the collector.
+        await asyncio.to_thread(self.tracing.shutdown)
 
     def _safe_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)

@@ -67,6 +67,12 @@ from controlplane.xds.tenancy import (
     model_access_config,
     tenancy_filters,
 )
+from controlplane.xds.tracing import (
+    CLUSTER_METADATA_NAMESPACE,
+    TracingOptions,
+    tracing_clusters,
+    tracing_config,
+)
 
 __all__ = [
     "LISTENER_NAME",
@@ -106,12 +112,14 @@ MAX_DIRECT_RESPONSE_BYTES = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ListenerOptions:
-    """Where the data-plane listener binds, and whether it may share the port
-    (SO_REUSEPORT) with other processes that ask for the same."""
+    """Where the data-plane listener binds, whether it may share the port
+    (SO_REUSEPORT) with other processes that ask for the same, and where it
+    sends traces (None: no tracing; see :mod:`controlplane.xds.tracing`)."""
 
     host: str = "127.0.0.1"
     port: int = 10000
     reuse_port: bool = False
+    tracing: TracingOptions | None = None
 
 
 def translate(
@@ -129,6 +137,7 @@ def translate(
         for version in model.versions:
             name = cluster_name(model.name, version.name)
             clusters[name] = version_cluster(name, version, model.policy.retries)
+    clusters.update(tracing_clusters(listener.tracing))
     return {
         CLUSTER: clusters,
         ENDPOINT: translate_endpoints(state, local_zone),
@@ -189,6 +198,10 @@ def version_cluster(
         connect_timeout=duration_pb2.Duration(seconds=1),
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
     )
+    # Read by the tracer's model and version tags (controlplane.xds.tracing).
+    labels = cluster.metadata.filter_metadata[CLUSTER_METADATA_NAMESPACE]
+    labels.fields["model"].string_value = name.partition("/")[0]
+    labels.fields["version"].string_value = version.name
     apply_version_policy(cluster, version.policy, retries)
     return cluster
 
@@ -274,6 +287,8 @@ def build_listener(
         # Per-request statistics for the control plane's traffic window.
         access_log=[stats_access_log()],
     )
+    if options.tracing is not None:
+        manager.tracing.CopyFrom(tracing_config(options.tracing))
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=address_pb2.Address(
