@@ -8,20 +8,17 @@ in-process collector (``tests.otlp_collector``) with sampling at 100%.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-from aiohttp import web
 
 from controlplane.settings import Settings
 from examples.model_server import bound_port, serve
-from examples.synthetic import SyntheticServer
 from filters.batcher import BatcherConfig, BatchingPolicy, RunningBatcher, start_batcher
 from tests.conftest import free_port
 from tests.otlp_collector import FakeCollector, ReceivedSpan
-from tests.support import EnvoyProcess, applied, eventually
+from tests.support import EnvoyProcess, RecordingModel, applied, eventually
 
 # The caller's own span: every span of the request belongs to this trace.
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -53,26 +50,6 @@ def settings(database_url: str, collector: FakeCollector) -> Settings:
         otlp_endpoint=collector.endpoint,
         trace_sampling=100,
     )
-
-
-@dataclass
-class RecordingModel:
-    """A synthetic model server that records the ``traceparent`` of every call."""
-
-    model: SyntheticServer = field(default_factory=lambda: SyntheticServer("v1"))
-    traceparents: list[str] = field(default_factory=list)
-
-    def app(self) -> web.Application:
-        @web.middleware
-        async def record(
-            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-        ) -> web.StreamResponse:
-            self.traceparents.append(request.headers.get("traceparent", ""))
-            return await handler(request)
-
-        application = self.model.app()
-        application.middlewares.append(record)
-        return application
 
 
 @pytest.fixture
