@@ -30,6 +30,7 @@ from controlplane.sync import StateSync
 from controlplane.telemetry.exposition import DataPlaneCollector
 from controlplane.telemetry.sink import metrics_service_handler
 from controlplane.telemetry.window import TrafficWindow
+from controlplane.tracing import Tracing, envoy_tracing
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import XdsServer
 from controlplane.xds.status import ProxyRegistry
@@ -77,6 +78,7 @@ class ControlPlane:
         self.notifier = Notifier()
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
+        self.tracing = Tracing.from_settings(settings)
         # The one mapping of settings to the listener: what the sync loop pushes is
         # what a dry run or a revision diff shows.
         self.listener = ListenerOptions(
@@ -84,6 +86,7 @@ class ControlPlane:
             port=settings.listener_port,
             reuse_port=settings.listener_reuse_port,
             access_log_path=settings.access_log_path or None,
+            tracing=envoy_tracing(settings),
         )
         self.sync = StateSync(
             self.sessionmaker,
@@ -92,6 +95,7 @@ class ControlPlane:
             listener=self.listener,
             poll_interval_s=settings.poll_interval_s,
             metrics=self.metrics,
+            tracing=self.tracing,
         )
         # Envoy's statistics, streamed by every proxy's stat sink to the xDS port.
         self.traffic = TrafficWindow(
@@ -187,6 +191,8 @@ class ControlPlane:
         if self._listener is not None:
             await self._listener.stop()
         await self.engine.dispose()
+        # In a thread: it waits for the last spans to reach the collector.
+        await asyncio.to_thread(self.tracing.shutdown)
 
     def xds_figures(self) -> XdsFigures:
         """What /metrics shows of xDS now: the revision served and each proxy's status

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_DATABASE_URL", "Settings", "get_settings"]
@@ -109,6 +109,29 @@ class Settings(BaseSettings):
     audit_checkpoint_interval_s: float = Field(
         default=10.0, gt=0, description="checkpoint the audit chain's head this often"
     )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="HOST:PORT of an OpenTelemetry collector (OTLP/gRPC); when set, Envoy, "
+        "the batchers and the control plane send it traces",
+    )
+    trace_sampling: float = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="percent (0 to 100) of requests without a sampling decision that start a trace",
+    )
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        host, _, port = value.rpartition(":")
+        if not host or "/" in value or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"TURNOUT_OTLP_ENDPOINT must be HOST:PORT (e.g. otel-collector:4317), not {value!r}"
+            )
+        return value
 
 
 @lru_cache(maxsize=1)

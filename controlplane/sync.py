@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.revisions import RevisionRepository
@@ -35,6 +36,7 @@ from controlplane.domain.clock import utcnow
 from controlplane.domain.state import DesiredState
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.notify import Notifier
+from controlplane.tracing import Tracing
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.containment import Containment, Hold
 from controlplane.xds.packed import PackedTranslator
@@ -63,9 +65,11 @@ class StateSync:
         listener: ListenerOptions,
         poll_interval_s: float,
         metrics: ControlPlaneMetrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._metrics = metrics if metrics is not None else ControlPlaneMetrics()
+        self._tracing = tracing if tracing is not None else Tracing()
         self._cache = cache
         self._notifier = notifier
         self._listener = listener
@@ -106,11 +110,23 @@ class StateSync:
             current, committed_at = await RevisionRepository(session).head()
         started = time.perf_counter()
         if current != self.revision:
+            began = time.time_ns()
             state = await self._load()
-        elif self.state is not None and self._containment.generation != self._published_generation:
-            state = self.state
-        else:
-            return False
+            push = self._tracing.start_push(self.revision, state.revision, began)
+            with trace.use_span(push, end_on_exit=True):
+                await self._publish(state, started, current, committed_at)
+                push.set_attribute("turnout.models", len(state.models))
+            return True
+        if self.state is not None and self._containment.generation != self._published_generation:
+            await self._publish(self.state, started, current, committed_at)
+            return True
+        return False
+
+    async def _publish(
+        self, state: DesiredState, started: float, current: int, committed_at: datetime | None
+    ) -> None:
+        """Translate ``state`` with the holds applied and publish it; ``current`` is
+        the database's revision, committed at ``committed_at``."""
         translating = time.perf_counter()
         effective = self._containment.apply(state)
         generation = self._containment.generation
@@ -149,7 +165,6 @@ class StateSync:
                 "ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
-        return True
 
     def accepted(self, snapshot: Snapshot) -> None:
         """Feedback from a stream: a proxy holds all of ``snapshot``."""

@@ -7,6 +7,7 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from controlplane.db.revisions import RevisionRepository
 from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
 from controlplane.runtime import ControlPlane
 from examples.model_server import ModelServer, bound_port, serve
+from examples.synthetic import SyntheticServer
 
 T = TypeVar("T")
 
@@ -261,3 +263,23 @@ async def config_state(api: httpx.AsyncClient, control_plane: ControlPlane) -> t
     params = {"limit": 500, "outcome": "success"}
     events = (await api.get("/v1/audit/events", params=params)).json()["items"]
     return revision, len(events)
+
+
+@dataclass
+class RecordingModel:
+    """A synthetic model server that records the ``traceparent`` of every call."""
+
+    model: SyntheticServer = field(default_factory=lambda: SyntheticServer("v1"))
+    traceparents: list[str] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        @web.middleware
+        async def record(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            self.traceparents.append(request.headers.get("traceparent", ""))
+            return await handler(request)
+
+        application = self.model.app()
+        application.middlewares.append(record)
+        return application

@@ -30,17 +30,20 @@ The audit action of each route is declared on the route
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from fastapi.encoders import jsonable_encoder
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import BaseRoute, Match
@@ -80,6 +83,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 # Seconds a client waits before sending a change again after a busy database.
 RETRY_AFTER_BUSY_S = 1
+# W3C traceparent: an admin write continues its caller's trace.
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
 log = logging.getLogger(__name__)
 
 
@@ -170,7 +175,14 @@ class AdminGateway:
         if not mutating:
             await self.app(scope, replay, send)
             return
-        await self._mutate(scope, headers, body, replay, send)
+        caller = _TRACE_CONTEXT.extract(headers)
+        with self.runtime.tracing.tracer.start_as_current_span(
+            "admin.write",
+            context=caller,
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": scope["method"], "url.path": scope["path"]},
+        ):
+            await self._mutate(scope, headers, body, replay, send)
 
     async def _mutate(
         self, scope: Scope, headers: Headers, body: bytes, receive: Receive, send: Send
@@ -190,7 +202,7 @@ class AdminGateway:
         try:
             async with self.runtime.sessionmaker() as session:
                 try:
-                    async with write_transaction(session, timeout_s=self._write_timeout_s):
+                    async with self._write_transaction(session):
                         await AuditRepository(session).lock()
                         principal = await authenticate(session, bearer_key(headers))
                         state.update(
@@ -222,6 +234,9 @@ class AdminGateway:
                     revision = committed_revision(session)
                     if revision is not None:
                         captured.headers.append((REVISION_HEADER, str(revision).encode()))
+                        span = trace.get_current_span()
+                        span.set_attribute("turnout.revision", revision)
+                        self.runtime.tracing.remember(revision, span)
                         self.runtime.notifier.notify()
         except DatabaseBusy:
             raise
@@ -238,6 +253,11 @@ class AdminGateway:
             return
         finally:
             state.pop("unit_of_work", None)
+        _trace_outcome(
+            route,
+            captured.status,
+            outcome if captured.status < 400 else Outcome.for_status(captured.status),
+        )
         if captured.status == 503 and captured.header(b"retry-after") is not None:
             _log_unaudited(scope, route, principal)  # the route found the database unavailable
         elif captured.status >= 400:
@@ -247,6 +267,24 @@ class AdminGateway:
                 scope, headers, route, principal, captured.status, Outcome.DRY_RUN
             )
         await captured.send_to(send)
+
+    @contextlib.asynccontextmanager
+    async def _write_transaction(self, session: AsyncSession) -> AsyncIterator[None]:
+        """The request's write transaction, its commit traced as ``db.commit``."""
+        commit: trace.Span | None = None
+        try:
+            async with write_transaction(session, timeout_s=self._write_timeout_s):
+                yield
+                # The body returned: leaving the block commits.
+                commit = self.runtime.tracing.tracer.start_span("db.commit")
+        except BaseException as exc:
+            if commit is not None:
+                commit.record_exception(exc)
+                commit.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+            raise
+        finally:
+            if commit is not None:
+                commit.end()
 
     async def _dry_run(self, session: AsyncSession) -> _Captured:
         """Return what the change made in ``session`` would do: the state and the
@@ -424,6 +462,17 @@ class AdminGateway:
                     "error_type": type(exc).__name__,
                 },
             )
+
+
+def _trace_outcome(route: _Route, status: int, outcome: str) -> None:
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attribute("turnout.action", route.action)
+    span.set_attribute("turnout.outcome", str(outcome))
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(trace.StatusCode.ERROR)
 
 
 def _log_unaudited(scope: Scope, route: _Route, principal: Principal | None) -> None:

@@ -395,7 +395,13 @@ def batcher(
     settings = get_settings()
     configure_logging(settings.log_level)
     key = settings.api_key.get_secret_value() if settings.api_key else None
-    config = build_config(argv, api_key=key, prog="turnout batcher")
+    config = build_config(
+        argv,
+        api_key=key,
+        otlp_endpoint=settings.otlp_endpoint,
+        trace_sampling=settings.trace_sampling,
+        prog="turnout batcher",
+    )
     asyncio.run(run_batcher(config))
 
 

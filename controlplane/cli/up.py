@@ -389,7 +389,7 @@ async def _start_batched_demo(
             "--disabled",
         ],
         log_path=RUN_DIR / "batcher.log",
-        env={"TURNOUT_API_KEY": viewer_key},
+        env={"TURNOUT_API_KEY": viewer_key, **_tracing_env(settings)},
     )
     await server.start()
     await batcher.start()
@@ -451,3 +451,13 @@ async def _register_demo(api: str, ports: dict[str, int], key: str) -> dict[str,
         response.raise_for_status()
         weights: dict[str, int] = response.json()["weights"]
         return weights
+
+
+def _tracing_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a batcher trace like the control plane."""
+    if settings.otlp_endpoint is None:
+        return {}
+    return {
+        "TURNOUT_OTLP_ENDPOINT": settings.otlp_endpoint,
+        "TURNOUT_TRACE_SAMPLING": str(settings.trace_sampling),
+    }

@@ -30,6 +30,7 @@ from controlplane.xds.memo import Memoised
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
 from controlplane.xds.snapshot import PackedResource, pack_resource
 from controlplane.xds.tenancy import ModelAccess, access_of
+from controlplane.xds.tracing import tracing_clusters
 
 __all__ = ["PackedTranslator"]
 
@@ -78,6 +79,8 @@ class PackedTranslator:
             for m in state.models
             for v in m.versions
         }
+        for name, cluster in tracing_clusters(listener.tracing).items():
+            clusters[name] = pack_resource(cluster)
         access = access_of(state)
         return {
             CLUSTER: clusters,

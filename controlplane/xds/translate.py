@@ -68,6 +68,12 @@ from controlplane.xds.tenancy import (
     model_access_config,
     tenancy_filters,
 )
+from controlplane.xds.tracing import (
+    CLUSTER_METADATA_NAMESPACE,
+    TracingOptions,
+    tracing_clusters,
+    tracing_config,
+)
 
 __all__ = [
     "LISTENER_NAME",
@@ -108,13 +114,15 @@ MAX_DIRECT_RESPONSE_BYTES = 1024 * 1024
 @dataclass(frozen=True, slots=True)
 class ListenerOptions:
     """Where the data-plane listener binds, whether it may share the port
-    (SO_REUSEPORT) with other processes that ask for the same, and where its
-    access log goes (None: nowhere; see controlplane.xds.access_log)."""
+    (SO_REUSEPORT) with other processes that ask for the same, where its
+    access log goes (None: nowhere; see :mod:`controlplane.xds.access_log`) and
+    where it sends traces (None: no tracing; see :mod:`controlplane.xds.tracing`)."""
 
     host: str = "127.0.0.1"
     port: int = 10000
     reuse_port: bool = False
     access_log_path: str | None = None
+    tracing: TracingOptions | None = None
 
 
 def translate(
@@ -132,6 +140,7 @@ def translate(
         for version in model.versions:
             name = cluster_name(model.name, version.name)
             clusters[name] = version_cluster(model.name, version, model.policy.retries)
+    clusters.update(tracing_clusters(listener.tracing))
     return {
         CLUSTER: clusters,
         ENDPOINT: translate_endpoints(state, local_zone),
@@ -194,6 +203,10 @@ def version_cluster(
         connect_timeout=duration_pb2.Duration(seconds=1),
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
     )
+    # Read by the tracer's model and version tags (controlplane.xds.tracing).
+    labels = cluster.metadata.filter_metadata[CLUSTER_METADATA_NAMESPACE]
+    labels.fields["model"].string_value = name.partition("/")[0]
+    labels.fields["version"].string_value = version.name
     apply_version_policy(cluster, version.policy, retries)
     tag_cluster(cluster, model, version.name)
     return cluster
@@ -281,6 +294,8 @@ def build_listener(
         # JSON access log.
         access_log=[stats_access_log(), *access_logs(options.access_log_path)],
     )
+    if options.tracing is not None:
+        manager.tracing.CopyFrom(tracing_config(options.tracing))
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=address_pb2.Address(

@@ -28,11 +28,15 @@ def build_config(
     argv: list[str] | None = None,
     *,
     api_key: str | None = None,
+    otlp_endpoint: str | None = None,
+    trace_sampling: float = 1.0,
     prog: str = "python -m filters.batcher",
 ) -> BatcherConfig:
     """Parse command-line flags into a ``BatcherConfig`` (exits 2 on bad flags).
 
-    ``api_key`` authenticates the policy polls to the control plane.
+    ``api_key`` authenticates the policy polls to the control plane;
+    ``otlp_endpoint`` and ``trace_sampling`` are the tracing defaults that
+    ``--otlp-endpoint`` and ``--trace-sampling`` override.
     """
     defaults = BatchingPolicy()
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
@@ -47,7 +51,23 @@ def build_config(
     parser.add_argument("--control-plane", help="admin API URL to poll for the policy")
     parser.add_argument("--model", help="model name (with --control-plane)")
     parser.add_argument("--model-version", help="version name (with --control-plane)")
+    parser.add_argument(
+        "--otlp-endpoint",
+        type=_host_port,
+        default=None,
+        help="HOST:PORT of an OTLP/gRPC collector to send traces to",
+    )
+    parser.add_argument(
+        "--trace-sampling",
+        type=float,
+        default=trace_sampling,
+        help="percent (0 to 100) of requests without a traceparent that start a trace",
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.trace_sampling <= 100:
+        parser.error("--trace-sampling is a percent: give a number from 0 to 100")
+    if args.otlp_endpoint is not None:
+        otlp_endpoint = "{}:{}".format(*args.otlp_endpoint)
     policy = BatchingPolicy(
         enabled=not args.disabled,
         max_batch_size=args.max_batch_size,
@@ -73,14 +93,23 @@ def build_config(
         policy=policy,
         policy_source=source,
         max_in_flight=args.max_in_flight,
+        otlp_endpoint=otlp_endpoint,
+        trace_sampling=args.trace_sampling,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run a batcher until SIGINT or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # This entry point has no settings object: the key comes from the environment.
-    asyncio.run(run_batcher(build_config(argv, api_key=os.environ.get("TURNOUT_API_KEY"))))
+    # This entry point has no settings object: the key and the tracing defaults come
+    # from the environment, under the control plane's names.
+    config = build_config(
+        argv,
+        api_key=os.environ.get("TURNOUT_API_KEY"),
+        otlp_endpoint=os.environ.get("TURNOUT_OTLP_ENDPOINT") or None,
+        trace_sampling=float(os.environ.get("TURNOUT_TRACE_SAMPLING", "1.0")),
+    )
+    asyncio.run(run_batcher(config))
 
 
 if __name__ == "__main__":

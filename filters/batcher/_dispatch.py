@@ -42,10 +42,13 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import Span, StatusCode, Tracer
+
 from ._latency import LatencyModel
 from ._metrics import BatcherMetrics
 from ._policy import BatchingPolicy
 from ._protocols import Call, Message, SplitError, merge_request, split_answer
+from ._tracing import batch_span, inject_trace
 from ._upstream import Upstream, UpstreamError
 
 __all__ = [
@@ -62,6 +65,8 @@ __all__ = [
 log = logging.getLogger("turnout.batcher.dispatch")
 
 _SPLITTABLE = frozenset({400, 413, 422, 500})
+# On every answer that went through a batch: how many requests it carried.
+BATCH_SIZE_HEADER = "x-turnout-batch-size"
 
 # Cutting a late upstream call at the deadline would not free the device (the
 # server keeps computing) and would hide its true cost from the latency model,
@@ -111,6 +116,7 @@ class Pending:
     state: State = State.QUEUED
     # Seconds from arrival to the first upstream send; None until it is sent.
     queue_wait_s: float | None = field(default=None)
+    span: Span | None = None  # the request's span, when the batcher traces
 
     def resolve(self, reply: Reply) -> None:
         """Deliver ``reply`` unless the caller is gone or already answered."""
@@ -142,6 +148,7 @@ class Dispatcher:
         *,
         max_in_flight: int = 1,
         latency: LatencyModel | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -150,6 +157,7 @@ class Dispatcher:
         self.metrics = metrics
         self.max_in_flight = max_in_flight
         self.latency = latency or LatencyModel()
+        self.tracer = tracer
         self._groups: dict[Hashable, list[Pending]] = {}
         self._retries: deque[list[Pending]] = deque()
         self._depth = 0
@@ -385,6 +393,20 @@ class Dispatcher:
     # --- one upstream call ---------------------------------------------------------------
 
     async def _execute(self, batch: list[Pending], rows: int, end_marker: float) -> None:
+        if self.tracer is None:
+            await self._call(batch, rows, end_marker, None)
+            return
+        members = [p.span for p in batch if p.span is not None]
+        span = batch_span(self.tracer, members, rows)
+        try:
+            await self._call(batch, rows, end_marker, span)
+        finally:
+            span.end()
+
+    async def _call(
+        self, batch: list[Pending], rows: int, end_marker: float, span: Span | None
+    ) -> None:
+        """Send ``batch`` upstream as one call (traced by ``span``) and answer its requests."""
         loop = asyncio.get_running_loop()
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_rows.observe(rows)
@@ -394,12 +416,16 @@ class Dispatcher:
             request = merge_request(calls)
             timeout = max(p.deadline for p in batch) - started + UPSTREAM_GRACE_S
             headers = {**batch[0].headers, **request.headers}
+            if span is not None:
+                inject_trace(headers, span)
             answer = await self.upstream.post_json(batch[0].target, request.body, headers, timeout)
         except UpstreamError as exc:
             self._finish(end_marker)
             if exc.timed_out:  # a lower bound on the cost, still worth learning from
                 self.latency.observe(rows, loop.time() - started)
             status = 504 if exc.timed_out else 502
+            if span is not None:
+                span.set_status(StatusCode.ERROR, str(exc))
             log.warning("upstream call failed", extra={"rows": rows, "error": str(exc)})
             self._fail_all(batch, error_reply(status, "upstream_error", str(exc)))
             return
@@ -410,6 +436,8 @@ class Dispatcher:
             raise
         elapsed = loop.time() - started
         self._finish(end_marker)
+        if span is not None:
+            span.set_attribute("http.response.status_code", answer.status)
         self.metrics.upstream_time.observe(elapsed)
         if 200 <= answer.status < 300:
             self.latency.observe(rows, elapsed)

@@ -18,11 +18,16 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
+
+from filters.otlp import tracer_provider as build_provider
 
 from ._dispatch import BATCH_SIZE_HEADER, Dispatcher, Pending, Reply, describe, error_reply
 from ._metrics import BatcherMetrics
 from ._policy import BatchingPolicy, PolicySource
 from ._protocols import MalformedInput, parse_call
+from ._tracing import SERVICE_NAME, TRACE_HEADERS, extract_trace, inject_trace
 from ._upstream import HOP_BY_HOP, Upstream
 
 __all__ = ["BatcherConfig", "RunningBatcher", "run_batcher", "start_batcher"]
@@ -42,6 +47,9 @@ class BatcherConfig:
     - ``policy_source``: polled every ``policy_interval_s`` seconds, if given.
     - ``max_in_flight``: batches upstream at once (the replica's batch
       concurrency; 1 suits one GPU that runs one batch at a time).
+    - ``otlp_endpoint``: ``host:port`` of an OTLP/gRPC collector to send spans
+      to (None: no tracing); ``trace_sampling``: the percent of requests without
+      a ``traceparent`` that start a trace.
     """
 
     upstream: str
@@ -52,15 +60,22 @@ class BatcherConfig:
     policy_interval_s: float = 0.5
     max_in_flight: int = 1
     upstream_connections: int = 256
+    otlp_endpoint: str | None = None
+    trace_sampling: float = 1.0
 
 
 class _Service:
-    def __init__(self, config: BatcherConfig) -> None:
+    def __init__(self, config: BatcherConfig, tracer: Tracer | None) -> None:
         self.config = config
+        self.tracer = tracer
         self.metrics = BatcherMetrics()
         self.upstream = Upstream(config.upstream, connections=config.upstream_connections)
         self.dispatcher = Dispatcher(
-            self.upstream, config.policy, self.metrics, max_in_flight=config.max_in_flight
+            self.upstream,
+            config.policy,
+            self.metrics,
+            max_in_flight=config.max_in_flight,
+            tracer=tracer,
         )
 
     @property
@@ -89,6 +104,32 @@ class _Service:
         )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.tracer is None:
+            return await self._serve(request, None)
+        span = self.tracer.start_span(
+            "batcher.request",
+            context=extract_trace(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "url.path": request.path},
+        )
+        try:
+            response = await self._serve(request, span)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(StatusCode.ERROR, type(exc).__name__)
+            raise
+        else:
+            span.set_attribute("http.response.status_code", response.status)
+            size = response.headers.get(BATCH_SIZE_HEADER)
+            if size is not None:
+                span.set_attribute("turnout.batch.size", int(size))
+            if response.status >= 500:
+                span.set_status(StatusCode.ERROR)
+        finally:
+            span.end()
+        return response
+
+    async def _serve(self, request: web.Request, span: Span | None) -> web.StreamResponse:
         body = await request.read()
         policy = self.policy
         call = None
@@ -102,13 +143,19 @@ class _Service:
                 return _respond(error_reply(400, "malformed_input", str(exc)))
         if call is None:
             self.metrics.requests.labels(mode="passthrough").inc()
-            return await self._proxy(request, body)
+            return await self._proxy(request, body, span)
         self.metrics.requests.labels(mode="batched").inc()
         loop = asyncio.get_running_loop()
         now = loop.time()
         headers = {}
         if "authorization" in request.headers:
             headers["Authorization"] = request.headers["authorization"]
+        if span is None:
+            # Untraced here: the caller's trace context still reaches the model server
+            # (a batch carries its first request's).
+            for name in TRACE_HEADERS:
+                if name in request.headers:
+                    headers[name] = request.headers[name]
         pending = Pending(
             call=call,
             target=request.path_qs,
@@ -116,6 +163,7 @@ class _Service:
             arrived=now,
             deadline=now + _budget_seconds(request, policy),
             future=loop.create_future(),
+            span=span,
         )
         reply = self.dispatcher.submit(pending)
         if reply is None:
@@ -126,8 +174,15 @@ class _Service:
                 raise
         return _respond(reply)
 
-    async def _proxy(self, request: web.Request, body: bytes) -> web.StreamResponse:
+    async def _proxy(
+        self, request: web.Request, body: bytes, span: Span | None
+    ) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        if span is not None:
+            # The model server's parent is this request's span, not the caller's.
+            for name in [k for k in headers if k.lower() in TRACE_HEADERS]:
+                del headers[name]
+            inject_trace(headers, span)
         url = self.upstream.base_url + request.path_qs
         try:
             async with self.upstream.session.request(
@@ -181,9 +236,16 @@ def _respond(reply: Reply) -> web.Response:
 class RunningBatcher:
     """A started batcher: ``host``, ``port`` (the bound one), ``metrics``, and ``close()``."""
 
-    def __init__(self, service: _Service, runner: web.AppRunner, port: int) -> None:
+    def __init__(
+        self,
+        service: _Service,
+        runner: web.AppRunner,
+        port: int,
+        owned_provider: TracerProvider | None,
+    ) -> None:
         self._service = service
         self._runner = runner
+        self._owned_provider = owned_provider
         self._poller: asyncio.Task[None] | None = None
         self.host = service.config.host
         self.port = port
@@ -214,11 +276,28 @@ class RunningBatcher:
         close_source = getattr(self._service.config.policy_source, "close", None)
         if close_source is not None:
             await close_source()
+        if self._owned_provider is not None:
+            # In a thread: it waits for the last spans to reach the collector.
+            await asyncio.to_thread(self._owned_provider.shutdown)
+            self._owned_provider = None
 
 
-async def start_batcher(config: BatcherConfig) -> RunningBatcher:
-    """Start a batcher on the running loop and return it once it listens."""
-    service = _Service(config)
+async def start_batcher(
+    config: BatcherConfig, *, tracer_provider: TracerProvider | None = None
+) -> RunningBatcher:
+    """Start a batcher on the running loop and return it once it listens.
+
+    It traces with ``tracer_provider`` when given (the caller shuts it down), else
+    with one of its own when ``config.otlp_endpoint`` is set (shut down by
+    ``close()``), else not at all.
+    """
+    owned = None
+    if tracer_provider is None and config.otlp_endpoint is not None:
+        owned = tracer_provider = build_provider(
+            config.otlp_endpoint, SERVICE_NAME, config.trace_sampling
+        )
+    tracer = tracer_provider.get_tracer("turnout.batcher") if tracer_provider else None
+    service = _Service(config, tracer)
     await service.upstream.start()
     service.dispatcher.start()
     runner = web.AppRunner(service.app(), access_log=None, handler_cancellation=True)
@@ -226,7 +305,7 @@ async def start_batcher(config: BatcherConfig) -> RunningBatcher:
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
     port = next(int(address[1]) for address in runner.addresses)
-    running = RunningBatcher(service, runner, port)
+    running = RunningBatcher(service, runner, port, owned)
     if config.policy_source is not None:
         running._poller = asyncio.get_running_loop().create_task(
             service.poll_policy(config.policy_source)

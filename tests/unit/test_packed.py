@@ -9,16 +9,23 @@ from controlplane.domain.state import DesiredState
 from controlplane.xds.packed import PackedTranslator
 from controlplane.xds.resources import PUSH_ORDER
 from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.tracing import TracingOptions
 from controlplane.xds.translate import ListenerOptions, endpoint_zones, translate
 from tests.strategies import desired_states
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LISTENER = ListenerOptions(port=10001)
+TRACED = ListenerOptions(port=10001, tracing=TracingOptions("collector", 4317, 5.0))
 
 
-def _assert_same_bytes(translator: PackedTranslator, state: DesiredState, zone: str | None) -> None:
-    plain = Snapshot.from_resources(state.revision, translate(state, LISTENER, zone))
-    packed = Snapshot.from_packed(state.revision, translator.translate(state, LISTENER, zone))
+def _assert_same_bytes(
+    translator: PackedTranslator,
+    state: DesiredState,
+    zone: str | None,
+    listener: ListenerOptions = LISTENER,
+) -> None:
+    plain = Snapshot.from_resources(state.revision, translate(state, listener, zone))
+    packed = Snapshot.from_packed(state.revision, translator.translate(state, listener, zone))
     for type_url in PUSH_ORDER:
         assert packed.versions[type_url] == plain.versions[type_url], type_url
         assert dict(packed.resource_versions[type_url]) == dict(plain.resource_versions[type_url])
@@ -34,10 +41,11 @@ def test_packed_translation_has_the_same_bytes_as_translate(
     state: DesiredState, data: st.DataObject
 ) -> None:
     zone = data.draw(st.sampled_from([*endpoint_zones(state), "elsewhere"]), label="local zone")
+    listener = data.draw(st.sampled_from([LISTENER, TRACED]), label="listener")
     translator = PackedTranslator()
     for _ in range(2):  # cold, then memoised
-        _assert_same_bytes(translator, state, None)
-        _assert_same_bytes(translator, state, zone)
+        _assert_same_bytes(translator, state, None, listener)
+        _assert_same_bytes(translator, state, zone, listener)
 
 
 @PROPERTY

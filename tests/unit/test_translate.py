@@ -30,6 +30,7 @@ from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, Ver
 from controlplane.processes import envoy_binary
 from controlplane.xds.edge import BODY_LIMIT_FILTER
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from controlplane.xds.tracing import TracingOptions
 from controlplane.xds.translate import (
     LISTENER_NAME,
     MODEL_HEADER,
@@ -384,6 +385,12 @@ def test_translated_resources_validate_with_envoy(tmp_path: Path) -> None:
 
 
 @pytest.mark.envoy
+def test_a_traced_listener_validates_with_envoy(tmp_path: Path) -> None:
+    traced = ListenerOptions(tracing=TracingOptions("otel-collector.example", 4317, 12.5))
+    _assert_envoy_accepts(translate(_state(), traced), tmp_path)
+
+
+@pytest.mark.envoy
 @settings(
     max_examples=8,
     deadline=None,
@@ -407,6 +414,9 @@ def _assert_envoy_accepts(resources: dict[str, dict[str, Message]], tmp_path: Pa
     clusters: list[cluster_pb2.Cluster] = []
     for name, cluster in resources[CLUSTER].items():
         assert isinstance(cluster, cluster_pb2.Cluster)
+        if name not in resources[ENDPOINT]:  # not an EDS cluster (the trace collector's)
+            clusters.append(cluster)
+            continue
         twin = cluster_pb2.Cluster(
             name=f"{name}-static",
             type=cluster_pb2.Cluster.STATIC,
