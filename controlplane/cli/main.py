@@ -467,11 +467,13 @@ def top(
     if once:
         typer.echo(format_top(_read_api(api, "/v1/metrics/summary", params), model), nl=False)
         return
+    # On a terminal each frame replaces the last; piped, frames follow each other.
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
     try:
         while True:
             table = format_top(_read_api(api, "/v1/metrics/summary", params), model)
-            # Home the cursor and clear the screen, then draw.
-            typer.echo("\x1b[H\x1b[2J" + table, nl=False)
+            sys.stdout.write(clear + table + ("" if clear else "\n"))
+            sys.stdout.flush()
             time.sleep(interval)
     except KeyboardInterrupt:
         typer.echo("")

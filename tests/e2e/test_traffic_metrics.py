@@ -260,18 +260,25 @@ async def test_top_redraws_until_interrupted(api: httpx.AsyncClient) -> None:
         env=environment,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # A shell's background job ignores SIGINT, and a child inherits that: undo it,
+        # as a terminal's Ctrl-C would find it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdout is not None
     seen = b""
     try:
         # Two frames drawn: it refreshes on its own.
-        while seen.count(b"\x1b[2J") < 2:
+        while seen.count(b"MODEL") < 2:
             chunk = await asyncio.wait_for(process.stdout.read(4096), timeout=30)
             assert chunk, (seen, await process.stderr.read() if process.stderr else b"")
             seen += chunk
     finally:
         process.send_signal(signal.SIGINT)
-        code = await asyncio.wait_for(process.wait(), timeout=30)
+        try:
+            code = await asyncio.wait_for(process.wait(), timeout=30)
+        except TimeoutError:
+            process.kill()
+            raise
     assert code == 0
     assert f"{MODEL}  v".encode() not in seen  # no versions yet: no rows
     assert b"MODEL" in seen

@@ -50,6 +50,10 @@ def parse_window(value: str, retention_s: float) -> float:
     return seconds
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 class LatencyOut(BaseModel):
     p50: float | None = Field(description="milliseconds; null without samples")
     p90: float | None
@@ -89,8 +93,10 @@ class FiguresOut(BaseModel):
             requests=figures.requests,
             rps=round(figures.rps, 3),
             errors=figures.errors,
-            error_rate=figures.error_rate,
-            latency_ms=LatencyOut.model_validate(figures.latency_ms),
+            error_rate=_round(figures.error_rate, 4),
+            latency_ms=LatencyOut.model_validate(
+                {name: _round(ms, 3) for name, ms in figures.latency_ms.items()}
+            ),
             latency_samples=figures.latency_samples,
             responses=figures.responses,
             classes=figures.classes(),
@@ -103,8 +109,8 @@ class FiguresOut(BaseModel):
             batching=(
                 BatchingOut(
                     requests=b.requests,
-                    mean_batch_size=b.mean_batch_size,
-                    queue_wait_p99_ms=b.queue_wait_p99_ms,
+                    mean_batch_size=_round(b.mean_batch_size, 2),
+                    queue_wait_p99_ms=_round(b.queue_wait_p99_ms, 3),
                     shed=b.shed,
                 )
                 if b is not None
