@@ -15,8 +15,8 @@ labels: names stay short and need no label parsing):
 - ``turnout.requests.cluster.<stat name>.code.<status>``: one per request,
   counted when its response is complete, with the status the client got
   (retries and local replies included, once);
-- ``turnout.tenant_requests.tenant.<subject>.code.<status>``: the same per
-  verified tenant (an empty subject: no verified credential);
+- ``turnout.tenant_requests.tenant.<tenant>.code.<status>``: the same per
+  tenant, named by its verified credential (empty: no verified credential);
 - ``turnout.batch_size.cluster.<stat name>`` (histogram of the batch each
   request rode in), ``turnout.queue_wait_us.cluster.<stat name>`` (histogram
   of its wait in the batcher's queue) and ``turnout.shed.cluster.<stat

@@ -123,12 +123,12 @@ class DataPlaneCollector(Collector):
                 shed.add_metric(labels, counts.shed)
         tenants = CounterMetricFamily(
             "turnout_tenant_requests",
-            'Requests by verified tenant and status code ("-": no verified tenant)',
+            'Requests by tenant (named by its verified credential) and status code ("-": none)',
             labels=["tenant", "code"],
         )
-        for subject, counts in self._window.tenant_totals():
+        for tenant, counts in self._window.tenant_totals():
             for code, n in sorted(counts.codes.items()):
-                tenants.add_metric([subject or "-", str(code)], n)
+                tenants.add_metric([tenant or "-", str(code)], n)
         yield from (
             requests,
             responses,

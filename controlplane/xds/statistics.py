@@ -31,8 +31,9 @@ _Config = stats_pb2.Config
 # The observability name of the cluster (its alt_stat_name, the version's stat name).
 _CLUSTER = _Config.Tag(name="cluster", value_format="%UPSTREAM_CLUSTER%")
 _CODE = _Config.Tag(name="code", value_format="%RESPONSE_CODE%")
+# The tenant's name, from its verified credential (the token's signed "tenant" claim).
 _TENANT = _Config.Tag(
-    name="tenant", value_format=f"%DYNAMIC_METADATA({JWT_FILTER}:{PAYLOAD_KEY}:sub)%"
+    name="tenant", value_format=f"%DYNAMIC_METADATA({JWT_FILTER}:{PAYLOAD_KEY}:tenant)%"
 )
 
 

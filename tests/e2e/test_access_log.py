@@ -245,6 +245,25 @@ async def test_every_request_leaves_one_json_line_without_credentials(
     assert [(line["version"], line["upstream_host"]) for line in secret][1] == ("v1", None)
     assert secret[0]["tenant_subject"] and secret[1]["tenant_subject"] is None
 
+    # The traffic window (Envoy's stat sink) counts the same requests: per tenant by
+    # name, and the batcher's figures per version.
+    async def counted() -> dict[str, Any] | None:
+        summary = await api.get("/v1/metrics/summary", params={"window": "5m"})
+        assert summary.status_code == 200, summary.text
+        body: dict[str, Any] = summary.json()
+        tenants = {t["tenant"]: t["responses"] for t in body["tenants"]}
+        [embedder] = [m for m in body["models"] if m["model"] == "embedder"]
+        batching = embedder["versions"][0]["batching"]
+        done = tenants.get("-", {}).get("401") and batching and batching["requests"] >= BATCHED
+        return {"tenants": tenants, "batching": batching} if done else None
+
+    window = await eventually(counted, timeout=15)
+    assert window["tenants"]["acme"] == {"200": 1}
+    assert window["tenants"]["-"]["401"] == 1
+    sizes = [int(line["batch_size"]) for line in batched]
+    assert window["batching"]["requests"] == BATCHED
+    assert window["batching"]["mean_batch_size"] == pytest.approx(sum(sizes) / len(sizes), rel=0.05)
+
     text = await asyncio.to_thread(access_log.read_text)
     assert SECRET not in text
     assert token not in text and token.split(".")[2] not in text
