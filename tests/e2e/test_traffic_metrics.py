@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import sys
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +20,6 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.runtime import ControlPlane
-from controlplane.settings import Settings
 from examples.model_server import bound_port
 from tests.support import EnvoyProcess, applied, eventually
 
@@ -73,26 +70,6 @@ class ScriptedServer:
             await self._runner.cleanup()
 
 
-@pytest.fixture(params=["sotw", "delta"])
-async def flushing_envoy(
-    request: pytest.FixtureRequest, control_plane: ControlPlane, settings: Settings, tmp_path: Path
-) -> AsyncIterator[EnvoyProcess]:
-    """A real Envoy that streams its statistics every 0.25 s."""
-    process = EnvoyProcess(
-        node_id=f"test-{uuid.uuid4().hex[:6]}",
-        xds_port=control_plane.xds_port,
-        listener_port=settings.listener_port,
-        workdir=tmp_path,
-        delta=request.param == "delta",
-        stats_flush_interval_s=0.25,
-    )
-    await process.start()
-    try:
-        yield process
-    finally:
-        await process.stop()
-
-
 @pytest.fixture
 async def servers() -> AsyncIterator[dict[str, ScriptedServer]]:
     started = {
@@ -138,12 +115,12 @@ async def _send(url: str, total: int) -> Counter[tuple[str, int]]:
 async def test_versions_show_what_the_client_saw(
     api: httpx.AsyncClient,
     anonymous_api: httpx.AsyncClient,
-    flushing_envoy: EnvoyProcess,
+    envoy: EnvoyProcess,
     servers: dict[str, ScriptedServer],
 ) -> None:
     await _register(api, servers)
-    await applied(api, flushing_envoy.node_id, timeout=10)
-    seen = await _send(f"{flushing_envoy.base_url}/models/{MODEL}/predict", REQUESTS)
+    await applied(api, envoy.node_id, timeout=10)
+    seen = await _send(f"{envoy.base_url}/models/{MODEL}/predict", REQUESTS)
     sent = Counter[str]()
     for (version, _), n in seen.items():
         sent[version] += n
@@ -213,16 +190,21 @@ async def test_versions_show_what_the_client_saw(
     assert float(rows["v1"][5]) == pytest.approx(v1["latency_ms"]["p50"], abs=0.05)
 
 
-async def _turnout_top(api: httpx.AsyncClient, *args: str) -> str:
-    """Run the `turnout top` command against ``api``'s control plane; return its output."""
+def _cli_environment(api: httpx.AsyncClient) -> dict[str, str]:
+    """The environment of a `turnout` command that reads ``api``'s control plane."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
     environment["TURNOUT_API_KEY"] = api.headers["authorization"].removeprefix("Bearer ")
     environment["TURNOUT_API_PORT"] = str(api.base_url.port)
+    return environment
+
+
+async def _turnout_top(api: httpx.AsyncClient, *args: str) -> str:
+    """Run the `turnout top` command against ``api``'s control plane; return its output."""
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "turnout"),
         "top",
         *args,
-        env=environment,
+        env=_cli_environment(api),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -249,15 +231,12 @@ async def test_window_must_be_a_duration_within_the_retention(api: httpx.AsyncCl
 async def test_top_redraws_until_interrupted(api: httpx.AsyncClient) -> None:
     response = await api.post("/v1/models", json={"name": MODEL, "protocol": "http"})
     assert response.status_code == 201
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
-    environment["TURNOUT_API_KEY"] = api.headers["authorization"].removeprefix("Bearer ")
-    environment["TURNOUT_API_PORT"] = str(api.base_url.port)
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "turnout"),
         "top",
         "--interval",
         "0.2",
-        env=environment,
+        env=_cli_environment(api),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         # A shell's background job ignores SIGINT, and a child inherits that: undo it,
