@@ -34,7 +34,7 @@ from controlplane.domain.statistics import (
     STAT_PREFIX,
     StatKind,
 )
-from controlplane.telemetry.protocol import COUNTER, GAUGE, HISTOGRAM
+from controlplane.telemetry.wire import Flush, from_families
 
 __all__ = [
     "DEFAULT_SLOT_S",
@@ -71,6 +71,8 @@ _CLUSTER_GAUGES: Final = {
     "upstream_rq_pending_active": 1,
     "outlier_detection.ejections_active": 2,
 }
+# What only a histogram feeds (a counter of that name is not counted).
+_NOT_COUNTERS: Final = frozenset({"latency", "batch_size", "queue_wait"})
 _HISTOGRAM_BOUNDS: Final = {
     "latency": LATENCY_BUCKETS_MS,
     "batch_size": BATCH_SIZE_BUCKETS,
@@ -296,6 +298,7 @@ class TrafficWindow:
         self._names: dict[str, tuple[str, str]] = {}
         self._names_of: DesiredState | None = None
         self._seen: dict[int, float] = {}  # stream id -> time of its last report
+        self._gauged: dict[int, set[SeriesKey]] = {}  # stream id -> series it has gauges in
         self._rebinners = {what: _Rebinner(b) for what, b in _HISTOGRAM_BOUNDS.items()}
         self.reports = 0
 
@@ -312,50 +315,23 @@ class TrafficWindow:
 
     def ingest(self, proxy: Proxy, families: Iterable[Any]) -> None:
         """Add one flush of ``proxy`` (a sequence of ``MetricFamily`` messages)."""
+        self.ingest_flush(proxy, from_families(families))
+
+    def ingest_flush(self, proxy: Proxy, flush: Flush) -> None:
+        """Add one flush of ``proxy``: what it reported other than zero
+        (``controlplane.telemetry.wire``). A gauge the flush does not carry is
+        zero, so a proxy's gauges are replaced by the flush's."""
         now = self._clock()
         index = int(now // self._slot_s)
         names = self._stat_names()
         meanings = self._meanings
         self._seen[proxy.stream_id] = now
-        gauges: dict[SeriesKey, list[float]] = {}
-        for family in families:
-            name = family.name
+        for name, value in flush.counters.items():
             meaning = meanings.get(name)
             if meaning is None:
                 meaning = meanings[name] = _parse(name)
             target, subject, what = meaning
-            if not target:
-                continue
-            kind = family.type
-            if kind == HISTOGRAM:
-                histogram = family.metric[0].histogram
-                count = histogram.sample_count
-                if not count:
-                    continue
-                buckets = histogram.bucket
-                samples = self._rebinners[what].per_bucket(
-                    tuple(b.upper_bound for b in buckets),
-                    [b.cumulative_count for b in buckets],
-                    count,
-                )
-                series = self._version_series(names, subject, proxy.zone)
-                if series is not None:
-                    series.slot(index).add_histogram(what, samples, histogram.sample_sum)
-                    series.totals.add_histogram(what, samples, histogram.sample_sum)
-                continue
-            if kind == GAUGE:
-                model_version = names.get(subject)
-                if model_version is None or not what.startswith("gauge:"):
-                    continue
-                values = gauges.setdefault(
-                    (model_version[0], model_version[1], proxy.zone), [0.0, 0.0, 0.0]
-                )
-                values[_CLUSTER_GAUGES[what[len("gauge:") :]]] = family.metric[0].gauge.value
-                continue
-            if kind != COUNTER:
-                continue
-            value = family.metric[0].counter.value
-            if not value:
+            if not target or what in _NOT_COUNTERS or what.startswith("gauge:"):
                 continue
             series = (
                 self._tenant_series(subject)
@@ -364,17 +340,52 @@ class TrafficWindow:
             )
             if series is None:
                 continue
-            for counts in (series.slot(index), series.totals):
-                if what.startswith("code:"):
-                    code = int(what[len("code:") :])
+            slot = series.slot(index)
+            if what.startswith("code:"):
+                code = int(what[5:])
+                for counts in (slot, series.totals):
                     counts.codes[code] = counts.codes.get(code, 0.0) + value
-                else:
+            else:
+                for counts in (slot, series.totals):
                     setattr(counts, what, getattr(counts, what) + value)
+        for name, (bounds, cumulative, count, total) in flush.histograms.items():
+            meaning = meanings.get(name)
+            if meaning is None:
+                meaning = meanings[name] = _parse(name)
+            target, subject, what = meaning
+            rebinner = self._rebinners.get(what)
+            if rebinner is None or target != "cluster":
+                continue
+            series = self._version_series(names, subject, proxy.zone)
+            if series is None:
+                continue
+            samples = rebinner.per_bucket(bounds, cumulative, count)
+            series.slot(index).add_histogram(what, samples, total)
+            series.totals.add_histogram(what, samples, total)
+        gauges: dict[SeriesKey, list[float]] = {}
+        for name, value in flush.gauges.items():
+            meaning = meanings.get(name)
+            if meaning is None:
+                meaning = meanings[name] = _parse(name)
+            _, subject, what = meaning
+            model_version = names.get(subject)
+            if model_version is None or not what.startswith("gauge:"):
+                continue
+            values = gauges.setdefault(
+                (model_version[0], model_version[1], proxy.zone), [0.0, 0.0, 0.0]
+            )
+            values[_CLUSTER_GAUGES[what[len("gauge:") :]]] = value
+        stream = proxy.stream_id
+        for series_key in self._gauged.get(stream, set()).difference(gauges):
+            gone = self._versions.get(series_key)
+            if gone is not None:
+                gone.gauges.pop(stream, None)
         for series_key, (active, pending, ejected) in gauges.items():
             gauged = self._versions.get(series_key)
             if gauged is None:
                 gauged = self._versions[series_key] = _Series(deque(maxlen=self._slots))
-            gauged.gauges[proxy.stream_id] = (now, active, pending, ejected)
+            gauged.gauges[stream] = (now, active, pending, ejected)
+        self._gauged[stream] = set(gauges)
         self.reports += 1
 
     def _version_series(
@@ -398,8 +409,10 @@ class TrafficWindow:
     def forget(self, proxy: Proxy) -> None:
         """Drop the gauges of a proxy whose stream ended; its counts stay."""
         self._seen.pop(proxy.stream_id, None)
-        for series in self._versions.values():
-            series.gauges.pop(proxy.stream_id, None)
+        for series_key in self._gauged.pop(proxy.stream_id, set()):
+            series = self._versions.get(series_key)
+            if series is not None:
+                series.gauges.pop(proxy.stream_id, None)
 
     def prune(self, state: DesiredState | None = None) -> None:
         """Drop the series of versions that are gone from the desired state
