@@ -126,18 +126,24 @@ def read(data: bytes) -> Flush:
     counters: dict[str, float] = {}
     gauges: dict[str, float] = {}
     histograms: dict[str, tuple[tuple[float, ...], list[int], int, float]] = {}
+    unpack = _DOUBLE.unpack
+    rfind = data.rfind
     for match in _INTERESTING.finditer(data):
         at = match.start()
-        name = _name_at(data, at)
-        if name is None:
-            continue
-        kind = match.group(1)
+        start = rfind(b"\x0a", at - 300 if at > 300 else 0, at)
+        if start >= 0 and data[start + 1] == at - start - 2:
+            name = data[start + 2 : at].decode("utf-8", "replace")
+        else:
+            found = _name_at(data, at)
+            if found is None:
+                continue
+            name = found
+        kind, raw = match.groups()
         if kind is not None:
-            value = _DOUBLE.unpack(match.group(2))[0]
             if kind == b"\x00":
-                counters[name] = counters.get(name, 0.0) + value
+                counters[name] = counters.get(name, 0.0) + unpack(raw)[0]
             else:
-                gauges[name] = value
+                gauges[name] = unpack(raw)[0]
         else:
             histogram = _histogram(data, match.end() - 1)
             if histogram is not None:
