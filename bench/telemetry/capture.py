@@ -16,6 +16,7 @@ messages from that file.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -70,7 +71,7 @@ def _template(name: str, clusters: dict[str, str]) -> str:
     )
 
 
-async def capture(workdir: Path) -> dict[str, Any]:
+async def capture(workdir: Path, eviction_s: float | None = None) -> dict[str, Any]:
     url = f"sqlite+aiosqlite:///{workdir / 'turnout.db'}"
     await asyncio.to_thread(upgrade, url)
     _row, key = await create_key(url, "capture", Role.ADMIN)
@@ -116,6 +117,9 @@ async def capture(workdir: Path) -> dict[str, Any]:
         bootstrap = render_bootstrap(
             "capture", [XdsAddress("127.0.0.1", plane.xds_port)], admin_port=free_port()
         )
+        if eviction_s is not None:
+            # Envoy marks every statistic unused at each eviction and flushes only used ones.
+            bootstrap["stats_eviction_interval"] = f"{eviction_s:g}s"
         path = workdir / "envoy.yaml"
         path.write_text(dump_bootstrap(bootstrap))
         envoy = ChildProcess(
@@ -185,10 +189,11 @@ def _shape(
             {"name": name, **entry, "per_cluster": "{cluster}" in name, "first_sent": first}
         )
     samples = {}
-    for label, (phase, raw) in (
+    for label, picked in (
         ("traffic", _last(flushes, "traffic")),
         ("idle", _last(flushes, "after")),
     ):
+        phase, raw = picked or ("none", b"")
         families = StreamMetricsMessage.FromString(raw).envoy_metrics
         samples[label] = {
             "phase": phase,
@@ -201,7 +206,9 @@ def _shape(
         }
     idle_zero = sorted(
         _template(f.name, clusters)
-        for f in StreamMetricsMessage.FromString(_last(flushes, "after")[1]).envoy_metrics
+        for f in StreamMetricsMessage.FromString(
+            (_last(flushes, "after") or ("", b""))[1]
+        ).envoy_metrics
         if (f.type == 0 and f.metric[0].counter.value == 0)
         or (f.type == 4 and f.metric[0].histogram.sample_count == 0)
     )
@@ -215,14 +222,28 @@ def _shape(
     }
 
 
-def _last(flushes: list[tuple[str, bytes]], phase: str) -> tuple[str, bytes]:
-    return [f for f in flushes if f[0] == phase][-1]
+def _last(flushes: list[tuple[str, bytes]], phase: str) -> tuple[str, bytes] | None:
+    found = [f for f in flushes if f[0] == phase]
+    return found[-1] if found else None
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--eviction-interval-s",
+        type=float,
+        help="set the bootstrap's stats_eviction_interval (a multiple of the flush interval) "
+        "and write envoy-shape-eviction.json instead",
+    )
+    args = parser.parse_args()
+    path = SHAPE
+    if args.eviction_interval_s is not None:
+        path = SHAPE.with_name("envoy-shape-eviction.json")
     with tempfile.TemporaryDirectory(prefix="turnout-capture-") as workdir:
-        shape = asyncio.run(capture(Path(workdir)))
-    SHAPE.write_text(json.dumps(shape, indent=1) + "\n")
+        shape = asyncio.run(capture(Path(workdir), args.eviction_interval_s))
+    path.write_text(json.dumps(shape, indent=1) + "\n")
+    idle = shape["samples"]["idle"]["per_cluster"]
+    print(f"per-cluster families in the last idle flush: {len(idle)}")
     families = shape["families"]
     print(f"flushes by phase (families per flush): {shape['flushes_by_phase']}")
     print(f"requests sent: {shape['requests_sent']}")
@@ -237,7 +258,7 @@ def main() -> None:
                     f"from={f['first_sent']} buckets={f['buckets']}"
                 )
     print(f"zero-valued in the last idle flush: {len(shape['zero_in_idle_flush'])}")
-    print(f"wrote {SHAPE}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
