@@ -16,10 +16,11 @@ as Envoy's serializer writes it, fields in number order:
     Metric: 2 gauge / 3 counter {1 value: double}, 6 timestamp_ms, 7 histogram
     Histogram: 1 sample_count, 2 sample_sum: double, 3 bucket {1 cumulative_count, 2 upper_bound}
 
-A family the expression does not recognise (labels, another layout) is read
-with the protobuf classes instead, so the result never depends on this
-reader's shortcuts; :func:`read` returns the same families as decoding the
-whole message, less those whose value is zero.
+It relies on that layout: fields in number order, one metric per family and
+no labels (Turnout's bootstrap sets ``emit_tags_as_labels: false``), names of
+printable characters. A family written otherwise (labels before the value, say)
+is not seen. :func:`read_slowly` decodes the whole message with protobuf and
+gives the same result for Envoy's layout; the unit tests compare the two.
 """
 
 from __future__ import annotations
