@@ -48,7 +48,7 @@ _BOUNDS: dict[bytes, tuple[float, ...]] = {}
 _INTERESTING: Final = re.compile(
     rb"\x18(?:"
     rb"([\x00\x01])\x22[\x0b-\x7f][\x12\x1a]\x09\x09(?!\x00{8})(.{8})"
-    rb"|\x04\x22(?:[\x80-\xff]{1,2})?[\x00-\x7f]\x30[\x80-\xff]{0,9}[\x00-\x7f]\x3a"
+    rb"|\x04\x22(?:[\x80-\xff]{1,2})?[\x00-\x7f](?:\x30[\x80-\xff]{0,9}[\x00-\x7f])?\x3a"
     rb"(?:[\x80-\xff]{1,2})?[\x00-\x7f]\x08(?=[^\x00])"
     rb")",
     re.DOTALL,

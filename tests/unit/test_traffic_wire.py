@@ -124,6 +124,24 @@ def test_reader_keeps_only_what_is_not_zero_and_agrees_with_protobuf() -> None:
     assert (count, total, cumulative[-1], cumulative[2]) == (3, 943.0, 3, 1)
 
 
+def test_reader_needs_no_timestamps() -> None:
+    message: Any = StreamMetricsMessage()
+    family = message.envoy_metrics.add(
+        name=f"cluster.{_stat('v1')}.upstream_rq_time", type=HISTOGRAM
+    )
+    histogram = family.metric.add().histogram
+    histogram.sample_count, histogram.sample_sum = 2, 7.0
+    for bound in LATENCY_BUCKETS_MS:
+        histogram.bucket.add(cumulative_count=2 if bound >= 5 else 0, upper_bound=float(bound))
+    family = message.envoy_metrics.add(
+        name=f"turnout.requests.cluster.{_stat('v1')}.code.200", type=COUNTER
+    )
+    family.metric.add().counter.value = 2
+    data = message.SerializeToString()
+    assert read(data) == read_slowly(data)
+    assert len(read(data).histograms) == 1 and len(read(data).counters) == 1
+
+
 def test_reader_handles_large_varints_and_a_flush_of_zeros() -> None:
     many = list(range(1, 400)) * 2  # sample_count and cumulative counts over 127
     data = _flush(v1_ok=1e9, samples=many)
