@@ -19,10 +19,10 @@ import grpc
 from controlplane.telemetry.protocol import (
     METHOD,
     SERVICE,
-    StreamMetricsMessage,
     StreamMetricsResponse,
 )
 from controlplane.telemetry.window import Proxy, TrafficWindow
+from controlplane.telemetry.wire import read
 
 __all__ = ["metrics_service_handler"]
 
@@ -39,15 +39,16 @@ def metrics_service_handler(window: TrafficWindow) -> grpc.GenericRpcHandler:
     ) -> Any:
         proxy: Proxy | None = None
         try:
-            async for message in messages:
+            async for data in messages:
+                # Raw bytes: wire.read looks only at what is not zero (see there).
+                flush = read(data)
                 if proxy is None:
-                    node = message.identifier.node
-                    proxy = Proxy(next(_stream_ids), node.id, node.locality.zone)
+                    proxy = Proxy(next(_stream_ids), flush.node_id or "", flush.zone)
                     log.info(
                         "telemetry.stream_open",
                         extra={"node": proxy.node_id, "zone": proxy.zone, "peer": context.peer()},
                     )
-                window.ingest(proxy, message.envoy_metrics)
+                window.ingest_flush(proxy, flush)
         finally:
             if proxy is not None:
                 window.forget(proxy)
@@ -59,7 +60,7 @@ def metrics_service_handler(window: TrafficWindow) -> grpc.GenericRpcHandler:
         {
             METHOD: grpc.stream_unary_rpc_method_handler(
                 stream_metrics,
-                request_deserializer=StreamMetricsMessage.FromString,
+                request_deserializer=None,
                 response_serializer=StreamMetricsResponse.SerializeToString,
             )
         },

@@ -18,7 +18,9 @@ covers.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -34,7 +36,7 @@ from controlplane.domain.statistics import (
     STAT_PREFIX,
     StatKind,
 )
-from controlplane.telemetry.protocol import COUNTER, GAUGE, HISTOGRAM
+from controlplane.telemetry.wire import Flush, from_families
 
 __all__ = [
     "DEFAULT_SLOT_S",
@@ -71,11 +73,14 @@ _CLUSTER_GAUGES: Final = {
     "upstream_rq_pending_active": 1,
     "outlier_detection.ejections_active": 2,
 }
+# What only a histogram feeds (a counter of that name is not counted).
+_NOT_COUNTERS: Final = frozenset({"latency", "batch_size", "queue_wait"})
 _HISTOGRAM_BOUNDS: Final = {
     "latency": LATENCY_BUCKETS_MS,
     "batch_size": BATCH_SIZE_BUCKETS,
     "queue_wait": QUEUE_WAIT_BUCKETS_US,
 }
+_SIZES: Final = {what: len(bounds) + 1 for what, bounds in _HISTOGRAM_BOUNDS.items()}
 
 
 def _parse(name: str) -> _Meaning:
@@ -113,6 +118,16 @@ def _parse(name: str) -> _Meaning:
     return _IGNORED
 
 
+def _pack(values: Sequence[int]) -> int:
+    """``values`` (each below 2**64) as one int, 64 bits each, the first lowest:
+    adding two packed histograms adds them bucket by bucket, in one operation."""
+    return int.from_bytes(struct.pack(f"<{len(values)}Q", *values), "little")
+
+
+def _unpack(packed: int, size: int) -> tuple[int, ...]:
+    return struct.unpack(f"<{size}Q", packed.to_bytes(8 * size, "little"))
+
+
 @dataclass(slots=True)
 class _Counts:
     """What happened in one slot of one series (or, for totals, ever)."""
@@ -122,17 +137,24 @@ class _Counts:
     overflows: float = 0.0
     ejections: float = 0.0
     shed: float = 0.0
-    # Per-bucket (not cumulative) counts; the last bucket is +Inf. Sums too.
-    histograms: dict[str, list[float]] = field(default_factory=dict)
+    # Cumulative bucket counts, the last one +Inf (the sample count), packed
+    # (see _pack); and the sums of the samples.
+    packed: dict[str, int] = field(default_factory=dict)
     sums: dict[str, float] = field(default_factory=dict)
 
-    def add_histogram(self, what: str, counts: Sequence[float], total: float) -> None:
-        mine = self.histograms.get(what)
-        if mine is None:
-            self.histograms[what] = list(counts)
-        else:
-            for i, n in enumerate(counts):
-                mine[i] += n
+    @property
+    def histograms(self) -> dict[str, list[float]]:
+        """Per-bucket (not cumulative) counts of each histogram; the last bucket is +Inf."""
+        out = {}
+        for what, packed in self.packed.items():
+            cumulative = _unpack(packed, _SIZES[what])
+            out[what] = [
+                float(c - p) for c, p in zip(cumulative, (0, *cumulative[:-1]), strict=True)
+            ]
+        return out
+
+    def add_packed(self, what: str, packed: int, total: float) -> None:
+        self.packed[what] = self.packed.get(what, 0) + packed
         self.sums[what] = self.sums.get(what, 0.0) + total
 
     def merge(self, other: _Counts) -> None:
@@ -142,8 +164,8 @@ class _Counts:
         self.overflows += other.overflows
         self.ejections += other.ejections
         self.shed += other.shed
-        for what, counts in other.histograms.items():
-            self.add_histogram(what, counts, other.sums.get(what, 0.0))
+        for what, packed in other.packed.items():
+            self.add_packed(what, packed, other.sums.get(what, 0.0))
 
 
 @dataclass(slots=True)
@@ -249,20 +271,24 @@ class _Rebinner:
         self._expected = tuple(float(b) for b in expected)
         self._maps: dict[tuple[float, ...], list[int]] = {}
 
-    def per_bucket(
-        self, bounds: tuple[float, ...], cumulative: Sequence[int], count: int
-    ) -> list[float]:
-        out = [0.0] * (len(self._expected) + 1)
+    def packed(self, bounds: tuple[float, ...], cumulative: Sequence[int], count: int) -> int:
+        """The reported histogram on the expected buckets, cumulative and packed."""
+        if bounds == self._expected:
+            return _pack([*cumulative, count])
+        out = [0] * (len(self._expected) + 1)
         index = self._maps.get(bounds)
         if index is None:
             index = [bisect.bisect_left(self._expected, b) for b in bounds]
             self._maps[bounds] = index
         previous = 0
         for target, c in zip(index, cumulative, strict=True):
-            out[target] += c - previous
-            previous = c
-        out[-1] += count - previous
-        return out
+            out[target] += max(c - previous, 0)
+            previous = max(c, previous)
+        out[-1] += max(count - previous, 0)
+        return _pack(list(itertools.accumulate(out)))
+
+
+_Target = tuple[_Series, str, int]  # series, field, status code (-1: not a code)
 
 
 class TrafficWindow:
@@ -296,6 +322,10 @@ class TrafficWindow:
         self._names: dict[str, tuple[str, str]] = {}
         self._names_of: DesiredState | None = None
         self._seen: dict[int, float] = {}  # stream id -> time of its last report
+        self._gauged: dict[int, set[SeriesKey]] = {}  # stream id -> series it has gauges in
+        # Per zone, what each counter or histogram name feeds, resolved once (None:
+        # nothing); cleared when the desired state changes or a series is dropped.
+        self._targets: dict[str, dict[str, _Target | None]] = {}
         self._rebinners = {what: _Rebinner(b) for what, b in _HISTOGRAM_BOUNDS.items()}
         self.reports = 0
 
@@ -308,74 +338,100 @@ class TrafficWindow:
         if state is not self._names_of:
             self._names_of = state
             self._names = stat_names(state) if state is not None else {}
+            self._targets.clear()
         return self._names
 
     def ingest(self, proxy: Proxy, families: Iterable[Any]) -> None:
         """Add one flush of ``proxy`` (a sequence of ``MetricFamily`` messages)."""
+        self.ingest_flush(proxy, from_families(families))
+
+    def ingest_flush(self, proxy: Proxy, flush: Flush) -> None:
+        """Add one flush of ``proxy``: what it reported other than zero
+        (``controlplane.telemetry.wire``). A gauge the flush does not carry is
+        zero, so a proxy's gauges are replaced by the flush's."""
         now = self._clock()
         index = int(now // self._slot_s)
         names = self._stat_names()
         meanings = self._meanings
         self._seen[proxy.stream_id] = now
+        targets = self._targets.get(proxy.zone)
+        if targets is None:
+            targets = self._targets[proxy.zone] = {}
+        for name, value in flush.counters.items():
+            found = targets.get(name)
+            if found is None:
+                if name in targets:
+                    continue  # feeds nothing
+                found = targets[name] = self._target(name, names, proxy.zone)
+                if found is None:
+                    continue
+            series, what, code = found
+            slot = series.slot(index)
+            if code >= 0:
+                codes = slot.codes
+                codes[code] = codes.get(code, 0.0) + value
+                codes = series.totals.codes
+                codes[code] = codes.get(code, 0.0) + value
+            elif what not in _NOT_COUNTERS:
+                for counts in (slot, series.totals):
+                    setattr(counts, what, getattr(counts, what) + value)
+        for name, (bounds, cumulative, count, total) in flush.histograms.items():
+            found = targets.get(name)
+            if found is None:
+                if name in targets:
+                    continue  # feeds nothing
+                found = targets[name] = self._target(name, names, proxy.zone)
+                if found is None:
+                    continue
+            series, what, _ = found
+            rebinner = self._rebinners.get(what)
+            if rebinner is None:
+                continue
+            packed = rebinner.packed(bounds, cumulative, count)
+            series.slot(index).add_packed(what, packed, total)
+            series.totals.add_packed(what, packed, total)
         gauges: dict[SeriesKey, list[float]] = {}
-        for family in families:
-            name = family.name
+        for name, value in flush.gauges.items():
             meaning = meanings.get(name)
             if meaning is None:
                 meaning = meanings[name] = _parse(name)
-            target, subject, what = meaning
-            if not target:
+            _, subject, what = meaning
+            model_version = names.get(subject)
+            if model_version is None or not what.startswith("gauge:"):
                 continue
-            kind = family.type
-            if kind == HISTOGRAM:
-                histogram = family.metric[0].histogram
-                count = histogram.sample_count
-                if not count:
-                    continue
-                buckets = histogram.bucket
-                samples = self._rebinners[what].per_bucket(
-                    tuple(b.upper_bound for b in buckets),
-                    [b.cumulative_count for b in buckets],
-                    count,
-                )
-                series = self._version_series(names, subject, proxy.zone)
-                if series is not None:
-                    series.slot(index).add_histogram(what, samples, histogram.sample_sum)
-                    series.totals.add_histogram(what, samples, histogram.sample_sum)
-                continue
-            if kind == GAUGE:
-                model_version = names.get(subject)
-                if model_version is None or not what.startswith("gauge:"):
-                    continue
-                values = gauges.setdefault(
-                    (model_version[0], model_version[1], proxy.zone), [0.0, 0.0, 0.0]
-                )
-                values[_CLUSTER_GAUGES[what[len("gauge:") :]]] = family.metric[0].gauge.value
-                continue
-            if kind != COUNTER:
-                continue
-            value = family.metric[0].counter.value
-            if not value:
-                continue
-            series = (
-                self._tenant_series(subject)
-                if target == "tenant"
-                else self._version_series(names, subject, proxy.zone)
+            values = gauges.setdefault(
+                (model_version[0], model_version[1], proxy.zone), [0.0, 0.0, 0.0]
             )
-            if series is None:
-                continue
-            for counts in (series.slot(index), series.totals):
-                if what.startswith("code:"):
-                    code = int(what[len("code:") :])
-                    counts.codes[code] = counts.codes.get(code, 0.0) + value
-                else:
-                    setattr(counts, what, getattr(counts, what) + value)
+            values[_CLUSTER_GAUGES[what[len("gauge:") :]]] = value
+        stream = proxy.stream_id
+        for series_key in self._gauged.get(stream, set()).difference(gauges):
+            gone = self._versions.get(series_key)
+            if gone is not None:
+                gone.gauges.pop(stream, None)
         for series_key, (active, pending, ejected) in gauges.items():
             gauged = self._versions.get(series_key)
             if gauged is None:
                 gauged = self._versions[series_key] = _Series(deque(maxlen=self._slots))
-            gauged.gauges[proxy.stream_id] = (now, active, pending, ejected)
+            gauged.gauges[stream] = (now, active, pending, ejected)
+        self._gauged[stream] = set(gauges)
         self.reports += 1
+
+    def _target(self, name: str, names: dict[str, tuple[str, str]], zone: str) -> _Target | None:
+        """The series a counter or histogram named ``name`` feeds, and what in it."""
+        meaning = self._meanings.get(name)
+        if meaning is None:
+            meaning = self._meanings[name] = _parse(name)
+        target, subject, what = meaning
+        if not target or what.startswith("gauge:"):
+            return None
+        series = (
+            self._tenant_series(subject)
+            if target == "tenant"
+            else self._version_series(names, subject, zone)
+        )
+        if series is None:
+            return None
+        return series, what, int(what[5:]) if what.startswith("code:") else -1
 
     def _version_series(
         self, names: dict[str, tuple[str, str]], stat: str, zone: str
@@ -398,8 +454,10 @@ class TrafficWindow:
     def forget(self, proxy: Proxy) -> None:
         """Drop the gauges of a proxy whose stream ended; its counts stay."""
         self._seen.pop(proxy.stream_id, None)
-        for series in self._versions.values():
-            series.gauges.pop(proxy.stream_id, None)
+        for series_key in self._gauged.pop(proxy.stream_id, set()):
+            series = self._versions.get(series_key)
+            if series is not None:
+                series.gauges.pop(proxy.stream_id, None)
 
     def prune(self, state: DesiredState | None = None) -> None:
         """Drop the series of versions that are gone from the desired state
@@ -411,6 +469,7 @@ class TrafficWindow:
             idle = not series.slots or series.slots[-1][0] <= horizon
             if idle and not series.gauges and (names is None or key[:2] not in names):
                 del self._versions[key]
+                self._targets.clear()
 
     # -- reads ---------------------------------------------------------------
 
