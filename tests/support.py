@@ -234,9 +234,9 @@ class RunningModelServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self) -> RunningModelServer:
-        """Start listening on 127.0.0.1 and a free port."""
-        self._runner = await serve(self.server, "127.0.0.1", 0)
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> RunningModelServer:
+        """Start listening on ``host`` and ``port`` (0: a free one)."""
+        self._runner = await serve(self.server, host, port)
         self.port = bound_port(self._runner)
         return self
 

@@ -75,7 +75,7 @@ class PackedTranslator:
         """Return ``{type_url: {name: (packed resource, version hash)}}`` for ``state``:
         the resources of ``translate(state, listener, local_zone)``, packed."""
         clusters = {
-            cluster_name(m.name, v.name): self._clusters(m.name, v, m.policy.retries)
+            cluster_name(m.name, v.name): self._cluster(m, v, listener.dns, local_zone)
             for m in state.models
             for v in m.versions
         }
@@ -102,7 +102,37 @@ class PackedTranslator:
             )
             for m in state.models
             for v in m.versions
+            if not render.resolved_by_dns(v)
         }
+
+    def for_zone(
+        self,
+        state: DesiredState,
+        listener: render.ListenerOptions,
+        local_zone: str,
+        resources: dict[str, dict[str, PackedResource]],
+    ) -> dict[str, dict[str, PackedResource]]:
+        """Return ``resources`` (this state's, translated with no zone) as seen from
+        ``local_zone``: the endpoints, and the clusters that hold their own."""
+        dns_clusters = {
+            cluster_name(m.name, v.name): self._cluster(m, v, listener.dns, local_zone)
+            for m in state.models
+            for v in m.versions
+            if render.resolved_by_dns(v)
+        }
+        return {
+            **resources,
+            CLUSTER: {**resources[CLUSTER], **dns_clusters},
+            ENDPOINT: self.endpoints(state, local_zone),
+        }
+
+    def _cluster(
+        self, model: ModelSpec, version: VersionSpec, dns: render.DnsOptions, zone: str | None
+    ) -> PackedResource:
+        # Only a cluster holding its endpoints depends on the proxy's zone.
+        if render.resolved_by_dns(version):
+            return self._clusters(model.name, version, model.policy.retries, dns, zone)
+        return self._clusters(model.name, version, model.policy.retries, dns, None)
 
     def rotate(self) -> None:
         """Start a new memo generation: what no translation used since the previous
@@ -136,8 +166,14 @@ class PackedTranslator:
         return packed, hashlib.sha256(value).hexdigest()[:16]
 
 
-def _cluster(model: str, version: VersionSpec, retries: Retries | None) -> PackedResource:
-    return pack_resource(render.version_cluster(model, version, retries))
+def _cluster(
+    model: str,
+    version: VersionSpec,
+    retries: Retries | None,
+    dns: render.DnsOptions,
+    local_zone: str | None,
+) -> PackedResource:
+    return pack_resource(render.version_cluster(model, version, retries, dns, local_zone))
 
 
 def _assignment(name: str, version: VersionSpec, local_zone: str | None) -> PackedResource:
