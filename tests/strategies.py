@@ -247,7 +247,13 @@ def model_policies(draw: st.DrawFn, versions: Sequence[str] = ()) -> ModelPolicy
                     st.builds(
                         Experiment,
                         header=_header_names(),
-                        value=st.sampled_from(["a", "b"]) | st.text(min_size=1, max_size=8),
+                        value=st.sampled_from(["a", "b"])
+                        # A value a request can carry: visible ASCII (the API's rule).
+                        | st.text(
+                            st.characters(min_codepoint=0x21, max_codepoint=0x7E),
+                            min_size=1,
+                            max_size=8,
+                        ),
                         version=version,
                     ),
                     max_size=3,

@@ -10,7 +10,16 @@ from controlplane import __version__
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.gateway import AdminGateway
 from controlplane.api.request_metrics import RequestMetrics
-from controlplane.api.routes import audit, keys, models, revisions, system, telemetry, tenants
+from controlplane.api.routes import (
+    audit,
+    keys,
+    manifest,
+    models,
+    revisions,
+    system,
+    telemetry,
+    tenants,
+)
 
 if TYPE_CHECKING:
     from controlplane.runtime import ControlPlane
@@ -37,6 +46,7 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app.include_router(system.router)
     app.include_router(models.router)
     app.include_router(revisions.router)
+    app.include_router(manifest.router)
     app.include_router(keys.router)
     app.include_router(audit.router)
     app.include_router(tenants.router)
