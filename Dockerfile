@@ -45,7 +45,7 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 turnout \
     && useradd --system --uid 10001 --gid turnout --home-dir /var/lib/turnout \
         --shell /usr/sbin/nologin turnout \
-    && mkdir -p /var/lib/turnout/audit \
+    && mkdir -p /var/lib/turnout/audit /var/lib/turnout/demo \
     && chown -R turnout:turnout /var/lib/turnout
 # Root owns the code: the process can read it, not change it.
 COPY --from=builder /opt/turnout /opt/turnout
