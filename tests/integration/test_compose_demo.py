@@ -53,6 +53,9 @@ async def test_setup_registers_the_demo_by_service_name_and_is_repeatable(
         "compose-demo-batcher",
     ]
 
+    verified = (await api.get("/v1/audit/verify")).json()
+    assert verified["ok"] is True, verified
+
     capsys.readouterr()
     compose_demo.main(["key", "--state-dir", str(state)])
     assert capsys.readouterr().out == f"export TURNOUT_API_KEY={admin_key}\n"
