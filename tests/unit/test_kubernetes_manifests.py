@@ -354,3 +354,18 @@ def test_the_hpa_example_is_valid_and_scales_the_example(example: list[Obj]) -> 
             "model": "sentiment",
             "version": "v1",
         }
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("relative", sorted(_bootstraps().BOOTSTRAPS))
+def test_every_committed_bootstrap_is_one_envoy_accepts(relative: str) -> None:
+    from controlplane.processes import envoy_binary
+
+    done = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(ROOT / relative), "--service-node", "n"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
