@@ -19,7 +19,6 @@ from controlplane.domain.discovery import (
     NAMESPACE_PATTERN,
     PORT_NAME_PATTERN,
     SERVICE_PATTERN,
-    port_name,
 )
 from controlplane.domain.keys import parse_lifetime
 from controlplane.domain.state import EndpointSpec, KubernetesRef

@@ -103,7 +103,8 @@ class SliceWatch:
         self._request_timeout_s = request_timeout_s
         self._slices: dict[str, dict[str, Any]] = {}
         self._reported: tuple[DiscoveredEndpoint, ...] | None = None
-        self.lists = 0  # how many times it listed (tests and logs)
+        self.lists = 0  # how many times it listed
+        self.failures = 0  # how many times the API could not be reached or dropped it
 
     @property
     def _fields(self) -> dict[str, Any]:
@@ -129,6 +130,7 @@ class SliceWatch:
             except Exception as exc:
                 # Jittered: replicas and Services that lost the API together do not
                 # all come back at the same instant.
+                self.failures += 1
                 wait = random.uniform(delay / 2, delay)
                 log.warning(
                     "discovery.watch_lost",
