@@ -19,6 +19,7 @@ from controlplane.domain.discovery import (
     NAMESPACE_PATTERN,
     PORT_NAME_PATTERN,
     SERVICE_PATTERN,
+    port_name,
 )
 from controlplane.domain.keys import parse_lifetime
 from controlplane.domain.state import EndpointSpec, KubernetesRef
@@ -177,7 +178,7 @@ class KubernetesIn(_Strict):
     service: Annotated[str, StringConstraints(pattern=SERVICE_PATTERN)]
     port: (
         Annotated[int, Field(ge=1, le=65535, strict=True)]
-        | Annotated[str, StringConstraints(pattern=PORT_NAME_PATTERN)]
+        | Annotated[str, StringConstraints(pattern=PORT_NAME_PATTERN), AfterValidator(port_name)]
     ) = Field(
         description="the name of a port of the Service's EndpointSlices (e.g. http), or "
         "the port number the endpoints listen on"
