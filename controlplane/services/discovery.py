@@ -103,7 +103,12 @@ class DiscoveryLeader:
             return
         services = self._services()
         if self.watches is None:
-            self.watches = await self._make_watches()
+            try:
+                self.watches = await self._make_watches()
+            except Exception:
+                # Let another replica, perhaps better configured, take it.
+                await self._release()
+                raise
             log.info("discovery.lease_acquired", extra={"holder": self.holder})
         self.watches.follow(services)
         async with self._sessionmaker() as session, self._writing(session):
@@ -151,7 +156,10 @@ class DiscoveryLeader:
         if self.watches is not None:
             watches, self.watches = self.watches, None
             await watches.stop()
-            with contextlib.suppress(Exception):
-                async with self._sessionmaker() as session, self._writing(session):
-                    await LeaseRepository(session).release(LEASE, self.holder, utcnow())
-            log.info("discovery.lease_released", extra={"holder": self.holder})
+            await self._release()
+
+    async def _release(self) -> None:
+        with contextlib.suppress(Exception):
+            async with self._sessionmaker() as session, self._writing(session):
+                await LeaseRepository(session).release(LEASE, self.holder, utcnow())
+        log.info("discovery.lease_released", extra={"holder": self.holder})
