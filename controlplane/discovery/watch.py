@@ -245,7 +245,13 @@ class SliceWatch:
             await self._report_if_changed()
         return version
 
+    async def flush(self) -> None:
+        """Report the endpoints now if the last report of them failed."""
+        await self._report_if_changed()
+
     async def _report_if_changed(self) -> None:
+        if not self.lists:
+            return  # nothing is known before the first list: keep what is stored
         endpoints = endpoints_of_slices(self._slices.values())
         if endpoints == self._reported:
             return
@@ -307,6 +313,11 @@ class Watches:
             log.info(
                 "discovery.watch_started", extra={"namespace": service[0], "service": service[1]}
             )
+
+    async def flush(self) -> None:
+        """Report again, for every Service, what a failed report left unstored."""
+        for watch in list(self.watches.values()):
+            await watch.flush()
 
     async def stop(self) -> None:
         """Stop every watch and close the client."""

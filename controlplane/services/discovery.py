@@ -39,6 +39,7 @@ __all__ = ["LEASE", "DiscoveryLeader"]
 
 LEASE = "kubernetes-discovery"
 WRITE_TIMEOUT_S = 5.0
+CHECK_INTERVAL_S = 0.5
 log = logging.getLogger(__name__)
 
 
@@ -74,7 +75,11 @@ class DiscoveryLeader:
         self._task = asyncio.create_task(self.run(), name="turnout-discovery")
 
     async def run(self) -> None:
-        """Renew the lease, and follow the named Services while holding it, forever."""
+        """Renew the lease, and follow the named Services while holding it, forever.
+
+        Between renewals it looks at the state every half second, so a Service that
+        a new version names is watched at once, not at the next renewal."""
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self.step()
@@ -85,7 +90,12 @@ class DiscoveryLeader:
                     "discovery.step_failed",
                     extra={"error_type": type(exc).__name__, "error": str(exc)[:200]},
                 )
-            await asyncio.sleep(self._lease_s / 3)
+            renew_at = loop.time() + self._lease_s / 3
+            followed = self._services()
+            while loop.time() < renew_at:
+                await asyncio.sleep(min(CHECK_INTERVAL_S, max(0.0, renew_at - loop.time())))
+                if self.watches is not None and self._services() != followed:
+                    break
 
     async def step(self) -> None:
         """Take or renew the lease once; start, follow or stop the watches."""
@@ -111,6 +121,8 @@ class DiscoveryLeader:
                 raise
             log.info("discovery.lease_acquired", extra={"holder": self.holder})
         self.watches.follow(services)
+        # A report that failed (the database was down) is stored now, not at the next event.
+        await self.watches.flush()
         async with self._sessionmaker() as session, self._writing(session):
             removed = await DiscoveryRepository(session).retain(services)
         if removed:

@@ -199,3 +199,39 @@ async def test_an_unreachable_api_keeps_the_last_endpoints_and_is_retried(
 async def test_a_kubeconfig_that_is_missing_is_reported(tmp_path: Path) -> None:
     with pytest.raises(KubernetesUnavailable):
         await api_client(str(tmp_path / "missing"))
+
+
+async def test_a_failed_report_is_made_again_and_nothing_is_reported_before_a_list(
+    fake: FakeKubernetes, tmp_path: Path
+) -> None:
+    stored: list[list[str]] = []
+    failing = [True]
+
+    async def report(service: ServiceKey, endpoints: tuple[DiscoveredEndpoint, ...]) -> None:
+        if failing[0]:
+            raise ConnectionError("database down")
+        stored.append([e.address for e in endpoints])
+
+    api = await api_client(str(fake.kubeconfig(tmp_path / "kubeconfig")))
+    watch = SliceWatch(api, SERVICE, report)
+    try:
+        failing[0] = False
+        await watch.flush()
+        assert stored == []  # not listed yet: what is stored stands
+        failing[0] = True
+        await fake.put_slice("ml", "sentiment-v2-a", "sentiment-v2", [slice_endpoint("10.0.0.1")])
+        task = asyncio.create_task(watch.run())
+        try:
+            await _wait(lambda: watch.lists == 1 and fake.watch_requests == 1)
+            assert stored == []
+            failing[0] = False
+            await watch.flush()
+            assert stored == [["10.0.0.1"]]
+            await watch.flush()
+            assert stored == [["10.0.0.1"]]  # reported once
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await api.close()
