@@ -1,26 +1,22 @@
-"""Discovered endpoints and leases: observed state, kept beside the desired state.
+"""Discovered endpoints: observed state, kept beside the desired state.
 
 :class:`DiscoveryRepository` stores, per Kubernetes Service, the endpoints its
 watcher last saw; every replica's sync loop reads them and merges them into the
 state it translates. Writing them makes no revision and no audit event. On
 Postgres a write that changed something also sends ``NOTIFY turnout_revision``
 (on commit), so that every replica looks again at once.
-
-:class:`LeaseRepository` gives one replica at a time a named job (here: the
-watch) with one conditional ``UPDATE``: a lease is taken when it is free,
-expired, or already held by the caller, on SQLite and Postgres alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import delete, or_, select, text, tuple_, update
+from sqlalchemy import delete, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.models import DiscoveredEndpoints, Lease
+from controlplane.db.models import DiscoveredEndpoints
 from controlplane.domain.discovery import (
     DiscoveredEndpoint,
     ServiceKey,
@@ -29,7 +25,7 @@ from controlplane.domain.discovery import (
 )
 from controlplane.notify import CHANNEL as NOTIFY_CHANNEL
 
-__all__ = ["DiscoveryRepository", "LeaseRepository"]
+__all__ = ["DiscoveryRepository"]
 
 
 class DiscoveryRepository:
@@ -112,59 +108,6 @@ class DiscoveryRepository:
                 text("SELECT pg_notify(:channel, :payload)"),
                 {"channel": NOTIFY_CHANNEL, "payload": "discovery"},
             )
-
-    def _dialect(self) -> str:
-        return self._session.get_bind().dialect.name
-
-
-class LeaseRepository:
-    """Named leases: one holder at a time, until the lease expires."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
-
-    async def acquire(self, name: str, holder: str, ttl_s: float, now: datetime) -> bool:
-        """Take or renew lease ``name`` for ``holder`` until ``now + ttl_s``; return
-        whether ``holder`` holds it now. Commit for it to count."""
-        expires_at = now + timedelta(seconds=ttl_s)
-        result = await self._session.execute(
-            update(Lease)
-            .where(
-                Lease.name == name,
-                or_(Lease.holder == holder, Lease.expires_at < now),
-            )
-            .values(holder=holder, expires_at=expires_at)
-            .execution_options(synchronize_session=False)
-        )
-        if getattr(result, "rowcount", 0) == 1:
-            return True
-        insert = postgresql.insert if self._dialect() == "postgresql" else sqlite.insert
-        inserted = await self._session.execute(
-            insert(Lease)
-            .values(name=name, holder=holder, expires_at=expires_at)
-            .on_conflict_do_nothing(index_elements=[Lease.name])
-        )
-        return getattr(inserted, "rowcount", 0) == 1
-
-    async def release(self, name: str, holder: str, now: datetime) -> None:
-        """Give lease ``name`` up if ``holder`` holds it (it expires at once)."""
-        await self._session.execute(
-            update(Lease)
-            .where(Lease.name == name, Lease.holder == holder)
-            .values(expires_at=now)
-            .execution_options(synchronize_session=False)
-        )
-
-    async def holder(self, name: str, now: datetime) -> str | None:
-        """Return who holds lease ``name`` now (None: nobody)."""
-        row = (
-            await self._session.execute(
-                select(Lease.holder, Lease.expires_at).where(Lease.name == name)
-            )
-        ).first()
-        if row is None or row[1] < now:
-            return None
-        return str(row[0])
 
     def _dialect(self) -> str:
         return self._session.get_bind().dialect.name

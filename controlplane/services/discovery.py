@@ -2,7 +2,7 @@
 
 :class:`DiscoveryLeader` runs on every replica. Every ``lease_s / 3`` seconds it
 takes or renews the ``kubernetes-discovery`` lease (a conditional UPDATE, see
-:class:`~controlplane.db.discovery.LeaseRepository`). The replica that holds it
+:class:`~controlplane.db.leases.LeaseRepository`). The replica that holds it
 watches the EndpointSlices of every Service the desired state names
 (:class:`~controlplane.discovery.watch.Watches`) and stores each Service's
 endpoints in ``discovered_endpoints``; the commit wakes every replica (Postgres
@@ -28,8 +28,9 @@ from contextlib import AbstractAsyncContextManager
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.db.discovery import DiscoveryRepository, LeaseRepository
+from controlplane.db.discovery import DiscoveryRepository
 from controlplane.db.engine import write_transaction
+from controlplane.db.leases import LeaseRepository
 from controlplane.discovery.watch import Watches
 from controlplane.domain.clock import utcnow
 from controlplane.domain.discovery import DiscoveredEndpoint, ServiceKey, referenced_services

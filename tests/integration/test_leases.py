@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from controlplane.db.discovery import LeaseRepository
 from controlplane.db.engine import create_engine, create_sessionmaker, write_transaction
+from controlplane.db.leases import LeaseRepository
 from controlplane.domain.clock import utcnow
 
 
