@@ -35,6 +35,9 @@ from controlplane.settings import Settings
 from tests.support import EnvoyProcess
 
 DATA_TABLES = (
+    "rollout_figures",
+    "rollout_events",
+    "rollouts",
     "tenant_credentials",
     "tenants",
     "signing_keys",
@@ -134,6 +137,7 @@ async def _reset_postgres(url: str) -> None:
             await connection.execute(
                 text("UPDATE config_head SET revision = 0, access_digest = NULL")
             )
+            await connection.execute(text("UPDATE leases SET holder = NULL, expires_at = NULL"))
             await connection.execute(
                 text("UPDATE audit_head SET last_id = 0, last_hash = :genesis, keyed_from = 1"),
                 {"genesis": GENESIS_HASH},

@@ -18,10 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.db.models import Model, ModelVersion
 from controlplane.db.repositories import ModelRepository, TrafficRepository, VersionRepository
 from controlplane.db.revisions import RevisionRepository
+from controlplane.db.rollout_repository import RolloutRepository
 from controlplane.db.state import endpoint_rows, endpoint_spec, policy_column
 from controlplane.domain.audit import ActionContext, AuditAction
 from controlplane.domain.documents import encode_endpoint, encode_policy
-from controlplane.domain.errors import Conflict, InvalidInput, NotFound
+from controlplane.domain.errors import Conflict, InvalidInput, NotFound, RolloutActive
 from controlplane.domain.etags import check_if_match, etag_of
 from controlplane.domain.policy import (
     ModelPolicy,
@@ -218,14 +219,33 @@ class ModelService:
         raise NotFound(f"model {model_name!r} did not exist at {at.isoformat()}")
 
     async def set_traffic(
-        self, model_name: str, weights: Mapping[str, int], *, if_match: str | None = None
+        self,
+        model_name: str,
+        weights: Mapping[str, int],
+        *,
+        if_match: str | None = None,
+        rollout: int | None = None,
+        action: str = AuditAction.TRAFFIC_UPDATE,
     ) -> dict[str, int]:
         """Replace the traffic split of a model; versions left out get 0.
 
         Raise InvalidInput for unknown versions, negative weights, or weights
-        that do not add up to 100; PreconditionFailed for a stale ``if_match``.
+        that do not add up to 100; PreconditionFailed for a stale ``if_match``;
+        RolloutActive while a progressing rollout other than ``rollout`` (the
+        one making this change) owns the model's traffic. ``action`` names the
+        audit event (a rollout's abort or promote is one).
         """
         model = await self.get_model(model_name)
+        active = await RolloutRepository(self._session).active(model_name)
+        if active is not None and active.state == "progressing" and active.id != rollout:
+            raise RolloutActive(
+                {
+                    "message": f"rollout {active.id} is progressing on {model_name!r}: pause "
+                    f"or abort it first (POST /v1/models/{model_name}/rollouts/{active.id}/pause)",
+                    "rollout": active.id,
+                    "state": active.state,
+                }
+            )
         split = await self._traffic.split(model)
         before = {name: weight for name, (_id, weight) in split.items()}
         check_if_match(if_match, traffic_etag(model_name, before))
@@ -249,7 +269,7 @@ class ModelService:
         await self._traffic.set(model, {versions[name]: w for name, w in weights.items()})
         after = {name: weights.get(name, 0) for name in sorted(versions)}
         await self._record(
-            AuditAction.TRAFFIC_UPDATE,
+            action,
             "traffic",
             model_name,
             {"model": model_name, "weights": before},

@@ -30,6 +30,10 @@ EXPECTED_TABLES = {
     "signing_keys",
     "revision_models",
     "state_documents",
+    "rollouts",
+    "rollout_events",
+    "rollout_figures",
+    "leases",
 }
 
 
