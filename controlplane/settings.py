@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     rollout_interval_s: float = Field(
         default=1.0,
         ge=0.05,
-        le=60,
+        le=3600,
         description="how often each replica publishes its rollout figures and the driving "
         "replica evaluates every progressing rollout's gates",
     )
