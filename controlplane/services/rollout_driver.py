@@ -67,6 +67,7 @@ ShadowAgreement = Callable[[str, str, float], "tuple[float, int] | None"]
 # Write a version's totals at least this often even when they did not change.
 _REFRESH_S = 30.0
 _PRUNE_EVERY = 10
+_RELEASE_TIMEOUT_S = 2.0
 _BUCKETS = len(LATENCY_BUCKETS_MS) + 1
 Totals = tuple[int, int, tuple[int, ...]]  # requests, errors, latency buckets
 
@@ -200,8 +201,9 @@ class RolloutDriver:
         """Hand the lease back (another replica takes over on its next interval)."""
         if not self.holds_lease:
             return
+        # Best effort, and brief: when the database is down the lease just expires.
         with contextlib.suppress(Exception):
-            async with self._write() as session:
+            async with asyncio.timeout(_RELEASE_TIMEOUT_S), self._write() as session:
                 await LeaseRepository(session).release(DRIVER_LEASE, self.replica)
         self.holds_lease = False
 
