@@ -27,6 +27,7 @@ from controlplane.notify import Notifier, PostgresListener
 from controlplane.services.audit import AuditCheckpointer, load_audit_secret
 from controlplane.services.discovery import DiscoveryLeader
 from controlplane.services.keys import VerifiedKeys
+from controlplane.services.rollout_driver import RolloutDriver
 from controlplane.settings import Settings
 from controlplane.sync import StateSync
 from controlplane.telemetry.exposition import DataPlaneCollector
@@ -52,6 +53,7 @@ class _Tasks:
     sync: asyncio.Task[None] | None = None
     api: asyncio.Task[None] | None = None
     checkpoints: asyncio.Task[None] | None = None
+    rollouts: asyncio.Task[None] | None = None
 
 
 class ControlPlane:
@@ -111,6 +113,16 @@ class ControlPlane:
             flush_interval_s=settings.stats_flush_interval_s,
         )
         self.metrics.registry.register(DataPlaneCollector(self.traffic))
+        # Canary rollouts: every replica publishes its figures, the lease holder drives.
+        self.rollouts = RolloutDriver(
+            self.sessionmaker,
+            self.traffic,
+            interval_s=settings.rollout_interval_s,
+            lease_s=settings.rollout_lease_s,
+            retention_s=settings.metrics_retention_s,
+            write_timeout_s=settings.write_lock_timeout_s,
+            on_change=self.notifier.notify,
+        )
         self.xds = XdsServer(
             self.cache, self.registry, handlers=[metrics_service_handler(self.traffic)]
         )
@@ -166,6 +178,7 @@ class ControlPlane:
         )
         if self.discovery is not None:
             self.discovery.start()
+        self._tasks.rollouts = asyncio.create_task(self.rollouts.run(), name="turnout-rollouts")
         self.xds_port = await self.xds.start(self.settings.xds_host, self.settings.xds_port)
         if api is not None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -203,6 +216,12 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tasks.sync
             self._tasks.sync = None
+        if self._tasks.rollouts is not None:
+            self._tasks.rollouts.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tasks.rollouts
+            self._tasks.rollouts = None
+            await self.rollouts.stop()
         if self._tasks.checkpoints is not None:
             self._tasks.checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):

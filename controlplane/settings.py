@@ -131,6 +131,20 @@ class Settings(BaseSettings):
         description="a lost Kubernetes watch is retried after a doubling, jittered backoff "
         "of at most this",
     )
+    rollout_interval_s: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=3600,
+        description="how often each replica publishes its rollout figures and the driving "
+        "replica evaluates every progressing rollout's gates",
+    )
+    rollout_lease_s: float = Field(
+        default=3.0,
+        ge=0.2,
+        le=300,
+        description="how long the rollout driver's lease lasts unless renewed: another "
+        "replica takes over this long after the driver dies",
+    )
     audit_key: SecretStr | None = Field(
         default=None, description="the audit chain's HMAC key (32 characters or more)"
     )

@@ -16,6 +16,9 @@ Contract of the echo mode:
 - Any other method and path answers 200 with
   ``{"version": ..., "method": ..., "path": ..., "body_bytes": ...}`` and the
   response header ``x-model-server-version``.
+- ``--fail-every N`` answers every N-th such request 500 instead, and
+  ``--delay-ms MS`` answers each one MS later (a deliberately faulty version,
+  for the canary walkthrough).
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class ModelServer:
     paths: list[str] = field(default_factory=list)
     # Requests that arrived with an Authorization header (Envoy strips tenant tokens).
     authorized_requests: int = 0
+    # Faults: every fail_every-th request answers 500 (0: never); each waits delay_ms.
+    fail_every: int = 0
+    delay_ms: float = 0.0
 
     def app(self) -> web.Application:
         """Return the aiohttp application serving this model version."""
@@ -70,6 +76,14 @@ class ModelServer:
         self.paths.append(request.path_qs)
         if "authorization" in request.headers:
             self.authorized_requests += 1
+        if self.delay_ms > 0:
+            await asyncio.sleep(self.delay_ms / 1000)
+        if self.fail_every and self.requests_served % self.fail_every == 0:
+            return web.json_response(
+                {"version": self.version, "error": "injected failure"},
+                status=500,
+                headers={"x-model-server-version": self.version},
+            )
         return web.json_response(
             {
                 "version": self.version,
@@ -109,7 +123,7 @@ def build_server(args: argparse.Namespace) -> AppFactory:
         from .minilm import MiniLMServer
 
         return MiniLMServer(args.version, threads=args.threads)
-    return ModelServer(version=args.version)
+    return ModelServer(version=args.version, fail_every=args.fail_every, delay_ms=args.delay_ms)
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -141,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--b-ms", type=float, default=0.5, help="synthetic: ms per row")
     parser.add_argument("--concurrency", type=int, default=1, help="synthetic: calls at once")
     parser.add_argument("--threads", type=int, default=None, help="minilm: torch threads")
+    parser.add_argument("--fail-every", type=int, default=0, help="echo: every n-th call 500s")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="echo: answer this much later")
     args = parser.parse_args(argv)
     asyncio.run(_run(args))
 

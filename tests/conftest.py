@@ -37,6 +37,9 @@ from tests.support import EnvoyProcess
 DATA_TABLES = (
     "discovered_endpoints",
     "leases",
+    "rollout_figures",
+    "rollout_events",
+    "rollouts",
     "tenant_credentials",
     "tenants",
     "signing_keys",

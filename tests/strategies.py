@@ -15,6 +15,7 @@ their normal form. Sizes stay small (at most 4 models) so examples are fast.
 from __future__ import annotations
 
 import ipaddress
+import math
 import string
 from collections.abc import Sequence
 
@@ -39,6 +40,14 @@ from controlplane.domain.policy import (
     Timeouts,
     VersionPolicy,
     check_model_policy,
+)
+from controlplane.domain.rollouts import (
+    METRICS,
+    Gate,
+    GateResult,
+    RolloutSpec,
+    Step,
+    Verdict,
 )
 from controlplane.domain.state import (
     DesiredState,
@@ -386,3 +395,47 @@ def desired_states(draw: st.DrawFn) -> DesiredState:
         tenants=tenants,
         jwks=jwks,
     )
+
+
+@st.composite
+def rollout_specs(draw: st.DrawFn) -> RolloutSpec:
+    """Valid-shaped rollout specs (the model-dependent rules aside)."""
+    weights = sorted(draw(st.sets(st.integers(1, 99), max_size=5)))
+    holds = st.floats(0, 3600, allow_nan=False).map(lambda x: round(x, 3))
+    steps = tuple(Step(w, draw(holds)) for w in [*weights, 100])
+    gates = []
+    for _ in range(draw(st.integers(0, 4))):
+        metric = draw(st.sampled_from(METRICS))
+        kind = draw(st.sampled_from(("max", "min", "max_ratio_to_baseline")))
+        value = draw(st.floats(0, 1000, allow_nan=False))
+        samples = draw(st.none() | st.integers(1, 10_000))
+        gates.append(Gate(metric, min_samples=samples, **{kind: value}))  # type: ignore[arg-type]
+    candidate, baseline = draw(st.lists(names(), min_size=2, max_size=2, unique=True))
+    return RolloutSpec(
+        candidate=candidate,
+        baseline=baseline,
+        steps=steps,
+        gates=tuple(gates),
+        min_requests=draw(st.integers(1, 100_000)),
+    )
+
+
+@st.composite
+def gate_results(draw: st.DrawFn) -> tuple[GateResult, ...]:
+    """Gate evaluations, values finite, infinite or missing."""
+    out = []
+    for _ in range(draw(st.integers(0, 4))):
+        value = draw(st.none() | st.floats(0, 1e6, allow_nan=False) | st.just(math.inf))
+        out.append(
+            GateResult(
+                metric=draw(st.sampled_from(METRICS)),
+                kind=draw(st.sampled_from(("max", "min", "max_ratio_to_baseline"))),
+                threshold=draw(st.floats(0, 1000, allow_nan=False)),
+                value=value,
+                samples=draw(st.integers(0, 10**9)),
+                min_samples=draw(st.integers(1, 10**6)),
+                verdict=draw(st.sampled_from(list(Verdict))),
+                baseline_value=draw(st.none() | st.floats(0, 1e6, allow_nan=False)),
+            )
+        )
+    return tuple(out)

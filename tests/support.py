@@ -51,14 +51,15 @@ def _quiet_free_block(count: int) -> int:
 
 def demo_mesh_ports() -> dict[str, int]:
     """The port settings of a `turnout up --demo` mesh, on ports free now and outside
-    the ephemeral range (the demo servers take the base port and the next one)."""
-    first = _quiet_free_block(6)
+    the ephemeral range (the demo servers take the base port and the next one, the
+    batched demo the two after, the faulty v3 the one after those)."""
+    first = _quiet_free_block(9)
     return {
         "TURNOUT_DEMO_BASE_PORT": first,
-        "TURNOUT_API_PORT": first + 2,
-        "TURNOUT_XDS_PORT": first + 3,
-        "TURNOUT_LISTENER_PORT": first + 4,
-        "TURNOUT_ENVOY_ADMIN_PORT": first + 5,
+        "TURNOUT_API_PORT": first + 5,
+        "TURNOUT_XDS_PORT": first + 6,
+        "TURNOUT_LISTENER_PORT": first + 7,
+        "TURNOUT_ENVOY_ADMIN_PORT": first + 8,
     }
 
 

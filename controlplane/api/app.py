@@ -16,6 +16,7 @@ from controlplane.api.routes import (
     manifest,
     models,
     revisions,
+    rollouts,
     system,
     telemetry,
     tenants,
@@ -51,6 +52,8 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(tenants.router)
     app.include_router(telemetry.router)
+    app.include_router(rollouts.router)
+    app.include_router(rollouts.events_router)
     # The gateway matches routes itself (for the audit event of a request that never
     # reaches one: a 413, an idempotent replay), against the routers' own routes.
     routes = [
@@ -62,12 +65,12 @@ def create_app(runtime: ControlPlane) -> FastAPI:
             keys.router,
             audit.router,
             tenants.router,
+            rollouts.router,
         )
         for route in router.routes
     ]
     app.add_middleware(AdminGateway, runtime=runtime, routes=routes)
     # Added last, so outermost: it sees every answer, the gateway's own included.
-    app.add_middleware(
-        RequestMetrics, metrics=runtime.metrics, routes=[*routes, *telemetry.router.routes]
-    )
+    metered = [*routes, *telemetry.router.routes, *rollouts.events_router.routes]
+    app.add_middleware(RequestMetrics, metrics=runtime.metrics, routes=metered)
     return app

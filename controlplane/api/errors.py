@@ -78,7 +78,8 @@ def error_response(status: int, error: str, detail: Any = None) -> JSONResponse:
 
 async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TurnoutError)
-    response = error_response(_STATUS.get(type(exc), 400), exc.code, exc.detail)
+    status = next((_STATUS[kind] for kind in type(exc).__mro__ if kind in _STATUS), 400)
+    response = error_response(status, exc.code, exc.detail)
     if isinstance(exc, Unauthenticated):
         response.headers["www-authenticate"] = "Bearer"
     return response

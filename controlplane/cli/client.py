@@ -65,6 +65,10 @@ def _detail(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:300]
     detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, dict) and detail.get("errors"):  # every problem, each with its field
+        return "refused:\n" + "\n".join(
+            f"  {e.get('field')}: {e.get('message')}" for e in detail["errors"]
+        )
     if isinstance(detail, dict) and "message" in detail:
         return str(detail["message"])
     if isinstance(detail, list):  # validation errors: where and what

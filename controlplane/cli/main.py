@@ -20,6 +20,7 @@ import typer
 
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
 from controlplane.cli.errors import CliError, describe_error
+from controlplane.cli.rollout import rollout_app
 from controlplane.logs import configure_logging
 from controlplane.settings import get_settings
 
@@ -43,6 +44,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(envoy_app, name="envoy")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(rollout_app, name="rollout")
 
 
 _DEBUG = "--debug"

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 
 from controlplane.settings import Settings
 
-__all__ = ["PlannedPort", "control_plane_ports", "mesh_ports", "port_problem"]
+__all__ = ["FAULTY_OFFSET", "PlannedPort", "control_plane_ports", "mesh_ports", "port_problem"]
 
 DEMO_SERVERS = 2  # the demo model servers take the base port and the next one
+# The demo's deliberately faulty v3 (for the canary walkthrough): after the two
+# ports the batched demo takes, whether or not it runs.
+FAULTY_OFFSET = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,14 @@ def mesh_ports(settings: Settings, *, demo: bool, batching: bool = False) -> lis
                     "TURNOUT_DEMO_BASE_PORT",
                 )
             )
+        planned.append(
+            PlannedPort(
+                "the demo's faulty model server (v3)",
+                "127.0.0.1",
+                settings.demo_base_port + FAULTY_OFFSET,
+                "TURNOUT_DEMO_BASE_PORT",
+            )
+        )
     return planned
 
 

@@ -17,7 +17,7 @@ from controlplane.api.app import create_app
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
 from controlplane.cli.admin import reuse_or_create_key
 from controlplane.cli.errors import describe_error
-from controlplane.cli.ports import mesh_ports, port_problem
+from controlplane.cli.ports import FAULTY_OFFSET, mesh_ports, port_problem
 from controlplane.db.migrate import upgrade
 from controlplane.domain.keys import Role
 from controlplane.logs import JsonFormatter, configure_logging
@@ -37,6 +37,10 @@ DEMO_MODEL = "demo"
 BATCHED_MODEL = "demo-embed"
 DEMO_VERSIONS = ("v1", "v2")
 DEMO_WEIGHTS = {"v1": 90, "v2": 10}
+# A deliberately faulty version for the canary walkthrough: every tenth call fails
+# and each answers 150 ms late. Registered with weight 0.
+DEMO_FAULTY = "v3"
+DEMO_FAULTY_ARGS = ("--fail-every", "10", "--delay-ms", "150")
 RUN_DIR = Path(".turnout")
 # The demo's keys, kept between runs so a restart does not mint another live key.
 DEMO_ADMIN_KEY_FILE = "demo-admin.key"
@@ -145,6 +149,7 @@ async def run_mesh(settings: Settings, *, demo: bool, batching: bool = False) ->
         api = f"http://{settings.api_host}:{control_plane.api_port}"
         typer.echo(f"started the admin API on {api} and xDS on port {control_plane.xds_port}")
         demo_ports = {v: settings.demo_base_port + i for i, v in enumerate(DEMO_VERSIONS)}
+        demo_ports[DEMO_FAULTY] = settings.demo_base_port + FAULTY_OFFSET
         if demo:
             children += await _start_demo_servers(demo_ports)
             ledger.record(children)
@@ -334,6 +339,7 @@ async def _start_demo_servers(ports: dict[str, int]) -> list[ChildProcess]:
                 version,
                 "--port",
                 str(port),
+                *(DEMO_FAULTY_ARGS if version == DEMO_FAULTY else ()),
             ],
             log_path=RUN_DIR / f"model-{version}.log",
         )

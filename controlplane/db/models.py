@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controlplane.db.base import Base, BigId, IdMixin, TimestampMixin, UTCDateTime, utcnow
@@ -38,6 +39,9 @@ __all__ = [
     "Model",
     "ModelVersion",
     "RevisionModel",
+    "Rollout",
+    "RolloutEvent",
+    "RolloutFigure",
     "SigningKey",
     "StateDocument",
     "Tenant",
@@ -341,6 +345,76 @@ class DiscoveredEndpoints(Base):
     service: Mapped[str] = mapped_column(String(63), primary_key=True)
     endpoints: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     observed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+_ACTIVE_ROLLOUT = "state IN ('progressing', 'paused')"
+
+
+class Rollout(IdMixin, TimestampMixin, Base):
+    """A canary rollout of one model: its spec, where it is and its gates' last
+    verdicts. At most one per model is active (progressing or paused)."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('progressing', 'paused', 'promoted', 'rolled_back', 'aborted')",
+            name="state_known",
+        ),
+        CheckConstraint("step >= 0", name="step_positive"),
+        Index("ix_rollouts_model", "model", "id"),
+        Index(
+            "uq_rollouts_one_active",
+            "model",
+            unique=True,
+            sqlite_where=sql_text(_ACTIVE_ROLLOUT),
+            postgresql_where=sql_text(_ACTIVE_ROLLOUT),
+        ),
+    )
+
+    model: Mapped[str] = mapped_column(String(63))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    # None until the driver applied the first step's weights.
+    step_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    gates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    reason: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(128))
+
+
+class RolloutEvent(Base):
+    """One entry of a rollout's timeline (also what ``GET /v1/events`` streams)."""
+
+    __tablename__ = "rollout_events"
+    __table_args__ = (Index("ix_rollout_events_rollout_id", "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[int] = mapped_column(BigId, ForeignKey("rollouts.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(63))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class RolloutFigure(Base):
+    """One replica's running totals of one model version at time ``at``: what its
+    Envoys' stat sinks reported since the replica started."""
+
+    __tablename__ = "rollout_figures"
+    __table_args__ = (
+        Index("ix_rollout_figures_model_at", "model", "version", "at"),
+        Index("ix_rollout_figures_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    replica: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(63))
+    version: Mapped[str] = mapped_column(String(63))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    # Per-bucket latency counts on LATENCY_BUCKETS_MS, the last one +Inf.
+    latency: Mapped[list[int]] = mapped_column(JSON)
 
 
 class Lease(Base):

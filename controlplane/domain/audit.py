@@ -92,6 +92,11 @@ class AuditAction(StrEnum):
     TENANT_DELETE = "tenant.delete"
     CREDENTIAL_CREATE = "tenant.credential.create"
     CREDENTIAL_REVOKE = "tenant.credential.revoke"
+    ROLLOUT_START = "rollout.start"
+    ROLLOUT_PAUSE = "rollout.pause"
+    ROLLOUT_RESUME = "rollout.resume"
+    ROLLOUT_ABORT = "rollout.abort"
+    ROLLOUT_PROMOTE = "rollout.promote"
 
 
 class Outcome:

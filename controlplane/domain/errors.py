@@ -7,6 +7,7 @@ Hierarchy::
     ├── PermissionDenied      the key's role lacks the permission      (403)
     ├── NotFound              a named resource does not exist          (404)
     ├── Conflict              the change clashes with existing state   (409)
+    │   └── RolloutActive     a progressing rollout owns the model's traffic
     ├── PreconditionFailed    If-Match names a state that is gone      (412)
     └── InvalidInput          well-formed but unacceptable input       (422)
 """
@@ -21,6 +22,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "PreconditionFailed",
+    "RolloutActive",
     "TurnoutError",
     "Unauthenticated",
 ]
@@ -46,6 +48,12 @@ class Conflict(TurnoutError):
     """The change clashes with the current state (a duplicate, a version in use)."""
 
     code = "conflict"
+
+
+class RolloutActive(Conflict):
+    """A progressing rollout owns the model's traffic: pause or abort it first."""
+
+    code = "rollout_active"
 
 
 class InvalidInput(TurnoutError):

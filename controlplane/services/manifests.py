@@ -19,7 +19,7 @@ from controlplane.domain.errors import InvalidInput, PreconditionFailed
 from controlplane.domain.policy import check_model_policy
 from controlplane.domain.state import DesiredState, ModelSpec
 from controlplane.services.changes import record_change
-from controlplane.services.models import TOTAL_WEIGHT, check_unique_endpoints
+from controlplane.services.models import TOTAL_WEIGHT, check_no_rollout, check_unique_endpoints
 
 __all__ = ["Applied", "ManifestService"]
 
@@ -56,7 +56,8 @@ class ManifestService:
         Raise PreconditionFailed when ``base_revision`` is given and is no longer
         the current revision, InvalidInput when a model breaks a rule the API
         enforces (unknown versions in its policy, weights that do not add up to
-        100, an endpoint listed twice).
+        100, an endpoint listed twice), RolloutActive when it would change the
+        weights of (or delete) a model whose rollout is progressing.
         """
         current = await RevisionRepository(self._session).current()
         if base_revision is not None and base_revision != current:
@@ -79,6 +80,9 @@ class ManifestService:
         touched = [*created, *changed, *deleted]
         if not touched:
             return Applied(None, [], [], [], unchanged)
+        for name in [*changed, *deleted]:
+            if name in deleted or wanted[name].weights != stored[name].weights:
+                await check_no_rollout(self._session, name)
         await apply_models(
             self._session,
             {**{n: wanted[n] for n in [*created, *changed]}, **dict.fromkeys(deleted)},

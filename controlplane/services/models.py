@@ -19,11 +19,12 @@ from controlplane.db.discovery import DiscoveryRepository
 from controlplane.db.models import Model, ModelVersion
 from controlplane.db.repositories import ModelRepository, TrafficRepository, VersionRepository
 from controlplane.db.revisions import RevisionRepository
+from controlplane.db.rollout_repository import RolloutRepository
 from controlplane.db.state import endpoint_rows, endpoint_spec, kubernetes_column, policy_column
 from controlplane.domain.audit import ActionContext, AuditAction
 from controlplane.domain.discovery import resolve
 from controlplane.domain.documents import decode_kubernetes_ref, encode_endpoint, encode_policy
-from controlplane.domain.errors import Conflict, InvalidInput, NotFound
+from controlplane.domain.errors import Conflict, InvalidInput, NotFound, RolloutActive
 from controlplane.domain.etags import check_if_match, etag_of
 from controlplane.domain.policy import (
     ModelPolicy,
@@ -38,6 +39,7 @@ from controlplane.services.changes import record_change
 __all__ = [
     "TOTAL_WEIGHT",
     "ModelService",
+    "check_no_rollout",
     "check_unique_endpoints",
     "model_etag",
     "traffic_etag",
@@ -252,14 +254,24 @@ class ModelService:
         raise NotFound(f"model {model_name!r} did not exist at {at.isoformat()}")
 
     async def set_traffic(
-        self, model_name: str, weights: Mapping[str, int], *, if_match: str | None = None
+        self,
+        model_name: str,
+        weights: Mapping[str, int],
+        *,
+        if_match: str | None = None,
+        rollout: int | None = None,
+        action: str = AuditAction.TRAFFIC_UPDATE,
     ) -> dict[str, int]:
         """Replace the traffic split of a model; versions left out get 0.
 
         Raise InvalidInput for unknown versions, negative weights, or weights
-        that do not add up to 100; PreconditionFailed for a stale ``if_match``.
+        that do not add up to 100; PreconditionFailed for a stale ``if_match``;
+        RolloutActive while a progressing rollout other than ``rollout`` (the
+        one making this change) owns the model's traffic. ``action`` names the
+        audit event (a rollout's abort or promote is one).
         """
         model = await self.get_model(model_name)
+        await check_no_rollout(self._session, model_name, rollout)
         split = await self._traffic.split(model)
         before = {name: weight for name, (_id, weight) in split.items()}
         check_if_match(if_match, traffic_etag(model_name, before))
@@ -283,7 +295,7 @@ class ModelService:
         await self._traffic.set(model, {versions[name]: w for name, w in weights.items()})
         after = {name: weights.get(name, 0) for name in sorted(versions)}
         await self._record(
-            AuditAction.TRAFFIC_UPDATE,
+            action,
             "traffic",
             model_name,
             {"model": model_name, "weights": before},
@@ -411,6 +423,23 @@ def version_document(model_name: str, version: ModelVersion) -> dict[str, Any]:
 def _check_one_source(endpoints: Sequence[EndpointSpec], kubernetes: KubernetesRef | None) -> None:
     if endpoints and kubernetes is not None:
         raise InvalidInput("a version lists endpoints or names a kubernetes Service, not both")
+
+
+async def check_no_rollout(
+    session: AsyncSession, model_name: str, rollout: int | None = None
+) -> None:
+    """Raise RolloutActive while a progressing rollout other than ``rollout`` owns
+    the traffic of ``model_name``: only that rollout may change its weights."""
+    active = await RolloutRepository(session).active(model_name)
+    if active is not None and active.state == "progressing" and active.id != rollout:
+        raise RolloutActive(
+            {
+                "message": f"rollout {active.id} is progressing on {model_name!r}: pause "
+                f"or abort it first (POST /v1/models/{model_name}/rollouts/{active.id}/pause)",
+                "rollout": active.id,
+                "state": active.state,
+            }
+        )
 
 
 def check_unique_endpoints(endpoints: Sequence[EndpointSpec]) -> None:

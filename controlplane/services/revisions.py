@@ -21,6 +21,7 @@ from controlplane.domain.documents import encode_model, encode_state, encode_ten
 from controlplane.domain.errors import NotFound
 from controlplane.domain.state import DesiredState
 from controlplane.services.changes import record_change
+from controlplane.services.models import check_no_rollout
 from controlplane.xds.diff import resource_diff
 from controlplane.xds.translate import ListenerOptions, translate
 
@@ -123,7 +124,13 @@ class RevisionService:
         then = await self._revisions.model_digests(revision)
         now = await self._revisions.model_digests(current)
         changed = sorted(name for name in set(then) | set(now) if then.get(name) != now.get(name))
-        await apply_models(self._session, await self._revisions.models_of(then, changed))
+        restored = await self._revisions.models_of(then, changed)
+        current_models = await self._revisions.models_of(now, changed)
+        for name in changed:
+            old, new = current_models.get(name), restored.get(name)
+            if (old.weights if old else None) != (new.weights if new else None):
+                await check_no_rollout(self._session, name)
+        await apply_models(self._session, restored)
         return await record_change(
             self._session,
             self._context,

@@ -111,7 +111,8 @@ async def test_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
             traffic = await client.get(
                 f"{api}/v1/models/demo/traffic", headers={"authorization": f"Bearer {key}"}
             )
-            assert traffic.json()["weights"] == {"v1": 90, "v2": 10}
+            # v3, the faulty version of the canary walkthrough, waits at weight 0.
+            assert traffic.json()["weights"] == {"v1": 90, "v2": 10, "v3": 0}
         assert set(answers) <= {"v1", "v2"}
         assert answers["v1"] > answers["v2"]  # 90/10
         assert f"access log  {tmp_path / '.turnout' / 'access.log'}" in block

@@ -31,6 +31,9 @@ EXPECTED_TABLES = {
     "revision_models",
     "state_documents",
     "discovered_endpoints",
+    "rollouts",
+    "rollout_events",
+    "rollout_figures",
     "leases",
 }
 
