@@ -12,10 +12,13 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -36,6 +39,7 @@ __all__ = [
     "Model",
     "ModelVersion",
     "RevisionModel",
+    "ShadowComparison",
     "SigningKey",
     "StateDocument",
     "Tenant",
@@ -320,3 +324,31 @@ class SigningKey(IdMixin, Base):
     private_key: Mapped[str] = mapped_column(Text)
     public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ShadowComparison(IdMixin, Base):
+    """One request answered by a model's primary and by its shadow, compared
+    (controlplane.domain.shadow.Comparison). Not desired state: observations,
+    pruned by age and count (controlplane.services.shadow)."""
+
+    __tablename__ = "shadow_comparisons"
+    __table_args__ = (Index("ix_shadow_comparisons_model_at", "model", "at"),)
+
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    model: Mapped[str] = mapped_column(String(63))
+    primary_version: Mapped[str] = mapped_column(String(63))
+    shadow_version: Mapped[str] = mapped_column(String(63))
+    request_id: Mapped[str] = mapped_column(String(128))
+    primary_status: Mapped[int] = mapped_column(Integer)
+    shadow_status: Mapped[int] = mapped_column(Integer)
+    primary_ms: Mapped[float] = mapped_column(Float)
+    shadow_ms: Mapped[float] = mapped_column(Float)
+    status_agree: Mapped[bool] = mapped_column(Boolean)
+    # None: a body was not read (too large, or of unknown length).
+    body_agree: Mapped[bool | None] = mapped_column(Boolean)
+    max_abs_diff: Mapped[float | None] = mapped_column(Float)
+    cosine: Mapped[float | None] = mapped_column(Float)
+    diff: Mapped[str | None] = mapped_column(String(200))
+    # Only when the shadow policy keeps bodies, each at most its max_body_bytes.
+    primary_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    shadow_body: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -30,6 +30,7 @@ EXPECTED_TABLES = {
     "signing_keys",
     "revision_models",
     "state_documents",
+    "shadow_comparisons",
 }
 
 
