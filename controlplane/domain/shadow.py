@@ -19,6 +19,8 @@ from controlplane.domain.errors import InvalidInput
 
 __all__ = [
     "DIFF_CHARS",
+    "REPORT_METHOD",
+    "REPORT_SERVICE",
     "REPORT_VERSION",
     "Comparison",
     "Half",
@@ -33,6 +35,9 @@ __all__ = [
 
 Side = Literal["primary", "shadow"]
 REPORT_VERSION = "turnout-shadow/1"
+# Envoy sends each report as this unary gRPC method to the control plane's gRPC port.
+REPORT_SERVICE = "turnout.shadow.v1.ShadowReports"
+REPORT_METHOD = "Report"
 # A disagreement's diff is at most this long.
 DIFF_CHARS = 200
 # Top-level fields that differ between any two calls (ids, clocks) or name the

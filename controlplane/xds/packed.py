@@ -28,6 +28,7 @@ from controlplane.xds.edge import largest_limit
 from controlplane.xds.listing import Catalog, catalog_of
 from controlplane.xds.memo import Memoised
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
+from controlplane.xds.shadow import tap_clusters
 from controlplane.xds.snapshot import PackedResource, pack_resource
 from controlplane.xds.tenancy import ModelAccess, access_of
 from controlplane.xds.tracing import tracing_clusters
@@ -80,6 +81,8 @@ class PackedTranslator:
             for v in m.versions
         }
         for name, cluster in tracing_clusters(listener.tracing).items():
+            clusters[name] = pack_resource(cluster)
+        for name, cluster in tap_clusters(list(state.models)).items():
             clusters[name] = pack_resource(cluster)
         access = access_of(state)
         return {

@@ -61,6 +61,7 @@ from controlplane.xds.listing import Catalog, catalog_of, listing_routes
 from controlplane.xds.policies import apply_route_policy, apply_version_policy, millis
 from controlplane.xds.replies import error_metadata, local_reply_config
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name, to_any
+from controlplane.xds.shadow import shadow_filter, tap_clusters, tee_routes
 from controlplane.xds.statistics import stats_access_log
 from controlplane.xds.tenancy import (
     ModelAccess,
@@ -141,6 +142,7 @@ def translate(
             name = cluster_name(model.name, version.name)
             clusters[name] = version_cluster(model.name, version, model.policy.retries)
     clusters.update(tracing_clusters(listener.tracing))
+    clusters.update(tap_clusters(list(state.models)))
     return {
         CLUSTER: clusters,
         ENDPOINT: translate_endpoints(state, local_zone),
@@ -264,6 +266,8 @@ def build_listener(
             *body_routing_filters(),
             # After body routing: they must see the route an OpenAI body re-routes to.
             *tenancy_filters(tenants, jwks),
+            # Last before the router: it sees the route a request finally takes.
+            shadow_filter(),
             hcm_pb2.HttpFilter(
                 name="envoy.filters.http.router", typed_config=to_any(router_pb2.Router())
             ),
@@ -393,6 +397,7 @@ def model_routes(
     limit = model.policy.request_limit()
     for route in (*by_path_routes, *by_header_routes):
         body_limit(route, limit)
+    tee_routes(model, [*by_path_routes, *by_header_routes])
     for route in by_header_routes:
         # Read by the body-routing script once the body has named this model.
         metadata = route.metadata.filter_metadata[LUA_FILTER]
