@@ -10,7 +10,16 @@ from controlplane import __version__
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.gateway import AdminGateway
 from controlplane.api.request_metrics import RequestMetrics
-from controlplane.api.routes import audit, keys, models, revisions, system, telemetry, tenants
+from controlplane.api.routes import (
+    audit,
+    keys,
+    models,
+    revisions,
+    shadow,
+    system,
+    telemetry,
+    tenants,
+)
 
 if TYPE_CHECKING:
     from controlplane.runtime import ControlPlane
@@ -41,6 +50,7 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(tenants.router)
     app.include_router(telemetry.router)
+    app.include_router(shadow.router)
     # The gateway matches routes itself (for the audit event of a request that never
     # reaches one: a 413, an idempotent replay), against the routers' own routes.
     routes = [
@@ -58,6 +68,8 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app.add_middleware(AdminGateway, runtime=runtime, routes=routes)
     # Added last, so outermost: it sees every answer, the gateway's own included.
     app.add_middleware(
-        RequestMetrics, metrics=runtime.metrics, routes=[*routes, *telemetry.router.routes]
+        RequestMetrics,
+        metrics=runtime.metrics,
+        routes=[*routes, *telemetry.router.routes, *shadow.router.routes],
     )
     return app
