@@ -265,7 +265,7 @@ def numeric_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, f
     if not all(math.isfinite(x) for x in (*a, *b)):
         return None
     max_abs = max(abs(x - y) for x, y in zip(a, b, strict=True))
-    norm = math.sqrt(math.fsum(x * x for x in a)) * math.sqrt(math.fsum(y * y for y in b))
+    norm = math.sqrt(math.fsum(x * x for x in a) * math.fsum(y * y for y in b))
     cosine = None
     if norm > 0:
         cosine = max(-1.0, min(1.0, math.fsum(x * y for x, y in zip(a, b, strict=True)) / norm))
