@@ -48,6 +48,7 @@ DATA_TABLES = (
     "endpoints",
     "model_versions",
     "models",
+    "shadow_comparisons",
 )
 
 

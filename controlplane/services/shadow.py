@@ -65,11 +65,12 @@ class ShadowRecorder:
 
     def offer(self, primary: Half, shadow: Half) -> Comparison | None:
         """Compare a pair and queue the comparison; None (nothing queued) when the
-        model has no shadow policy now, or the shadow half is not its version's."""
+        model has no shadow policy now, the shadow half is not its version's, or the
+        shadow version answered as the primary too (its share of the split)."""
         state = self._state()
         model = state.model(primary.model) if state is not None else None
         policy = model.policy.shadow if model is not None else None
-        if policy is None or shadow.version != policy.version:
+        if policy is None or shadow.version != policy.version or primary.version == shadow.version:
             self.dropped += 1
             return None
         cap = policy.max_body_bytes
