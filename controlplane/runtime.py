@@ -120,6 +120,8 @@ class ControlPlane:
             lambda: self.sync.state,
             retention_s=settings.shadow_retention_s,
             max_comparisons=settings.shadow_max_comparisons,
+            pairs=self.shadow_pairs,
+            write_timeout_s=settings.write_lock_timeout_s,
         )
         self.xds = XdsServer(
             self.cache,

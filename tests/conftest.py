@@ -49,6 +49,7 @@ DATA_TABLES = (
     "model_versions",
     "models",
     "shadow_comparisons",
+    "shadow_halves",
 )
 
 

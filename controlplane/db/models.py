@@ -40,6 +40,7 @@ __all__ = [
     "ModelVersion",
     "RevisionModel",
     "ShadowComparison",
+    "ShadowHalf",
     "SigningKey",
     "StateDocument",
     "Tenant",
@@ -352,3 +353,20 @@ class ShadowComparison(IdMixin, Base):
     # Only when the shadow policy keeps bodies, each at most its max_body_bytes.
     primary_body: Mapped[bytes | None] = mapped_column(LargeBinary)
     shadow_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class ShadowHalf(IdMixin, Base):
+    """One side's answer to a compared request whose other side has not reached the
+    same replica (controlplane.telemetry.shadow): any replica pairs it from here."""
+
+    __tablename__ = "shadow_halves"
+    __table_args__ = (Index("ix_shadow_halves_model_request", "model", "request_id"),)
+
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    model: Mapped[str] = mapped_column(String(63))
+    request_id: Mapped[str] = mapped_column(String(128))
+    side: Mapped[str] = mapped_column(String(8))
+    version: Mapped[str] = mapped_column(String(63))
+    status: Mapped[int] = mapped_column(Integer)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)

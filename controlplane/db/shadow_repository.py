@@ -1,4 +1,5 @@
-"""Shadow comparisons: append, prune, read a window. Flush, never commit."""
+"""Shadow comparisons (append, prune, read a window) and the halves that wait
+for their other side across replicas. Flush, never commit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.models import ShadowComparison
+from controlplane.db.models import ShadowComparison, ShadowHalf
 
 __all__ = ["ShadowRepository"]
 
@@ -58,3 +59,47 @@ class ShadowRepository:
     async def count(self) -> int:
         """Return how many comparisons are kept, all models together."""
         return int(await self._session.scalar(select(func.count(ShadowComparison.id))) or 0)
+
+    async def add_halves(self, rows: Sequence[ShadowHalf]) -> None:
+        """Insert halves that found no other half in memory, and flush."""
+        self._session.add_all(rows)
+        await self._session.flush()
+
+    async def pairable(self, limit: int) -> list[tuple[ShadowHalf, ShadowHalf]]:
+        """Return up to ``limit`` (primary, shadow) pairs of waiting halves."""
+        both = (
+            select(ShadowHalf.model, ShadowHalf.request_id)
+            .group_by(ShadowHalf.model, ShadowHalf.request_id)
+            .having(func.count(func.distinct(ShadowHalf.side)) == 2)
+            .limit(limit)
+            .subquery()
+        )
+        rows = (
+            await self._session.scalars(
+                select(ShadowHalf)
+                .join(
+                    both,
+                    (ShadowHalf.model == both.c.model)
+                    & (ShadowHalf.request_id == both.c.request_id),
+                )
+                .order_by(ShadowHalf.id)
+            )
+        ).all()
+        found: dict[tuple[str, str], dict[str, ShadowHalf]] = {}
+        for row in rows:
+            # The later half of a side wins, as in memory.
+            found.setdefault((row.model, row.request_id), {})[row.side] = row
+        return [(sides["primary"], sides["shadow"]) for sides in found.values() if len(sides) == 2]
+
+    async def take_halves(self, model: str, request_id: str) -> int:
+        """Delete every waiting half of one request; return how many went. Another
+        replica that took them first leaves none (its delete commits first)."""
+        gone = await self._session.execute(
+            delete(ShadowHalf).where(ShadowHalf.model == model, ShadowHalf.request_id == request_id)
+        )
+        return int(gone.rowcount)  # type: ignore[attr-defined]
+
+    async def expire_halves(self, older_than: datetime) -> int:
+        """Delete halves that waited since before ``older_than``; return how many."""
+        gone = await self._session.execute(delete(ShadowHalf).where(ShadowHalf.at < older_than))
+        return int(gone.rowcount)  # type: ignore[attr-defined]

@@ -20,11 +20,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.db.models import ShadowComparison
+from controlplane.db.engine import write_transaction
+from controlplane.db.models import ShadowComparison, ShadowHalf
 from controlplane.db.shadow_repository import ShadowRepository
 from controlplane.domain.clock import utcnow
 from controlplane.domain.shadow import Comparison, Half, compare
 from controlplane.domain.state import DesiredState
+from controlplane.telemetry.shadow import ShadowPairs
 
 __all__ = [
     "Disagreement",
@@ -36,15 +38,28 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# How often queued comparisons are written, and the most a summary reads.
+# How often queued comparisons are written, how long a half waits in memory
+# before it goes to the database, and the most a summary reads.
 FLUSH_INTERVAL_S = 0.5
+HANDOFF_S = 1.0
+PAIRS_PER_FLUSH = 1000
+# SQLite has one writer: a flush waits this long for its turn (then retries later).
+WRITE_TIMEOUT_S = 5.0
 MAX_QUEUED = 10_000
 SUMMARY_ROWS = 50_000
 DISAGREEMENTS_SHOWN = 10
 
 
 class ShadowRecorder:
-    """Compares each pair under the model's policy and writes the comparisons."""
+    """Compares each pair under the model's policy and writes the comparisons.
+
+    Halves that stay alone in ``pairs`` (this replica's memory) for ``handoff_s``
+    go to the shadow_halves table at the next flush; every flush pairs what that
+    table holds, whichever replica wrote each half, and drops halves older than
+    ``expiry_s``. Two replicas flushing at once cannot both pair one request:
+    each deletes its halves first and only the one whose delete took them
+    compares.
+    """
 
     def __init__(
         self,
@@ -53,20 +68,33 @@ class ShadowRecorder:
         *,
         retention_s: float,
         max_comparisons: int,
+        pairs: ShadowPairs | None = None,
         flush_interval_s: float = FLUSH_INTERVAL_S,
+        handoff_s: float = HANDOFF_S,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._state = state
         self.retention_s = retention_s
         self.max_comparisons = max_comparisons
+        self.pairs = pairs
         self.flush_interval_s = flush_interval_s
+        self.handoff_s = handoff_s
+        self.write_timeout_s = write_timeout_s
         self._queue: deque[Comparison] = deque(maxlen=MAX_QUEUED)
         self.dropped = 0
 
     def offer(self, primary: Half, shadow: Half) -> Comparison | None:
-        """Compare a pair and queue the comparison; None (nothing queued) when the
-        model has no shadow policy now, the shadow half is not its version's, or the
-        shadow version answered as the primary too (its share of the split)."""
+        """Compare a pair and queue the comparison (see :meth:`compare`)."""
+        comparison = self.compare(primary, shadow)
+        if comparison is not None:
+            self._queue.append(comparison)
+        return comparison
+
+    def compare(self, primary: Half, shadow: Half) -> Comparison | None:
+        """Compare a pair under the model's policy now; None when the model has no
+        shadow policy now, the shadow half is not its version's, or the shadow
+        version answered as the primary too (its share of the split)."""
         state = self._state()
         model = state.model(primary.model) if state is not None else None
         policy = model.policy.shadow if model is not None else None
@@ -75,9 +103,7 @@ class ShadowRecorder:
             return None
         cap = policy.max_body_bytes
         primary, shadow = _capped(primary, cap), _capped(shadow, cap)
-        comparison = compare(primary, shadow, keep_bodies=policy.keep_bodies)
-        self._queue.append(comparison)
-        return comparison
+        return compare(primary, shadow, keep_bodies=policy.keep_bodies)
 
     async def run(self) -> None:
         """Write what is queued every ``flush_interval_s``, until cancelled."""
@@ -89,12 +115,27 @@ class ShadowRecorder:
                 log.exception("shadow.flush_failed", extra={"queued": len(self._queue)})
 
     async def flush(self) -> int:
-        """Write every queued comparison and prune; return how many were written."""
+        """Hand lone halves to the database, pair what it holds, write every
+        comparison and prune; return how many comparisons were written."""
         batch = list(self._queue)
         self._queue.clear()
+        alone = self.pairs.take_older_than(self.handoff_s) if self.pairs is not None else []
         now = utcnow()
-        async with self._sessionmaker() as session, session.begin():
+        async with (
+            self._sessionmaker() as session,
+            write_transaction(session, timeout_s=self.write_timeout_s),
+        ):
             repository = ShadowRepository(session)
+            if alone:
+                await repository.add_halves([_half_row(h, now) for h in alone])
+            for primary, shadow in await repository.pairable(PAIRS_PER_FLUSH):
+                if await repository.take_halves(primary.model, primary.request_id) < 2:
+                    continue  # another replica took them
+                comparison = self.compare(_half(primary), _half(shadow))
+                if comparison is not None:
+                    batch.append(comparison)
+            if self.pairs is not None:
+                await repository.expire_halves(now - timedelta(seconds=self.pairs.expiry_s))
             if batch:
                 await repository.add_all([_row(c, now) for c in batch])
             await repository.prune(now - timedelta(seconds=self.retention_s), self.max_comparisons)
@@ -109,6 +150,31 @@ def _capped(half: Half, cap: int) -> Half:
     if half.body is not None and len(half.body) > cap:
         return replace(half, body=None)
     return half
+
+
+def _half_row(half: Half, at: datetime) -> ShadowHalf:
+    return ShadowHalf(
+        at=at,
+        model=half.model[:63],
+        request_id=half.request_id[:128],
+        side=half.side,
+        version=half.version[:63],
+        status=half.status,
+        duration_ms=half.duration_ms,
+        body=half.body,
+    )
+
+
+def _half(row: ShadowHalf) -> Half:
+    return Half(
+        request_id=row.request_id,
+        model=row.model,
+        side="primary" if row.side == "primary" else "shadow",
+        version=row.version,
+        status=row.status,
+        duration_ms=row.duration_ms,
+        body=row.body,
+    )
 
 
 def _row(c: Comparison, at: datetime) -> ShadowComparison:

@@ -4,8 +4,10 @@ Every Envoy sends each half of a compared request (the primary's answer, the
 shadow's) as a unary gRPC call to the control plane's gRPC port
 (controlplane.xds.shadow). :class:`ShadowPairs` holds a half until its other
 half arrives, in bounded memory: at most ``max_pending`` halves, each for at
-most ``expiry_s`` (the oldest go first). Both halves of a request go to the same
-Envoy's control-plane connection, so one replica sees both.
+most ``expiry_s`` (the oldest go first). With several replicas the two halves
+of a request may reach different ones (each report is its own call, balanced
+over the control-plane addresses): a half still alone after a moment is handed
+to the database, where any replica pairs it (controlplane.services.shadow).
 """
 
 from __future__ import annotations
@@ -67,6 +69,20 @@ class ShadowPairs:
             self._pending.popitem(last=False)
             self.counts.evicted += 1
         return None
+
+    def take_older_than(self, age_s: float) -> list[Half]:
+        """Remove and return the halves that have waited ``age_s`` or longer, oldest
+        first (for pairing across replicas, controlplane.services.shadow)."""
+        now = self._clock()
+        self._expire(now)
+        taken = []
+        while self._pending:
+            at, half = next(iter(self._pending.values()))
+            if now - at < age_s:
+                break
+            self._pending.popitem(last=False)
+            taken.append(half)
+        return taken
 
     def _expire(self, now: float) -> None:
         while self._pending:

@@ -1,6 +1,7 @@
 """Shadow comparisons: one row per request answered by a model's primary and its
-shadow, compared (controlplane.domain.shadow). Observations, not desired state:
-pruned by age and count, never audited.
+shadow, compared (controlplane.domain.shadow), and the halves waiting for their
+other side when the two reached different replicas. Observations, not desired
+state: pruned by age and count, never audited.
 
 Revision ID: 0012
 Revises: 0010
@@ -44,8 +45,26 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_shadow_comparisons")),
     )
     op.create_index("ix_shadow_comparisons_model_at", "shadow_comparisons", ["model", "at"])
+    op.create_table(
+        "shadow_halves",
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("at", TS, nullable=False),
+        sa.Column("model", sa.String(63), nullable=False),
+        sa.Column("request_id", sa.String(128), nullable=False),
+        sa.Column("side", sa.String(8), nullable=False),
+        sa.Column("version", sa.String(63), nullable=False),
+        sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("duration_ms", sa.Float(), nullable=False),
+        sa.Column("body", sa.LargeBinary(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_shadow_halves")),
+    )
+    op.create_index(op.f("ix_shadow_halves_at"), "shadow_halves", ["at"])
+    op.create_index("ix_shadow_halves_model_request", "shadow_halves", ["model", "request_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_shadow_halves_model_request", "shadow_halves")
+    op.drop_index(op.f("ix_shadow_halves_at"), "shadow_halves")
+    op.drop_table("shadow_halves")
     op.drop_index("ix_shadow_comparisons_model_at", "shadow_comparisons")
     op.drop_table("shadow_comparisons")

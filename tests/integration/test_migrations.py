@@ -31,6 +31,7 @@ EXPECTED_TABLES = {
     "revision_models",
     "state_documents",
     "shadow_comparisons",
+    "shadow_halves",
 }
 
 

@@ -1,17 +1,26 @@
 """GET /v1/models/{model}/shadow: bad windows, unknown models, models without a
-shadow policy; the summary of what the table holds (SQLite and Postgres)."""
+shadow policy; the summary of what the table holds; pairing across replicas
+through the database (SQLite and Postgres)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from sqlalchemy import select
 
-from controlplane.db.models import ShadowComparison
+from controlplane.db.models import ShadowComparison, ShadowHalf
 from controlplane.domain.clock import utcnow
+from controlplane.domain.policy import ModelPolicy, Shadow
+from controlplane.domain.shadow import Half
+from controlplane.domain.state import DesiredState, ModelSpec, VersionSpec
 from controlplane.runtime import ControlPlane
-from controlplane.services.shadow import shadow_agreement
+from controlplane.services.shadow import ShadowRecorder, shadow_agreement
+from controlplane.telemetry.shadow import ShadowPairs
+from tests.support import eventually
 
 
 async def test_the_endpoint_refuses_bad_windows_and_unknown_models(
@@ -25,9 +34,13 @@ async def test_the_endpoint_refuses_bad_windows_and_unknown_models(
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
     await api.post("/v1/models", json={"name": "plain", "protocol": "http"})
-    response = await api.get("/v1/models/plain/shadow")
-    assert response.status_code == 200
-    body = response.json()
+
+    async def known() -> httpx.Response | None:
+        # The answer reads the replica's state, which follows the commit.
+        response = await api.get("/v1/models/plain/shadow")
+        return response if response.status_code == 200 else None
+
+    body = (await eventually(known)).json()
     assert body["shadow"] is None and body["compared"] == 0
     assert "no shadow policy" in body["note"]
 
@@ -74,9 +87,13 @@ async def test_the_summary_covers_the_window_only(
     async with control_plane.sessionmaker() as session, session.begin():
         session.add_all(rows)
 
-    response = await api.get("/v1/models/m/shadow", params={"window": "5m"})
-    assert response.status_code == 200, response.text
-    body = response.json()
+    async def with_policy() -> dict[str, Any] | None:
+        # The answer reads the replica's state, which follows the commit.
+        response = await api.get("/v1/models/m/shadow", params={"window": "5m"})
+        body: dict[str, Any] = response.json()
+        return body if response.status_code == 200 and body["shadow"] is not None else None
+
+    body = await eventually(with_policy)
     assert body["shadow"]["compare_percent"] == 10.0  # the default
     assert body["shadow"]["keep_bodies"] is False
     assert body["compared"] == 4
@@ -113,3 +130,85 @@ async def test_pruning_keeps_the_newest_within_retention(control_plane: ControlP
     async with control_plane.sessionmaker() as session:
         rows = (await session.scalars(select(ShadowComparison.request_id))).all()
     assert sorted(rows) == ["r3", "r4", "r5"]
+
+
+def _replica(control_plane: ControlPlane) -> ShadowRecorder:
+    """A recorder with memory of its own on the shared database: one replica."""
+    policy = ModelPolicy(shadow=Shadow(version="v2", percent=5))
+    state = DesiredState(
+        revision=1,
+        models=(
+            ModelSpec(
+                "m", "http", (VersionSpec("v1", ()), VersionSpec("v2", ())), (("v1", 100),), policy
+            ),
+        ),
+    )
+    return ShadowRecorder(
+        control_plane.sessionmaker,
+        lambda: state,
+        retention_s=3600,
+        max_comparisons=1000,
+        pairs=ShadowPairs(max_pending=100, expiry_s=60, clock=time.monotonic),
+        handoff_s=0,
+    )
+
+
+def _half(side: str, request_id: str) -> Half:
+    return Half(
+        request_id=request_id,
+        model="m",
+        side="primary" if side == "primary" else "shadow",
+        version="v1" if side == "primary" else "v2",
+        status=200,
+        duration_ms=5.0,
+        body=b'{"outputs": [{"data": [1, 2]}]}',
+    )
+
+
+async def _table(control_plane: ControlPlane, kind: type[Any]) -> list[Any]:
+    async with control_plane.sessionmaker() as session:
+        return list((await session.scalars(select(kind))).all())
+
+
+async def test_halves_that_reach_different_replicas_pair_once(
+    control_plane: ControlPlane,
+) -> None:
+    a, b = _replica(control_plane), _replica(control_plane)
+    assert a.pairs is not None and b.pairs is not None
+    assert a.pairs.add(_half("primary", "r1")) is None
+    assert b.pairs.add(_half("shadow", "r1")) is None
+    assert await a.flush() == 0  # its half waits in the database
+    assert len(await _table(control_plane, ShadowHalf)) == 1
+    assert await b.flush() == 1  # the other replica pairs it
+    assert await a.flush() == 0 and await b.flush() == 0
+    (row,) = await _table(control_plane, ShadowComparison)
+    assert (row.request_id, row.status_agree, row.body_agree) == ("r1", True, True)
+    assert await _table(control_plane, ShadowHalf) == []
+
+    # Both replicas flush at once with both halves of r2 waiting: one pairs them.
+    a.pairs.add(_half("primary", "r2"))
+    b.pairs.add(_half("shadow", "r2"))
+    written = await asyncio.gather(a.flush(), b.flush())
+    written += await asyncio.gather(a.flush(), b.flush())
+    assert sum(written) == 1
+    rows = await _table(control_plane, ShadowComparison)
+    assert sorted(r.request_id for r in rows) == ["r1", "r2"]
+
+
+async def test_a_half_that_waits_too_long_is_dropped(control_plane: ControlPlane) -> None:
+    replica = _replica(control_plane)
+    async with control_plane.sessionmaker() as session, session.begin():
+        session.add(
+            ShadowHalf(
+                at=utcnow() - timedelta(seconds=61),
+                model="m",
+                request_id="late",
+                side="primary",
+                version="v1",
+                status=200,
+                duration_ms=1.0,
+                body=None,
+            )
+        )
+    assert await replica.flush() == 0
+    assert await _table(control_plane, ShadowHalf) == []
