@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from controlplane.db.models import ShadowComparison, ShadowHalf
 
@@ -47,14 +48,31 @@ class ShadowRepository:
         self, model: str, since: datetime, shadow_version: str | None, limit: int
     ) -> Sequence[ShadowComparison]:
         """Return ``model``'s comparisons at or after ``since`` (only those against
-        ``shadow_version`` when given), newest first, at most ``limit``."""
-        query = select(ShadowComparison).where(
-            ShadowComparison.model == model, ShadowComparison.at >= since
+        ``shadow_version`` when given), newest first, at most ``limit``, without
+        their bodies (:meth:`bodies` reads those)."""
+        query = (
+            select(ShadowComparison)
+            .where(ShadowComparison.model == model, ShadowComparison.at >= since)
+            .options(
+                defer(ShadowComparison.primary_body, raiseload=True),
+                defer(ShadowComparison.shadow_body, raiseload=True),
+            )
         )
         if shadow_version is not None:
             query = query.where(ShadowComparison.shadow_version == shadow_version)
         query = query.order_by(ShadowComparison.id.desc()).limit(limit)
         return (await self._session.scalars(query)).all()
+
+    async def bodies(self, ids: Sequence[int]) -> dict[int, tuple[bytes | None, bytes | None]]:
+        """Return the kept bodies (primary, shadow) of the comparisons ``ids``."""
+        if not ids:
+            return {}
+        rows = await self._session.execute(
+            select(
+                ShadowComparison.id, ShadowComparison.primary_body, ShadowComparison.shadow_body
+            ).where(ShadowComparison.id.in_(ids))
+        )
+        return {row.id: (row.primary_body, row.shadow_body) for row in rows}
 
     async def count(self) -> int:
         """Return how many comparisons are kept, all models together."""

@@ -109,7 +109,9 @@ class Retries:
 # and latency only.
 DEFAULT_SHADOW_COMPARE_PERCENT = 10.0
 DEFAULT_SHADOW_MAX_BODY_BYTES = 64 * 1024
-SHADOW_MAX_BODY_BYTES_LIMIT = 1024 * 1024
+# Half of Envoy's default per-stream buffer (1 MiB): reading a body this size
+# never trips the buffer limit.
+SHADOW_MAX_BODY_BYTES_LIMIT = 512 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,17 +235,24 @@ async def shadow_summary(
     session: AsyncSession, model: str, window_s: float, shadow_version: str | None = None
 ) -> ShadowSummary:
     """Return ``model``'s comparisons over the last ``window_s`` seconds."""
-    rows = await ShadowRepository(session).since(
+    repository = ShadowRepository(session)
+    rows = await repository.since(
         model, utcnow() - timedelta(seconds=window_s), shadow_version, SUMMARY_ROWS
     )
-    return summarise(rows)
+    shown = [r for r in rows if not (r.status_agree and r.body_agree is not False)]
+    shown = shown[:DISAGREEMENTS_SHOWN]
+    bodies = await repository.bodies([r.id for r in shown])
+    return summarise(rows, bodies)
 
 
-def summarise(rows: Sequence[ShadowComparison]) -> ShadowSummary:
-    """Return the summary of ``rows`` (newest first)."""
+def summarise(
+    rows: Sequence[ShadowComparison], bodies: dict[int, tuple[bytes | None, bytes | None]]
+) -> ShadowSummary:
+    """Return the summary of ``rows`` (newest first, without their bodies), with
+    the kept ``bodies`` of the disagreements shown, by row id."""
     compared = len(rows)
     status_agreed = sum(1 for r in rows if r.status_agree)
-    bodies = [r.body_agree for r in rows if r.body_agree is not None]
+    body_agreed = [r.body_agree for r in rows if r.body_agree is not None]
     diffs = sorted(r.shadow_ms - r.primary_ms for r in rows)
     numeric = [r for r in rows if r.max_abs_diff is not None]
     cosines = [r.cosine for r in numeric if r.cosine is not None]
@@ -254,8 +261,8 @@ def summarise(rows: Sequence[ShadowComparison]) -> ShadowSummary:
         compared=compared,
         agreed=agreed,
         status_agreement=status_agreed / compared if compared else None,
-        body_compared=len(bodies),
-        body_agreement=sum(bodies) / len(bodies) if bodies else None,
+        body_compared=len(body_agreed),
+        body_agreement=sum(body_agreed) / len(body_agreed) if body_agreed else None,
         latency_diff_p50_ms=_quantile(diffs, 0.5),
         latency_diff_p99_ms=_quantile(diffs, 0.99),
         numeric_compared=len(numeric),
@@ -263,7 +270,7 @@ def summarise(rows: Sequence[ShadowComparison]) -> ShadowSummary:
         min_cosine=min(cosines, default=None),
         mean_cosine=math.fsum(cosines) / len(cosines) if cosines else None,
         disagreements=tuple(
-            _disagreement(r)
+            _disagreement(r, *bodies.get(r.id, (None, None)))
             for r in [r for r in rows if not (r.status_agree and r.body_agree is not False)][
                 :DISAGREEMENTS_SHOWN
             ]
@@ -283,7 +290,9 @@ def _text(body: bytes | None) -> str | None:
     return None if body is None else body.decode("utf-8", errors="replace")
 
 
-def _disagreement(row: ShadowComparison) -> Disagreement:
+def _disagreement(
+    row: ShadowComparison, primary_body: bytes | None, shadow_body: bytes | None
+) -> Disagreement:
     return Disagreement(
         request_id=row.request_id,
         at=row.at.isoformat(),
@@ -292,8 +301,8 @@ def _disagreement(row: ShadowComparison) -> Disagreement:
         primary_status=row.primary_status,
         shadow_status=row.shadow_status,
         diff=row.diff,
-        primary_body=_text(row.primary_body),
-        shadow_body=_text(row.shadow_body),
+        primary_body=_text(primary_body),
+        shadow_body=_text(shadow_body),
     )
 
 

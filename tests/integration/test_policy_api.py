@@ -223,7 +223,7 @@ def _retries(**fields: Any) -> dict[str, Any]:
         ),
         (
             "/v1/models/m/policy",
-            {"shadow": {"version": "v2", "percent": 5, "max_body_bytes": 2 * 1024 * 1024}},
+            {"shadow": {"version": "v2", "percent": 5, "max_body_bytes": 1024 * 1024}},
             422,
             "validation_error",
             "max_body_bytes",

@@ -84,6 +84,7 @@ async def test_the_summary_covers_the_window_only(
         _row("d", ago_s=4, body=None),
         _row("old", ago_s=500, status=503),  # outside a 300 s window
     ]
+    rows[1].primary_body, rows[1].shadow_body = b'{"a": 1}', b'{"a": 2}'  # kept bodies
     async with control_plane.sessionmaker() as session, session.begin():
         session.add_all(rows)
 
@@ -110,6 +111,8 @@ async def test_the_summary_covers_the_window_only(
         (d["request_id"], d["primary_status"], d["shadow_status"]) for d in body["disagreements"]
     ]
     assert listed == [("c", 200, 503), ("b", 200, 200)]
+    bodies = [(d["primary_body"], d["shadow_body"]) for d in body["disagreements"]]
+    assert bodies == [(None, None), ('{"a": 1}', '{"a": 2}')]
 
     async with control_plane.sessionmaker() as session:
         assert await shadow_agreement(session, "m", "v2", 300) == (0.5, 4)
