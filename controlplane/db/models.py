@@ -369,4 +369,7 @@ class ShadowHalf(IdMixin, Base):
     version: Mapped[str] = mapped_column(String(63))
     status: Mapped[int] = mapped_column(Integer)
     duration_ms: Mapped[float] = mapped_column(Float)
+    # The body only when the policy keeps bodies; otherwise its digest
+    # (controlplane.domain.shadow.body_digest), so that no answer is stored.
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    digest: Mapped[str | None] = mapped_column(String(72))

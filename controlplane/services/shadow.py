@@ -24,7 +24,7 @@ from controlplane.db.engine import write_transaction
 from controlplane.db.models import ShadowComparison, ShadowHalf
 from controlplane.db.shadow_repository import ShadowRepository
 from controlplane.domain.clock import utcnow
-from controlplane.domain.shadow import Comparison, Half, compare
+from controlplane.domain.shadow import Comparison, Half, body_digest, compare
 from controlplane.domain.state import DesiredState
 from controlplane.telemetry.shadow import ShadowPairs
 
@@ -127,7 +127,7 @@ class ShadowRecorder:
         ):
             repository = ShadowRepository(session)
             if alone:
-                await repository.add_halves([_half_row(h, now) for h in alone])
+                await repository.add_halves([self._half_row(h, now) for h in alone])
             for primary, shadow in await repository.pairable(PAIRS_PER_FLUSH):
                 if await repository.take_halves(primary.model, primary.request_id) < 2:
                     continue  # another replica took them
@@ -143,6 +143,23 @@ class ShadowRecorder:
             log.info("shadow.recorded", extra={"comparisons": len(batch)})
         return len(batch)
 
+    def _half_row(self, half: Half, at: datetime) -> ShadowHalf:
+        """The row of a half that waits in the database: with its body only when the
+        model's policy keeps bodies, else with the body's digest."""
+        state = self._state()
+        model = state.model(half.model) if state is not None else None
+        policy = model.policy.shadow if model is not None else None
+        body = half.body
+        if policy is not None and body is not None and len(body) > policy.max_body_bytes:
+            body = None
+        keep = policy is not None and policy.keep_bodies
+        return _half_row(
+            half,
+            at,
+            body=body if keep else None,
+            digest=None if keep or body is None else body_digest(body),
+        )
+
 
 def _capped(half: Half, cap: int) -> Half:
     # The scripts read no body over the cap; a report that carries one anyway
@@ -152,7 +169,7 @@ def _capped(half: Half, cap: int) -> Half:
     return half
 
 
-def _half_row(half: Half, at: datetime) -> ShadowHalf:
+def _half_row(half: Half, at: datetime, *, body: bytes | None, digest: str | None) -> ShadowHalf:
     return ShadowHalf(
         at=at,
         model=half.model[:63],
@@ -161,7 +178,8 @@ def _half_row(half: Half, at: datetime) -> ShadowHalf:
         version=half.version[:63],
         status=half.status,
         duration_ms=half.duration_ms,
-        body=half.body,
+        body=body,
+        digest=digest,
     )
 
 
@@ -174,6 +192,7 @@ def _half(row: ShadowHalf) -> Half:
         status=row.status,
         duration_ms=row.duration_ms,
         body=row.body,
+        digest=row.digest,
     )
 
 

@@ -56,6 +56,7 @@ def upgrade() -> None:
         sa.Column("status", sa.Integer(), nullable=False),
         sa.Column("duration_ms", sa.Float(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=True),
+        sa.Column("digest", sa.String(72), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_shadow_halves")),
     )
     op.create_index(op.f("ix_shadow_halves_at"), "shadow_halves", ["at"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from controlplane.domain.policy import (
 )
 from controlplane.domain.shadow import (
     Half,
+    body_digest,
     compare,
     decode_report,
     encode_report,
@@ -237,3 +238,18 @@ def test_reports_go_to_the_bootstrap_cluster_of_the_control_plane() -> None:
     bootstrap = yaml.safe_load((Path(__file__).parents[2] / "envoy" / "bootstrap.yaml").read_text())
     names = [c["name"] for c in bootstrap["static_resources"]["clusters"]]
     assert REPORT_CLUSTER in names
+
+
+def test_a_half_without_its_body_compares_by_digest() -> None:
+    primary = {"model_name": "a", "outputs": [{"data": [1.0, 2.0]}]}
+    same = {"outputs": [{"data": [1.0, 2.0]}], "model_name": "b"}
+    other = {"model_name": "a", "outputs": [{"data": [1.0, 2.5]}]}
+    waited = replace(
+        _half("shadow", body=same), body=None, digest=body_digest(json.dumps(same).encode())
+    )
+    result = compare(_half(body=primary), waited, keep_bodies=False)
+    assert result.body_agree is True and result.max_abs_diff is None
+    differs = replace(waited, digest=body_digest(json.dumps(other).encode()))
+    result = compare(_half(body=primary), differs, keep_bodies=False)
+    assert result.body_agree is False and result.diff == "bodies differ"
+    assert body_digest(b"not json") != body_digest(b"not json!")
