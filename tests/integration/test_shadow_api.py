@@ -20,6 +20,7 @@ from controlplane.domain.state import DesiredState, ModelSpec, VersionSpec
 from controlplane.runtime import ControlPlane
 from controlplane.services.shadow import ShadowRecorder, shadow_agreement
 from controlplane.telemetry.shadow import ShadowPairs
+from tests.conftest import seed_key
 from tests.support import eventually
 
 
@@ -217,3 +218,16 @@ async def test_a_half_that_waits_too_long_is_dropped(control_plane: ControlPlane
         )
     assert await replica.flush() == 0
     assert await _table(control_plane, ShadowHalf) == []
+
+
+async def test_a_viewer_may_read_and_no_key_may_not(
+    control_plane: ControlPlane, anonymous_api: httpx.AsyncClient
+) -> None:
+    viewer = await seed_key(control_plane, "viewer")
+    response = await anonymous_api.get(
+        "/v1/models/none/shadow", headers={"authorization": f"Bearer {viewer}"}
+    )
+    assert response.status_code == 404  # past the role check: the model is unknown
+    response = await anonymous_api.get("/v1/models/none/shadow")
+    assert response.status_code == 401
+    assert response.json()["error"] == "unauthenticated"
