@@ -68,6 +68,7 @@ __all__ = [
     "tap_cluster",
     "tap_cluster_name",
     "tap_clusters",
+    "tap_stat_name",
     "tee_routes",
 ]
 
@@ -234,8 +235,17 @@ def compares(model: ModelSpec) -> Shadow | None:
 
 
 def tap_cluster_name(model: str, version: str) -> str:
-    """Return the name of the cluster that carries compared mirrors to ``version``."""
-    return f"turnout_shadow_tap/{model}/{version}"
+    """Return the name of the cluster that carries compared mirrors to ``version``:
+    it starts ``model/`` like the model's own clusters (containment holds it with
+    its model), and no version's cluster has a second ``/``."""
+    return f"{model}/{version}/shadow-tap"
+
+
+def tap_stat_name(model: str, version: str) -> str:
+    """Return the tap cluster's statistics name: it starts with ``_``, which no
+    version's stat name does (names start with a letter or digit), so the traffic
+    window never counts it as a version's traffic."""
+    return "_shadow_tap_" + stat_name(cluster_name(model, version))
 
 
 def shadow_filter() -> hcm_pb2.HttpFilter:
@@ -342,7 +352,7 @@ def tap_cluster(model: ModelSpec) -> cluster_pb2.Cluster | None:
     )
     cluster = cluster_pb2.Cluster(
         name=name,
-        alt_stat_name=stat_name(name),
+        alt_stat_name=tap_stat_name(model.name, shadow.version),
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
             eds_config=config_source_pb2.ConfigSource(
