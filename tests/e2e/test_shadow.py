@@ -54,6 +54,7 @@ class TensorServer:
 
     version: str
     differ: bool = False
+    openai: bool = False
     request_ids: list[str] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -90,6 +91,12 @@ class TensorServer:
             "model_version": self.version,
             "outputs": [{"name": "y", "shape": [4], "datatype": "FP32", "data": data}],
         }
+        if self.openai:
+            answer = {
+                "object": "list",
+                "model": f"{MODEL}-{self.version}",  # left out of the comparison
+                "data": [{"object": "embedding", "index": 0, "embedding": data}],
+            }
         if body.get("big"):
             answer["padding"] = "x" * int(body["big"])
         return web.json_response(answer)
@@ -99,8 +106,8 @@ class TensorServer:
 async def tensor_servers() -> AsyncIterator[Callable[..., Any]]:
     started: list[TensorServer] = []
 
-    async def start(version: str, differ: bool = False) -> TensorServer:
-        server = await TensorServer(version, differ).start()
+    async def start(version: str, differ: bool = False, openai: bool = False) -> TensorServer:
+        server = await TensorServer(version, differ, openai).start()
         started.append(server)
         return server
 
@@ -116,12 +123,13 @@ async def _setup(
     envoy: EnvoyProcess,
     primary: TensorServer,
     shadow: TensorServer,
+    protocol: str = "kserve-v2",
     **policy: Any,
 ) -> None:
     async def ok(response: httpx.Response) -> None:
         assert response.status_code in (200, 201), response.text
 
-    await ok(await api.post("/v1/models", json={"name": MODEL, "protocol": "kserve-v2"}))
+    await ok(await api.post("/v1/models", json={"name": MODEL, "protocol": protocol}))
     for name, server in (("v1", primary), ("v2", shadow)):
         body = {"version": name, "endpoints": [server.endpoint()]}
         await ok(await api.post(f"/v1/models/{MODEL}/versions", json=body))
@@ -268,3 +276,28 @@ async def test_kept_bodies_are_capped(
         for body in (row.primary_body, row.shadow_body):
             assert body is None or len(body) <= cap
     assert all(json.loads(r.primary_body or b"")["outputs"][0]["data"] == DATA for r in kept)
+
+
+async def test_openai_embeddings_routed_by_body_are_compared(
+    api: httpx.AsyncClient,
+    envoy: EnvoyProcess,
+    tensor_servers: Callable[..., Any],
+) -> None:
+    primary = await tensor_servers("v1", openai=True)
+    shadow = await tensor_servers("v2", differ=True, openai=True)
+    await _setup(api, envoy, primary, shadow, protocol="openai", percent=100, compare_percent=100)
+    n = 30
+    async with httpx.AsyncClient(base_url=envoy.base_url, timeout=10) as client:
+        ids = []
+        for _ in range(n):
+            # No header, no path: the body's "model" picks the model's routes.
+            response = await client.post("/v1/embeddings", json={"model": MODEL, "input": "hi"})
+            assert response.status_code == 200, response.text
+            assert response.json()["model"] == f"{MODEL}-v1"
+            ids.append(response.headers["x-request-id"])
+    how = [differs(i) for i in ids]
+    summary = await _summary_with(api, n)
+    assert summary["agreement_rate"] == round(1 - sum(h is not None for h in how) / n, 4)
+    # Both answers are embeddings unless the shadow answered 503.
+    assert summary["numeric_compared"] == n - how.count("status")
+    assert summary["max_abs_diff"] == (0.5 if "numbers" in how else 0.0)
