@@ -37,7 +37,7 @@ from controlplane.tracing import Tracing, envoy_tracing
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import XdsServer
 from controlplane.xds.status import ProxyRegistry
-from controlplane.xds.translate import ListenerOptions
+from controlplane.xds.translate import DnsOptions, ListenerOptions
 
 __all__ = ["ControlPlane", "SchemaNotReady"]
 
@@ -91,6 +91,11 @@ class ControlPlane:
             reuse_port=settings.listener_reuse_port,
             access_log_path=settings.access_log_path or None,
             tracing=envoy_tracing(settings),
+            dns=DnsOptions(
+                refresh_rate_s=settings.dns_refresh_rate_s,
+                respect_ttl=settings.dns_respect_ttl,
+                resolvers=settings.dns_resolver_list,
+            ),
         )
         self.sync = StateSync(
             self.sessionmaker,

@@ -6,6 +6,7 @@ Every option is an environment variable prefixed ``TURNOUT_`` (for example
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
@@ -120,6 +121,22 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="the most answers waiting for their other side; over it the oldest go",
     )
+    dns_refresh_rate_s: float = Field(
+        default=5.0,
+        ge=0.001,
+        le=3600,
+        description="how often Envoy re-resolves endpoints named by DNS",
+    )
+    dns_respect_ttl: bool = Field(
+        default=True,
+        description="re-resolve a DNS name when its answer's TTL runs out, instead of "
+        "every dns_refresh_rate_s",
+    )
+    dns_resolvers: str | None = Field(
+        default=None,
+        description="comma-separated IP:PORT of the DNS servers Envoy asks for endpoint "
+        "names; unset: the proxy's own (/etc/resolv.conf)",
+    )
     audit_key: SecretStr | None = Field(
         default=None, description="the audit chain's HMAC key (32 characters or more)"
     )
@@ -145,6 +162,30 @@ class Settings(BaseSettings):
         le=100,
         description="percent (0 to 100) of requests without a sampling decision that start a trace",
     )
+
+    @field_validator("dns_resolvers")
+    @classmethod
+    def _resolvers(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        resolvers = [part.strip() for part in value.split(",") if part.strip()]
+        for resolver in resolvers:
+            host, _, port = resolver.rpartition(":")
+            try:
+                ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                host = ""
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    "TURNOUT_DNS_RESOLVERS must be IP:PORT pairs separated by commas "
+                    f"(e.g. 10.96.0.10:53,[fd00::a]:53), not {resolver!r}"
+                )
+        return ",".join(resolvers)
+
+    @property
+    def dns_resolver_list(self) -> tuple[str, ...]:
+        """The DNS servers of ``dns_resolvers``, in order."""
+        return tuple(self.dns_resolvers.split(",")) if self.dns_resolvers else ()
 
     @field_validator("otlp_endpoint")
     @classmethod

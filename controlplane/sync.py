@@ -40,7 +40,7 @@ from controlplane.tracing import Tracing
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.containment import Containment, Hold
 from controlplane.xds.packed import PackedTranslator
-from controlplane.xds.resources import ENDPOINT, TYPE_LABELS
+from controlplane.xds.resources import TYPE_LABELS
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.translate import ListenerOptions, endpoint_zones
 
@@ -137,7 +137,7 @@ class StateSync:
         by_zone = {
             zone: Snapshot.from_packed(
                 state.revision,
-                {**resources, ENDPOINT: self._translator.endpoints(effective, zone)},
+                self._translator.for_zone(effective, self._listener, zone, resources),
             )
             for zone in endpoint_zones(effective)
         }

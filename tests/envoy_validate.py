@@ -1,7 +1,8 @@
 """Check rendered resources with the real Envoy binary (``envoy --mode validate``).
 
 The rendered resources come over ADS in production; here they are inlined in a
-static bootstrap (EDS clusters get their ClusterLoadAssignment inline, the
+static bootstrap (EDS clusters get their ClusterLoadAssignment inline, DNS
+clusters hold theirs already, the
 listener gets its RouteConfiguration inline), which Envoy validates in full:
 every proto constraint, every extension's config, every reference.
 """
@@ -33,6 +34,10 @@ def static_bootstrap(resources: dict[str, dict[str, Message]]) -> dict[str, obje
         assert isinstance(message, cluster_pb2.Cluster)
         cluster = cluster_pb2.Cluster()
         cluster.CopyFrom(message)
+        if cluster.type != cluster_pb2.Cluster.EDS:
+            # A cluster that holds its endpoints (STRICT_DNS) is valid as it is.
+            clusters.append(json_format.MessageToDict(cluster))
+            continue
         assignment = resources[ENDPOINT][cluster.eds_cluster_config.service_name]
         assert isinstance(assignment, endpoint_pb2.ClusterLoadAssignment)
         cluster.ClearField("eds_cluster_config")

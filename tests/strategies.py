@@ -121,12 +121,14 @@ def _percent() -> st.SearchStrategy[float]:
 
 
 def _addresses() -> st.SearchStrategy[str]:
-    """IPv4 and IPv6 literals in the normal form the API stores."""
-    return st.one_of(
+    """IPv4 and IPv6 literals and DNS names, in the normal form the API stores."""
+    literals = st.one_of(
         st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.12", "::1", "fd00::2"]),
         st.ip_addresses(v=4).map(str),
         st.ip_addresses(v=6).map(str),
     ).map(lambda address: str(ipaddress.ip_address(address)))
+    names = st.sampled_from(["localhost", "sentiment-v2.ml.svc.cluster.local", "model-a"])
+    return st.one_of(literals, literals, literals, names)
 
 
 def _ports() -> st.SearchStrategy[int]:
@@ -256,7 +258,13 @@ def model_policies(draw: st.DrawFn, versions: Sequence[str] = ()) -> ModelPolicy
                     st.builds(
                         Experiment,
                         header=_header_names(),
-                        value=st.sampled_from(["a", "b"]) | st.text(min_size=1, max_size=8),
+                        value=st.sampled_from(["a", "b"])
+                        # A value a request can carry: visible ASCII (the API's rule).
+                        | st.text(
+                            st.characters(min_codepoint=0x21, max_codepoint=0x7E),
+                            min_size=1,
+                            max_size=8,
+                        ),
                         version=version,
                     ),
                     max_size=3,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -234,9 +236,9 @@ class RunningModelServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self) -> RunningModelServer:
-        """Start listening on 127.0.0.1 and a free port."""
-        self._runner = await serve(self.server, "127.0.0.1", 0)
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> RunningModelServer:
+        """Start listening on ``host`` and ``port`` (0: a free one)."""
+        self._runner = await serve(self.server, host, port)
         self.port = bound_port(self._runner)
         return self
 
@@ -283,3 +285,30 @@ class RecordingModel:
         application = self.model.app()
         application.middlewares.append(record)
         return application
+
+
+def cli_environment(api: httpx.AsyncClient) -> dict[str, str]:
+    """The environment of a `turnout` command that talks to ``api``'s control plane
+    with ``api``'s key."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
+    environment["TURNOUT_API_KEY"] = api.headers["authorization"].removeprefix("Bearer ")
+    environment["TURNOUT_API_PORT"] = str(api.base_url.port)
+    return environment
+
+
+async def run_turnout(
+    api: httpx.AsyncClient, *args: str, stdin: bytes | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
+    """Run ``turnout ARGS`` against ``api``'s control plane; return (exit code,
+    stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "turnout"),
+        *args,
+        env=cli_environment(api),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

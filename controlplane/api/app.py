@@ -13,6 +13,7 @@ from controlplane.api.request_metrics import RequestMetrics
 from controlplane.api.routes import (
     audit,
     keys,
+    manifest,
     models,
     revisions,
     shadow,
@@ -46,6 +47,7 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app.include_router(system.router)
     app.include_router(models.router)
     app.include_router(revisions.router)
+    app.include_router(manifest.router)
     app.include_router(keys.router)
     app.include_router(audit.router)
     app.include_router(tenants.router)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from controlplane.domain.addresses import endpoint_address
 from controlplane.domain.keys import parse_lifetime
 from controlplane.domain.state import EndpointSpec
 
@@ -52,23 +52,6 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 Protocol = Literal["openai", "kserve-v2", "http"]
-
-
-def _ip_literal(value: str) -> str:
-    """An IP literal as Envoy parses it (``inet_pton``): Python's ``ipaddress`` also
-    takes an IPv6 zone id (``fe80::1%eth0``), which Envoy rejects, so it is refused."""
-    if "%" in value:
-        raise ValueError(
-            "address must not carry an IPv6 zone id (%...): Envoy rejects it; "
-            "use an address that needs no zone"
-        )
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ValueError(
-            "address must be an IP address (Envoy's EDS takes no host names); "
-            "resolve the host name first"
-        ) from None
 
 
 class _Strict(BaseModel):
@@ -132,7 +115,10 @@ class ModelOut(BaseModel):
 class EndpointIn(_Strict):
     """A model-server replica."""
 
-    address: Annotated[str, AfterValidator(_ip_literal)]
+    address: Annotated[str, AfterValidator(endpoint_address)] = Field(
+        description="an IP address, or a DNS name that Envoy resolves (the version then "
+        "becomes a DNS cluster: see docs/xds.md)"
+    )
     port: int = Field(ge=1, le=65535)
     zone: Label | None = None
     accelerator: Label | None = None

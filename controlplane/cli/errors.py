@@ -10,9 +10,14 @@ from __future__ import annotations
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 
-__all__ = ["describe_error"]
+__all__ = ["CliError", "describe_error"]
 
 _MAX = 300
+
+
+class CliError(Exception):
+    """A failure the user can fix: its message says how. The CLI prints it as one
+    line and exits with status 2, with no traceback."""
 
 
 def _first_line(text: str) -> str:

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
-from controlplane.cli.errors import describe_error
+from controlplane.cli.errors import CliError, describe_error
 from controlplane.logs import configure_logging
 from controlplane.settings import get_settings
 
@@ -405,35 +405,12 @@ def batcher(
     asyncio.run(run_batcher(config))
 
 
-def _no_key_message() -> str:
-    return (
-        "no admin API key is set: export TURNOUT_API_KEY=tk_... "
-        "(a key with the read permission; `turnout keys create --role viewer --name NAME`)"
-    )
-
-
 def _read_api(api: str | None, path: str, params: dict[str, str] | None = None) -> Any:
     """GET ``path`` from the admin API with TURNOUT_API_KEY; return its JSON body,
     or fail with a message that says what to fix."""
-    import httpx
+    from controlplane.cli.client import call_api
 
-    settings = get_settings()
-    if settings.api_key is None or not settings.api_key.get_secret_value():
-        raise _fail(_no_key_message())
-    base = api or f"http://{settings.api_host}:{settings.api_port}"
-    headers = {"authorization": f"Bearer {settings.api_key.get_secret_value()}"}
-    try:
-        response = httpx.get(f"{base}{path}", headers=headers, params=params, timeout=10)
-    except httpx.HTTPError as exc:
-        raise _fail(f"cannot read {base}{path} ({exc}); is `turnout serve` running?") from exc
-    if response.status_code in (401, 403):
-        raise _fail(
-            f"the admin API refused the key in TURNOUT_API_KEY ({response.status_code}): "
-            "set it to a live key with the read permission (`turnout keys list` shows them)"
-        )
-    if response.is_error:
-        raise _fail(f"{base}{path} answered {response.status_code}: {response.text[:200]}")
-    return response.json()
+    return call_api("GET", path, api=api, params=params).json()
 
 
 _ApiOption = Annotated[
@@ -479,6 +456,49 @@ def top(
         typer.echo("")
 
 
+@app.command("export")
+def export(
+    api: _ApiOption = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write to this file, not stdout")
+    ] = None,
+) -> None:
+    """Write every model (versions, endpoints, policies, traffic) as a YAML
+    manifest that `turnout apply -f` takes back.
+
+    Needs a key with the read permission in TURNOUT_API_KEY."""
+    from controlplane.cli.manifest import export_manifest
+
+    text = export_manifest(api)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}", err=True)
+
+
+@app.command("apply")
+def apply(
+    file: Annotated[
+        Path, typer.Option("--file", "-f", help="the manifest (YAML or JSON; - for stdin)")
+    ],
+    api: _ApiOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the plan and change nothing")
+    ] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="also delete the models the manifest does not list")
+    ] = False,
+) -> None:
+    """Make the control plane's models match a manifest: print the plan, then
+    apply it as one revision (refused if the state changed since the plan).
+
+    Needs a key with the write permission in TURNOUT_API_KEY."""
+    from controlplane.cli.manifest import apply_file
+
+    apply_file(file, api=api, dry_run=dry_run, prune=prune, echo=lambda t: typer.echo(t, nl=False))
+
+
 def format_proxy_status(proxies: list[dict[str, Any]]) -> str:
     """Return a table of proxies and their per-type status, NACK errors below it."""
     columns = ("clusters", "endpoints", "listeners", "routes")
@@ -504,6 +524,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
         app(args=args, prog_name="turnout")
+    except CliError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise SystemExit(2) from None
     except Exception as exc:
         if _DEBUG in args:
             raise

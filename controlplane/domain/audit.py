@@ -84,6 +84,7 @@ class AuditAction(StrEnum):
     MODEL_POLICY_UPDATE = "model.policy.update"
     VERSION_POLICY_UPDATE = "version.policy.update"
     REVISION_ROLLBACK = "revision.rollback"
+    MANIFEST_APPLY = "manifest.apply"
     KEY_CREATE = "key.create"
     KEY_REVOKE = "key.revoke"
     TENANT_CREATE = "tenant.create"

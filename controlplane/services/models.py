@@ -33,7 +33,14 @@ from controlplane.domain.policy import (
 from controlplane.domain.state import EndpointSpec
 from controlplane.services.changes import record_change
 
-__all__ = ["TOTAL_WEIGHT", "ModelService", "model_etag", "traffic_etag", "version_etag"]
+__all__ = [
+    "TOTAL_WEIGHT",
+    "ModelService",
+    "check_unique_endpoints",
+    "model_etag",
+    "traffic_etag",
+    "version_etag",
+]
 
 TOTAL_WEIGHT = 100
 
@@ -117,7 +124,7 @@ class ModelService:
         """Add a version. The first version of a model takes all its traffic;
         later ones start at weight 0 until the split is changed."""
         model = await self.get_model(model_name)
-        _check_unique_endpoints(endpoints)
+        check_unique_endpoints(endpoints)
         if await self._versions.get(model, version) is not None:
             raise Conflict(f"version {version!r} of model {model_name!r} already exists")
         is_first = not await self._versions.of_model(model)
@@ -154,7 +161,7 @@ class ModelService:
         model = await self.get_model(model_name)
         row = await self._require_version(model, version)
         check_if_match(if_match, version_etag(model_name, row))
-        _check_unique_endpoints(endpoints)
+        check_unique_endpoints(endpoints)
         before = version_document(model_name, row)
         await self._versions.replace_endpoints(row, endpoint_rows(endpoints))
         await self._record(
@@ -371,7 +378,8 @@ def version_document(model_name: str, version: ModelVersion) -> dict[str, Any]:
     }
 
 
-def _check_unique_endpoints(endpoints: Sequence[EndpointSpec]) -> None:
+def check_unique_endpoints(endpoints: Sequence[EndpointSpec]) -> None:
+    """Raise InvalidInput when two endpoints share an address and port."""
     seen: set[tuple[str, int]] = set()
     for endpoint in endpoints:
         key = (endpoint.address, endpoint.port)

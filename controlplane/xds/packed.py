@@ -28,7 +28,6 @@ from controlplane.xds.edge import largest_limit
 from controlplane.xds.listing import Catalog, catalog_of
 from controlplane.xds.memo import Memoised
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name
-from controlplane.xds.shadow import tap_clusters
 from controlplane.xds.snapshot import PackedResource, pack_resource
 from controlplane.xds.tenancy import ModelAccess, access_of
 from controlplane.xds.tracing import tracing_clusters
@@ -76,13 +75,13 @@ class PackedTranslator:
         """Return ``{type_url: {name: (packed resource, version hash)}}`` for ``state``:
         the resources of ``translate(state, listener, local_zone)``, packed."""
         clusters = {
-            cluster_name(m.name, v.name): self._clusters(m.name, v, m.policy.retries)
+            cluster_name(m.name, v.name): self._cluster(m, v, listener.dns, local_zone)
             for m in state.models
             for v in m.versions
         }
         for name, cluster in tracing_clusters(listener.tracing).items():
             clusters[name] = pack_resource(cluster)
-        for name, cluster in tap_clusters(list(state.models)).items():
+        for name, cluster in render.tap_clusters(state, listener.dns, local_zone).items():
             clusters[name] = pack_resource(cluster)
         access = access_of(state)
         return {
@@ -105,7 +104,37 @@ class PackedTranslator:
             )
             for m in state.models
             for v in m.versions
+            if not render.resolved_by_dns(v)
         }
+
+    def for_zone(
+        self,
+        state: DesiredState,
+        listener: render.ListenerOptions,
+        local_zone: str,
+        resources: dict[str, dict[str, PackedResource]],
+    ) -> dict[str, dict[str, PackedResource]]:
+        """Return ``resources`` (this state's, translated with no zone) as seen from
+        ``local_zone``: the endpoints, and the clusters that hold their own."""
+        dns_clusters = {
+            cluster_name(m.name, v.name): self._cluster(m, v, listener.dns, local_zone)
+            for m in state.models
+            for v in m.versions
+            if render.resolved_by_dns(v)
+        }
+        return {
+            **resources,
+            CLUSTER: {**resources[CLUSTER], **dns_clusters},
+            ENDPOINT: self.endpoints(state, local_zone),
+        }
+
+    def _cluster(
+        self, model: ModelSpec, version: VersionSpec, dns: render.DnsOptions, zone: str | None
+    ) -> PackedResource:
+        # Only a cluster holding its endpoints depends on the proxy's zone.
+        if render.resolved_by_dns(version):
+            return self._clusters(model.name, version, model.policy.retries, dns, zone)
+        return self._clusters(model.name, version, model.policy.retries, dns, None)
 
     def rotate(self) -> None:
         """Start a new memo generation: what no translation used since the previous
@@ -139,8 +168,14 @@ class PackedTranslator:
         return packed, hashlib.sha256(value).hexdigest()[:16]
 
 
-def _cluster(model: str, version: VersionSpec, retries: Retries | None) -> PackedResource:
-    return pack_resource(render.version_cluster(model, version, retries))
+def _cluster(
+    model: str,
+    version: VersionSpec,
+    retries: Retries | None,
+    dns: render.DnsOptions,
+    local_zone: str | None,
+) -> PackedResource:
+    return pack_resource(render.version_cluster(model, version, retries, dns, local_zone))
 
 
 def _assignment(name: str, version: VersionSpec, local_zone: str | None) -> PackedResource:

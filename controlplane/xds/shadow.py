@@ -39,7 +39,7 @@ import json
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
-from envoy.config.core.v3 import base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
@@ -48,7 +48,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import struct_pb2
 
 from controlplane.domain.naming import stat_name
 from controlplane.domain.policy import Shadow
@@ -67,7 +67,6 @@ __all__ = [
     "shadow_filter",
     "tap_cluster",
     "tap_cluster_name",
-    "tap_clusters",
     "tap_stat_name",
     "tee_routes",
 ]
@@ -318,13 +317,13 @@ def tee_routes(model: ModelSpec, routes: list[route_components_pb2.Route]) -> No
         )
 
 
-def tap_cluster(model: ModelSpec) -> cluster_pb2.Cluster | None:
-    """Return the tap cluster of ``model``'s shadow version when it compares: the
-    version's endpoints (its EDS service) and an upstream filter that reports the
-    shadow's answers."""
+def tap_cluster(model: ModelSpec, version_cluster: cluster_pb2.Cluster) -> cluster_pb2.Cluster:
+    """Return the tap cluster of ``model``'s shadow version, made from that
+    version's own cluster (``version_cluster``: the same endpoints, over EDS or
+    DNS, and policy) with an upstream filter that reports the shadow's answers.
+    It runs no health checks of its own: the version's cluster does."""
     shadow = compares(model)
-    if shadow is None:
-        return None
+    assert shadow is not None, "tap_cluster needs a model whose shadow compares"
     name = tap_cluster_name(model.name, shadow.version)
     options = http_protocol_options_pb2.HttpProtocolOptions(
         # HTTP/1.1, as the version's own cluster speaks to its replicas.
@@ -350,31 +349,14 @@ def tap_cluster(model: ModelSpec) -> cluster_pb2.Cluster | None:
             ),
         ],
     )
-    cluster = cluster_pb2.Cluster(
-        name=name,
-        alt_stat_name=tap_stat_name(model.name, shadow.version),
-        type=cluster_pb2.Cluster.EDS,
-        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
-            eds_config=config_source_pb2.ConfigSource(
-                ads=config_source_pb2.AggregatedConfigSource(),
-                resource_api_version=config_source_pb2.ApiVersion.V3,
-            ),
-            service_name=cluster_name(model.name, shadow.version),
-        ),
-        connect_timeout=duration_pb2.Duration(seconds=1),
-        lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
-    )
+    cluster = cluster_pb2.Cluster()
+    cluster.CopyFrom(version_cluster)
+    cluster.name = name
+    cluster.alt_stat_name = tap_stat_name(model.name, shadow.version)
+    cluster.ClearField("health_checks")
+    if cluster.HasField("load_assignment"):
+        cluster.load_assignment.cluster_name = name
     cluster.typed_extension_protocol_options[
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ].CopyFrom(to_any(options))
     return cluster
-
-
-def tap_clusters(models: list[ModelSpec]) -> dict[str, cluster_pb2.Cluster]:
-    """Return every tap cluster of ``models``, by name."""
-    clusters = {}
-    for model in models:
-        cluster = tap_cluster(model)
-        if cluster is not None:
-            clusters[cluster.name] = cluster
-    return clusters

@@ -33,11 +33,13 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2
 from envoy.type.matcher.v3 import metadata_pb2 as metadata_matcher_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2, value_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from controlplane.domain.addresses import is_host_name
 from controlplane.domain.naming import stat_name
 from controlplane.domain.policy import DEFAULT_STREAM_IDLE_TIMEOUT_MS, Retries
 from controlplane.domain.state import (
@@ -61,7 +63,7 @@ from controlplane.xds.listing import Catalog, catalog_of, listing_routes
 from controlplane.xds.policies import apply_route_policy, apply_version_policy, millis
 from controlplane.xds.replies import error_metadata, local_reply_config
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name, to_any
-from controlplane.xds.shadow import shadow_filter, tap_clusters, tee_routes
+from controlplane.xds.shadow import compares, shadow_filter, tap_cluster, tee_routes
 from controlplane.xds.statistics import stats_access_log
 from controlplane.xds.tenancy import (
     ModelAccess,
@@ -81,14 +83,17 @@ __all__ = [
     "MODEL_HEADER",
     "ROUTE_CONFIG_NAME",
     "VERSION_HEADER",
+    "DnsOptions",
     "ListenerOptions",
     "build_listener",
     "endpoint_zones",
     "load_assignment",
     "model_routes",
+    "resolved_by_dns",
     "route_configuration_head",
     "route_order",
     "tail_routes",
+    "tap_clusters",
     "translate",
     "translate_endpoints",
     "version_cluster",
@@ -113,17 +118,31 @@ MAX_DIRECT_RESPONSE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
+class DnsOptions:
+    """How Envoy resolves the endpoints named by DNS: every ``refresh_rate_s``, or
+    when the answer's TTL runs out with ``respect_ttl``, through ``resolvers``
+    (``host:port`` of DNS servers; empty: the proxy's own, from /etc/resolv.conf)."""
+
+    refresh_rate_s: float = 5.0
+    respect_ttl: bool = True
+    resolvers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerOptions:
-    """Where the data-plane listener binds, whether it may share the port
-    (SO_REUSEPORT) with other processes that ask for the same, where its
-    access log goes (None: nowhere; see :mod:`controlplane.xds.access_log`) and
-    where it sends traces (None: no tracing; see :mod:`controlplane.xds.tracing`)."""
+    """What the settings decide of the resources every proxy gets: where the
+    data-plane listener binds, whether it may share the port (SO_REUSEPORT) with
+    other processes that ask for the same, where its access log goes (None:
+    nowhere; see :mod:`controlplane.xds.access_log`), where it sends traces (None:
+    no tracing; see :mod:`controlplane.xds.tracing`) and how it resolves endpoints
+    named by DNS."""
 
     host: str = "127.0.0.1"
     port: int = 10000
     reuse_port: bool = False
     access_log_path: str | None = None
     tracing: TracingOptions | None = None
+    dns: DnsOptions = DnsOptions()
 
 
 def translate(
@@ -140,9 +159,11 @@ def translate(
     for model in state.models:
         for version in model.versions:
             name = cluster_name(model.name, version.name)
-            clusters[name] = version_cluster(model.name, version, model.policy.retries)
+            clusters[name] = version_cluster(
+                model.name, version, model.policy.retries, listener.dns, local_zone
+            )
     clusters.update(tracing_clusters(listener.tracing))
-    clusters.update(tap_clusters(list(state.models)))
+    clusters.update(tap_clusters(state, listener.dns, local_zone))
     return {
         CLUSTER: clusters,
         ENDPOINT: translate_endpoints(state, local_zone),
@@ -155,8 +176,26 @@ def translate(
     }
 
 
+def tap_clusters(
+    state: DesiredState, dns: DnsOptions, local_zone: str | None
+) -> dict[str, cluster_pb2.Cluster]:
+    """Return the tap clusters of the models whose shadow compares answers
+    (controlplane.xds.shadow), each made from its shadow version's cluster."""
+    taps: dict[str, cluster_pb2.Cluster] = {}
+    for model in state.models:
+        shadow = compares(model)
+        if shadow is None:
+            continue
+        version = next(v for v in model.versions if v.name == shadow.version)
+        base = version_cluster(model.name, version, model.policy.retries, dns, local_zone)
+        tap = tap_cluster(model, base)
+        taps[tap.name] = tap
+    return taps
+
+
 def translate_endpoints(state: DesiredState, local_zone: str | None) -> dict[str, Message]:
-    """Return the ClusterLoadAssignments of ``state`` as seen from ``local_zone``."""
+    """Return the ClusterLoadAssignments of ``state`` as seen from ``local_zone``
+    (versions resolved by DNS carry theirs inside their cluster)."""
     return {
         cluster_name(model.name, version.name): load_assignment(
             cluster_name(model.name, version.name),
@@ -166,7 +205,15 @@ def translate_endpoints(state: DesiredState, local_zone: str | None) -> dict[str
         )
         for model in state.models
         for version in model.versions
+        if not resolved_by_dns(version)
     }
+
+
+def resolved_by_dns(version: VersionSpec) -> bool:
+    """Whether Envoy resolves ``version``'s endpoints itself: one of them is a DNS
+    name. Such a version is a STRICT_DNS cluster with its endpoints inline; the
+    others are EDS clusters."""
+    return any(is_host_name(endpoint.address) for endpoint in version.endpoints)
 
 
 def endpoint_zones(state: DesiredState) -> list[str]:
@@ -190,21 +237,32 @@ def _ads() -> config_source_pb2.ConfigSource:
 
 
 def version_cluster(
-    model: str, version: VersionSpec, retries: Retries | None
+    model: str,
+    version: VersionSpec,
+    retries: Retries | None,
+    dns: DnsOptions = DnsOptions(),
+    local_zone: str | None = None,
 ) -> cluster_pb2.Cluster:
-    """Return the EDS cluster of one version of ``model`` (its model's retry budget
-    included), named :func:`cluster_name`."""
+    """Return the cluster of one version of ``model`` (its model's retry budget
+    included), named :func:`cluster_name`: an EDS cluster, or a STRICT_DNS one
+    holding its endpoints (as seen from ``local_zone``) when
+    :func:`resolved_by_dns`."""
     name = cluster_name(model, version.name)
     cluster = cluster_pb2.Cluster(
         name=name,
         alt_stat_name=stat_name(name),
-        type=cluster_pb2.Cluster.EDS,
-        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
-            eds_config=_ads(), service_name=name
-        ),
         connect_timeout=duration_pb2.Duration(seconds=1),
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
     )
+    if resolved_by_dns(version):
+        _resolve_by_dns(cluster, dns)
+        cluster.load_assignment.CopyFrom(
+            load_assignment(name, version.endpoints, local_zone, version.policy.batching_enabled())
+        )
+    else:
+        cluster.type = cluster_pb2.Cluster.EDS
+        cluster.eds_cluster_config.eds_config.CopyFrom(_ads())
+        cluster.eds_cluster_config.service_name = name
     # Read by the tracer's model and version tags (controlplane.xds.tracing).
     labels = cluster.metadata.filter_metadata[CLUSTER_METADATA_NAMESPACE]
     labels.fields["model"].string_value = name.partition("/")[0]
@@ -212,6 +270,26 @@ def version_cluster(
     apply_version_policy(cluster, version.policy, retries)
     tag_cluster(cluster, model, version.name)
     return cluster
+
+
+def _resolve_by_dns(cluster: cluster_pb2.Cluster, dns: DnsOptions) -> None:
+    # https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/service_discovery#strict-dns
+    cluster.type = cluster_pb2.Cluster.STRICT_DNS
+    # IPv4 first: a name such as localhost answers ::1 too, where a server
+    # listening on 0.0.0.0 or 127.0.0.1 is not.
+    cluster.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
+    cluster.dns_refresh_rate.FromMilliseconds(max(1, round(dns.refresh_rate_s * 1000)))
+    cluster.respect_dns_ttl = dns.respect_ttl
+    if dns.resolvers:
+        config = cares_dns_resolver_pb2.CaresDnsResolverConfig()
+        for resolver in dns.resolvers:
+            host, _, port = resolver.rpartition(":")
+            address = config.resolvers.add().socket_address
+            address.address = host.strip("[]")
+            address.port_value = int(port)
+            address.protocol = address_pb2.SocketAddress.UDP
+        cluster.typed_dns_resolver_config.name = "envoy.network.dns_resolver.cares"
+        cluster.typed_dns_resolver_config.typed_config.Pack(config)
 
 
 def load_assignment(

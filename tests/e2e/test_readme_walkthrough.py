@@ -36,6 +36,7 @@ SECTIONS = (
     "Keys, roles and the audit log",
     "Traffic policy",
     "Revisions, diffs, rollback and dry runs",
+    "Configuration as code",
 )
 
 

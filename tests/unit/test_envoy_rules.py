@@ -15,7 +15,27 @@ from controlplane.xds.translate import translate
 from tests.envoy_validate import envoy_validate
 
 ACCEPTED = ["127.0.0.1", "10.0.0.7", "::1", "2001:db8::7", "::ffff:10.0.0.1", "fe80::1"]
-REFUSED = ["::1%abc", "fe80::1%eth0", "fe80::1%1", "model.local", "127.1", "010.0.0.1", ""]
+# Host names Envoy resolves itself (a STRICT_DNS cluster).
+NAMES = ["localhost", "model.local", "sentiment-v2.ml.svc.cluster.local", "x" * 63 + ".example"]
+REFUSED = [
+    "::1%abc",
+    "fe80::1%eth0",
+    "fe80::1%1",
+    "127.1",
+    "010.0.0.1",
+    "1.2.3",
+    "",
+    ".",
+    "-model.local",
+    "model-.local",
+    "a..b",
+    "under_score.local",
+    "x" * 64 + ".example",
+    "model.local/v1",
+    "http://model.local",
+    "model.local:8000",
+    ("a" * 60 + ".") * 4 + "a" * 10,  # 254 characters: longer than DNS allows
+]
 
 
 def _state(addresses: list[str]) -> DesiredState:
@@ -28,6 +48,19 @@ def _state(addresses: list[str]) -> DesiredState:
 
 def test_every_address_the_api_takes_is_one_envoy_takes(tmp_path: Path) -> None:
     envoy_validate(translate(_state(ACCEPTED)), tmp_path)
+
+
+def test_every_name_the_api_takes_is_one_envoy_resolves(tmp_path: Path) -> None:
+    envoy_validate(translate(_state(NAMES)), tmp_path)
+    envoy_validate(translate(_state([*NAMES, *ACCEPTED])), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("Model.Local", "model.local"), ("model.local.", "model.local"), ("::0:1", "::1")],
+)
+def test_an_address_is_stored_in_one_form(given: str, stored: str) -> None:
+    assert EndpointIn(address=given, port=80).address == stored
 
 
 @pytest.mark.parametrize("address", REFUSED)

@@ -10,12 +10,15 @@ from controlplane.xds.packed import PackedTranslator
 from controlplane.xds.resources import PUSH_ORDER
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.tracing import TracingOptions
-from controlplane.xds.translate import ListenerOptions, endpoint_zones, translate
+from controlplane.xds.translate import DnsOptions, ListenerOptions, endpoint_zones, translate
 from tests.strategies import desired_states
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LISTENER = ListenerOptions(port=10001)
 TRACED = ListenerOptions(port=10001, tracing=TracingOptions("collector", 4317, 5.0))
+RESOLVED = ListenerOptions(
+    port=10001, dns=DnsOptions(refresh_rate_s=0.5, respect_ttl=False, resolvers=("10.0.0.53:53",))
+)
 
 
 def _assert_same_bytes(
@@ -41,11 +44,29 @@ def test_packed_translation_has_the_same_bytes_as_translate(
     state: DesiredState, data: st.DataObject
 ) -> None:
     zone = data.draw(st.sampled_from([*endpoint_zones(state), "elsewhere"]), label="local zone")
-    listener = data.draw(st.sampled_from([LISTENER, TRACED]), label="listener")
+    listener = data.draw(st.sampled_from([LISTENER, TRACED, RESOLVED]), label="listener")
     translator = PackedTranslator()
     for _ in range(2):  # cold, then memoised
         _assert_same_bytes(translator, state, None, listener)
         _assert_same_bytes(translator, state, zone, listener)
+
+
+@PROPERTY
+@given(state=desired_states(), data=st.data())
+def test_a_zones_resources_are_the_translation_for_that_zone(
+    state: DesiredState, data: st.DataObject
+) -> None:
+    # What the sync loop publishes for a zone: the zone-free translation with the
+    # endpoints, and the clusters that hold their own, seen from that zone.
+    zone = data.draw(st.sampled_from([*endpoint_zones(state), "elsewhere"]), label="local zone")
+    translator = PackedTranslator()
+    resources = translator.translate(state, RESOLVED)
+    expected = Snapshot.from_packed(state.revision, translator.translate(state, RESOLVED, zone))
+    got = Snapshot.from_packed(
+        state.revision, translator.for_zone(state, RESOLVED, zone, resources)
+    )
+    for type_url in PUSH_ORDER:
+        assert got.versions[type_url] == expected.versions[type_url], type_url
 
 
 @PROPERTY

@@ -175,3 +175,18 @@ def test_a_route_to_a_missing_cluster_is_never_published() -> None:
     with pytest.raises(InconsistentSnapshot, match="llama/v3"):
         snapshot.check_consistent()
     assert Snapshot.from_resources(7, translate(_state())).inconsistencies() == []
+
+
+def test_the_tap_of_a_version_resolved_by_dns_resolves_it_too(tmp_path: Path) -> None:
+    state = _state()
+    llama = state.models[0]
+    by_name = VersionSpec("v3", (EndpointSpec("localhost", 9021),), VersionPolicy())
+    llama = replace(llama, versions=(*llama.versions[:2], by_name))
+    resources = translate(replace(state, models=(llama, *state.models[1:])))
+    tap = resources[CLUSTER][tap_cluster_name("llama", "v3")]
+    assert isinstance(tap, cluster_pb2.Cluster)
+    assert tap.type == cluster_pb2.Cluster.STRICT_DNS
+    address = tap.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    assert address.socket_address.address == "localhost"
+    assert not tap.health_checks
+    assert "configuration" in envoy_validate(resources, tmp_path)

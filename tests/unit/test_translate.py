@@ -19,13 +19,14 @@ from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2
 from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from controlplane.bootstrap import XdsAddress, render_bootstrap
-from controlplane.domain.policy import ModelPolicy
+from controlplane.domain.policy import Batching, ModelPolicy, VersionPolicy
 from controlplane.domain.state import DesiredState, EndpointSpec, ModelSpec, VersionSpec
 from controlplane.processes import envoy_binary
 from controlplane.xds.edge import BODY_LIMIT_FILTER
@@ -36,6 +37,7 @@ from controlplane.xds.translate import (
     MODEL_HEADER,
     ROUTE_CONFIG_NAME,
     VERSION_HEADER,
+    DnsOptions,
     ListenerOptions,
     endpoint_zones,
     translate,
@@ -97,6 +99,59 @@ def test_each_version_becomes_an_eds_cluster_named_model_slash_version() -> None
         assert cluster.type == cluster_pb2.Cluster.EDS
         assert cluster.eds_cluster_config.service_name == name
         assert cluster.eds_cluster_config.eds_config.HasField("ads")
+
+
+def test_a_version_named_by_dns_is_a_cluster_envoy_resolves_with_its_endpoints() -> None:
+    named = VersionSpec(
+        "v3",
+        (
+            EndpointSpec("sentiment-v3.ml.svc", 8003, zone="us-east-1a", batcher_port=9003),
+            EndpointSpec("10.0.3.2", 8003, zone="us-east-1b", weight=2),
+        ),
+        VersionPolicy(batching=Batching(max_batch_size=8)),
+    )
+    model = ModelSpec("sentiment", "http", (named,), (("v3", 100),))
+    options = ListenerOptions(
+        dns=DnsOptions(refresh_rate_s=2.5, respect_ttl=False, resolvers=("10.96.0.10:53",))
+    )
+    resources = translate(_state(model), options, local_zone="us-east-1b")
+
+    # No EDS for it: Envoy resolves the names and holds the endpoints in the cluster.
+    assert "sentiment/v3" not in resources[ENDPOINT]
+    cluster = resources[CLUSTER]["sentiment/v3"]
+    assert isinstance(cluster, cluster_pb2.Cluster)
+    assert cluster.type == cluster_pb2.Cluster.STRICT_DNS
+    assert not cluster.HasField("eds_cluster_config")
+    assert cluster.dns_lookup_family == cluster_pb2.Cluster.V4_PREFERRED
+    assert cluster.dns_refresh_rate.ToMilliseconds() == 2500
+    assert cluster.respect_dns_ttl is False
+    resolver = cares_dns_resolver_pb2.CaresDnsResolverConfig()
+    assert cluster.typed_dns_resolver_config.typed_config.Unpack(resolver)
+    (server,) = resolver.resolvers
+    assert (server.socket_address.address, server.socket_address.port_value) == (
+        "10.96.0.10",
+        53,
+    )
+    # Zone, weight and batcher port work as they do over EDS: the proxy's own
+    # zone first, each replica through its batcher.
+    by_zone = {
+        locality.locality.zone: (
+            locality.priority,
+            [
+                (
+                    e.endpoint.address.socket_address.address,
+                    e.endpoint.address.socket_address.port_value,
+                    e.load_balancing_weight.value,
+                )
+                for e in locality.lb_endpoints
+            ],
+        )
+        for locality in cluster.load_assignment.endpoints
+    }
+    assert by_zone == {
+        "us-east-1a": (1, [("sentiment-v3.ml.svc", 9003, 1)]),
+        "us-east-1b": (0, [("10.0.3.2", 8003, 2)]),
+    }
 
 
 def test_each_version_gets_one_load_assignment_named_like_its_cluster() -> None:
