@@ -122,9 +122,14 @@ class PackedTranslator:
             for v in m.versions
             if render.resolved_by_dns(v)
         }
+        # A shadow's tap cluster is made from its version's cluster: zoned alike.
+        taps = {
+            name: pack_resource(cluster)
+            for name, cluster in render.tap_clusters(state, listener.dns, local_zone).items()
+        }
         return {
             **resources,
-            CLUSTER: {**resources[CLUSTER], **dns_clusters},
+            CLUSTER: {**resources[CLUSTER], **dns_clusters, **taps},
             ENDPOINT: self.endpoints(state, local_zone),
         }
 
