@@ -16,9 +16,9 @@ compares (``compare_percent`` > 0) Envoy itself tees both answers:
    and deterministic by request id. On the response of a compared request the
    script reports the primary's status, latency and body.
 2. The tap cluster (:func:`tap_cluster_name`) has the shadow version's
-   endpoints (the same EDS service) and an upstream Lua filter that reports the
-   shadow's status, latency and body of every request it carries (only
-   compared mirrors reach it).
+   endpoints (held inline, see controlplane.xds.translate.tap_clusters) and an
+   upstream Lua filter that reports the shadow's status, latency and body of
+   every request it carries (only compared mirrors reach it).
 3. Reports are asynchronous HTTP calls (fire and forget) to the control plane's
    gRPC port over the bootstrap's ``turnout_xds`` cluster, as the unary method
    :data:`REPORT_PATH` whose message is the report format of

@@ -180,7 +180,12 @@ def tap_clusters(
     state: DesiredState, dns: DnsOptions, local_zone: str | None
 ) -> dict[str, cluster_pb2.Cluster]:
     """Return the tap clusters of the models whose shadow compares answers
-    (controlplane.xds.shadow), each made from its shadow version's cluster."""
+    (controlplane.xds.shadow), each made from its shadow version's cluster.
+
+    A tap holds its endpoints itself (STATIC, or STRICT_DNS like its version):
+    an EDS tap would share its version's EDS resource, which a delta-xDS Envoy
+    already holds and is not sent again, so the new cluster would wait out its
+    initial fetch timeout before it warms."""
     taps: dict[str, cluster_pb2.Cluster] = {}
     for model in state.models:
         shadow = compares(model)
@@ -188,6 +193,14 @@ def tap_clusters(
             continue
         version = next(v for v in model.versions if v.name == shadow.version)
         base = version_cluster(model.name, version, model.policy.retries, dns, local_zone)
+        if base.type == cluster_pb2.Cluster.EDS:
+            base.ClearField("eds_cluster_config")
+            base.type = cluster_pb2.Cluster.STATIC
+            base.load_assignment.CopyFrom(
+                load_assignment(
+                    base.name, version.endpoints, local_zone, version.policy.batching_enabled()
+                )
+            )
         tap = tap_cluster(model, base)
         taps[tap.name] = tap
     return taps

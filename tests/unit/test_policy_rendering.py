@@ -143,7 +143,14 @@ def test_every_policy_renders_to_config_that_envoy_accepts(tmp_path: Path) -> No
     assert SHADOW_FILTER in split.typed_per_filter_config
     tap = resources[CLUSTER][tap_cluster_name("llama", "v3")]
     assert isinstance(tap, cluster_pb2.Cluster)
-    assert tap.eds_cluster_config.service_name == "llama/v3"
+    # Its endpoints inline: a delta-xDS Envoy would not be sent llama/v3's again.
+    assert tap.type == cluster_pb2.Cluster.STATIC
+    ports = {
+        e.endpoint.address.socket_address.port_value
+        for group in tap.load_assignment.endpoints
+        for e in group.lb_endpoints
+    }
+    assert ports == {9021, 9022}
     assert "configuration" in envoy_validate(resources, tmp_path)
 
 
