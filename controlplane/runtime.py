@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,9 +29,11 @@ from controlplane.services.audit import AuditCheckpointer, load_audit_secret
 from controlplane.services.discovery import DiscoveryLeader
 from controlplane.services.keys import VerifiedKeys
 from controlplane.services.rollout_driver import RolloutDriver
+from controlplane.services.shadow import ShadowRecorder
 from controlplane.settings import Settings
 from controlplane.sync import StateSync
 from controlplane.telemetry.exposition import DataPlaneCollector
+from controlplane.telemetry.shadow import ShadowPairs, shadow_report_handler
 from controlplane.telemetry.sink import metrics_service_handler
 from controlplane.telemetry.window import TrafficWindow
 from controlplane.tracing import Tracing, envoy_tracing
@@ -54,6 +57,7 @@ class _Tasks:
     api: asyncio.Task[None] | None = None
     checkpoints: asyncio.Task[None] | None = None
     rollouts: asyncio.Task[None] | None = None
+    shadow: asyncio.Task[None] | None = None
 
 
 class ControlPlane:
@@ -123,8 +127,28 @@ class ControlPlane:
             write_timeout_s=settings.write_lock_timeout_s,
             on_change=self.notifier.notify,
         )
+        # Shadow comparisons: Envoy reports both answers to the xDS port as well
+        # (controlplane.xds.shadow); pairs become rows every replica can read.
+        self.shadow_pairs = ShadowPairs(
+            max_pending=settings.shadow_max_pending,
+            expiry_s=settings.shadow_pair_expiry_s,
+            clock=time.monotonic,
+        )
+        self.shadow = ShadowRecorder(
+            self.sessionmaker,
+            lambda: self.sync.state,
+            retention_s=settings.shadow_retention_s,
+            max_comparisons=settings.shadow_max_comparisons,
+            pairs=self.shadow_pairs,
+            write_timeout_s=settings.write_lock_timeout_s,
+        )
         self.xds = XdsServer(
-            self.cache, self.registry, handlers=[metrics_service_handler(self.traffic)]
+            self.cache,
+            self.registry,
+            handlers=[
+                metrics_service_handler(self.traffic),
+                shadow_report_handler(self.shadow_pairs, self.shadow.offer),
+            ],
         )
         self.metrics.watch_xds(self.xds_figures)
         # Kubernetes endpoint discovery (off unless configured): one replica watches.
@@ -179,6 +203,7 @@ class ControlPlane:
         if self.discovery is not None:
             self.discovery.start()
         self._tasks.rollouts = asyncio.create_task(self.rollouts.run(), name="turnout-rollouts")
+        self._tasks.shadow = asyncio.create_task(self.shadow.run(), name="turnout-shadow")
         self.xds_port = await self.xds.start(self.settings.xds_host, self.settings.xds_port)
         if api is not None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -228,6 +253,13 @@ class ControlPlane:
                 await self._tasks.checkpoints
             self._tasks.checkpoints = None
             await self.audit_checkpoints.final()
+        if self._tasks.shadow is not None:
+            self._tasks.shadow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tasks.shadow
+            self._tasks.shadow = None
+            with contextlib.suppress(Exception):
+                await self.shadow.flush()
         if self._listener is not None:
             await self._listener.stop()
         await self.engine.dispose()

@@ -96,6 +96,31 @@ class Settings(BaseSettings):
         description="how far back the traffic window keeps Envoy's statistics: the longest "
         "?window= the metrics endpoints accept",
     )
+    shadow_retention_s: float = Field(
+        default=3600.0,
+        ge=10,
+        le=7 * 86400,
+        description="how long shadow comparisons are kept: the longest ?window= of "
+        "GET /v1/models/{model}/shadow",
+    )
+    shadow_max_comparisons: int = Field(
+        default=10_000,
+        ge=10,
+        le=10_000_000,
+        description="the most shadow comparisons kept (all models); the oldest go first",
+    )
+    shadow_pair_expiry_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="how long one side's answer waits for the other's before it is dropped",
+    )
+    shadow_max_pending: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="the most answers waiting for their other side; over it the oldest go",
+    )
     dns_refresh_rate_s: float = Field(
         default=5.0,
         ge=0.001,

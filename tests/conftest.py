@@ -53,6 +53,8 @@ DATA_TABLES = (
     "endpoints",
     "model_versions",
     "models",
+    "shadow_comparisons",
+    "shadow_halves",
 )
 
 

@@ -27,6 +27,7 @@ from controlplane.domain.policy import (
     DEFAULT_REQUEST_TIMEOUT_MS,
     MAX_REQUEST_BYTES_LIMIT,
     RETRY_ON,
+    SHADOW_MAX_BODY_BYTES_LIMIT,
     Batching,
     CircuitBreakers,
     Experiment,
@@ -251,7 +252,17 @@ def model_policies(draw: st.DrawFn, versions: Sequence[str] = ()) -> ModelPolicy
     experiments: tuple[Experiment, ...] = ()
     if versions:
         version = st.sampled_from(list(versions))
-        shadow = draw(st.none() | st.builds(Shadow, version=version, percent=_percent()))
+        shadow = draw(
+            st.none()
+            | st.builds(
+                Shadow,
+                version=version,
+                percent=_percent(),
+                compare_percent=st.just(0.0) | _percent(),
+                keep_bodies=st.booleans(),
+                max_body_bytes=st.integers(1, SHADOW_MAX_BODY_BYTES_LIMIT),
+            )
+        )
         experiments = tuple(
             draw(
                 st.lists(

@@ -17,6 +17,7 @@ from controlplane.api.routes import (
     models,
     revisions,
     rollouts,
+    shadow,
     system,
     telemetry,
     tenants,
@@ -54,6 +55,7 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app.include_router(telemetry.router)
     app.include_router(rollouts.router)
     app.include_router(rollouts.events_router)
+    app.include_router(shadow.router)
     # The gateway matches routes itself (for the audit event of a request that never
     # reaches one: a 413, an idempotent replay), against the routers' own routes.
     routes = [
@@ -71,6 +73,11 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     ]
     app.add_middleware(AdminGateway, runtime=runtime, routes=routes)
     # Added last, so outermost: it sees every answer, the gateway's own included.
-    metered = [*routes, *telemetry.router.routes, *rollouts.events_router.routes]
+    metered = [
+        *routes,
+        *telemetry.router.routes,
+        *rollouts.events_router.routes,
+        *shadow.router.routes,
+    ]
     app.add_middleware(RequestMetrics, metrics=runtime.metrics, routes=metered)
     return app

@@ -25,8 +25,11 @@ from controlplane.domain import policy as domain
 from controlplane.domain.policy import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_RETRY_ON,
+    DEFAULT_SHADOW_COMPARE_PERCENT,
+    DEFAULT_SHADOW_MAX_BODY_BYTES,
     MAX_REQUEST_BYTES_LIMIT,
     RETRY_ON,
+    SHADOW_MAX_BODY_BYTES_LIMIT,
 )
 
 __all__ = ["ModelPolicyBody", "VersionPolicyBody"]
@@ -108,10 +111,29 @@ class RetriesBody(_Strict):
 
 
 class ShadowBody(_Strict):
-    """Mirror a share of the model's requests to a version; clients never see its answers."""
+    """Mirror a share of the model's requests to a version; clients never see its
+    answers. A share of the mirrored requests is compared with the primary's answer
+    (GET /v1/models/{model}/shadow; docs/shadow.md)."""
 
     version: Name
     percent: float = Field(gt=0, le=100)
+    compare_percent: float = Field(
+        default=DEFAULT_SHADOW_COMPARE_PERCENT,
+        ge=0,
+        le=100,
+        description="share of the mirrored requests whose two answers are compared (0: none)",
+    )
+    keep_bodies: bool = Field(
+        default=False,
+        description="keep both bodies of a disagreement (capped at max_body_bytes each); "
+        "off: no body is stored, disagreements show only where the bodies differ",
+    )
+    max_body_bytes: int = Field(
+        default=DEFAULT_SHADOW_MAX_BODY_BYTES,
+        ge=1,
+        le=SHADOW_MAX_BODY_BYTES_LIMIT,
+        description="bodies larger than this are compared by status and latency only",
+    )
 
 
 class ExperimentBody(_Strict):

@@ -12,10 +12,13 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -42,6 +45,8 @@ __all__ = [
     "Rollout",
     "RolloutEvent",
     "RolloutFigure",
+    "ShadowComparison",
+    "ShadowHalf",
     "SigningKey",
     "StateDocument",
     "Tenant",
@@ -426,3 +431,51 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ShadowComparison(IdMixin, Base):
+    """One request answered by a model's primary and by its shadow, compared
+    (controlplane.domain.shadow.Comparison). Not desired state: observations,
+    pruned by age and count (controlplane.services.shadow)."""
+
+    __tablename__ = "shadow_comparisons"
+    __table_args__ = (Index("ix_shadow_comparisons_model_at", "model", "at"),)
+
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    model: Mapped[str] = mapped_column(String(63))
+    primary_version: Mapped[str] = mapped_column(String(63))
+    shadow_version: Mapped[str] = mapped_column(String(63))
+    request_id: Mapped[str] = mapped_column(String(128))
+    primary_status: Mapped[int] = mapped_column(Integer)
+    shadow_status: Mapped[int] = mapped_column(Integer)
+    primary_ms: Mapped[float] = mapped_column(Float)
+    shadow_ms: Mapped[float] = mapped_column(Float)
+    status_agree: Mapped[bool] = mapped_column(Boolean)
+    # None: a body was not read (too large, or of unknown length).
+    body_agree: Mapped[bool | None] = mapped_column(Boolean)
+    max_abs_diff: Mapped[float | None] = mapped_column(Float)
+    cosine: Mapped[float | None] = mapped_column(Float)
+    diff: Mapped[str | None] = mapped_column(String(200))
+    # Only when the shadow policy keeps bodies, each at most its max_body_bytes.
+    primary_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    shadow_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class ShadowHalf(IdMixin, Base):
+    """One side's answer to a compared request whose other side has not reached the
+    same replica (controlplane.telemetry.shadow): any replica pairs it from here."""
+
+    __tablename__ = "shadow_halves"
+    __table_args__ = (Index("ix_shadow_halves_model_request", "model", "request_id"),)
+
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    model: Mapped[str] = mapped_column(String(63))
+    request_id: Mapped[str] = mapped_column(String(128))
+    side: Mapped[str] = mapped_column(String(8))
+    version: Mapped[str] = mapped_column(String(63))
+    status: Mapped[int] = mapped_column(Integer)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    # The body only when the policy keeps bodies; otherwise its digest
+    # (controlplane.domain.shadow.body_digest), so that no answer is stored.
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    digest: Mapped[str | None] = mapped_column(String(72))

@@ -24,9 +24,12 @@ __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_REQUEST_TIMEOUT_MS",
     "DEFAULT_RETRY_ON",
+    "DEFAULT_SHADOW_COMPARE_PERCENT",
+    "DEFAULT_SHADOW_MAX_BODY_BYTES",
     "DEFAULT_STREAM_IDLE_TIMEOUT_MS",
     "MAX_REQUEST_BYTES_LIMIT",
     "RETRY_ON",
+    "SHADOW_MAX_BODY_BYTES_LIMIT",
     "Batching",
     "CircuitBreakers",
     "Experiment",
@@ -100,12 +103,29 @@ class Retries:
     budget_min_concurrency: int | None = None
 
 
+# Shadow comparisons (docs/shadow.md): the share of mirrored requests whose two
+# answers are compared, and the cap on the bytes of a body that is compared (and
+# kept, when the policy allows it). Bodies over the cap are compared by status
+# and latency only.
+DEFAULT_SHADOW_COMPARE_PERCENT = 10.0
+DEFAULT_SHADOW_MAX_BODY_BYTES = 64 * 1024
+# Half of Envoy's default per-stream buffer (1 MiB): reading a body this size
+# never trips the buffer limit.
+SHADOW_MAX_BODY_BYTES_LIMIT = 512 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Shadow:
-    """Mirror ``percent`` of the model's requests to ``version``; its answers are dropped."""
+    """Mirror ``percent`` of the model's requests to ``version``; clients never see
+    its answers. ``compare_percent`` of the mirrored requests have their two answers
+    compared (0: none); their bodies are kept only with ``keep_bodies``, and bodies
+    over ``max_body_bytes`` are compared by status and latency only."""
 
     version: str
     percent: float
+    compare_percent: float = DEFAULT_SHADOW_COMPARE_PERCENT
+    keep_bodies: bool = False
+    max_body_bytes: int = DEFAULT_SHADOW_MAX_BODY_BYTES
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,25 +56,19 @@ from controlplane.domain.rollouts import (
 )
 from controlplane.domain.statistics import LATENCY_BUCKETS_MS
 from controlplane.services.rollouts import RolloutService, rollout_actor, rollout_spec
+from controlplane.services.shadow import shadow_agreement
 from controlplane.telemetry.window import TrafficWindow, quantile
 
-__all__ = ["RolloutDriver", "ShadowAgreement", "no_shadow_agreement", "window_figures"]
+__all__ = ["RolloutDriver", "window_figures"]
 
 log = logging.getLogger(__name__)
 
-# (model, candidate, window seconds) -> (agreement 0..1, samples), or None: not known.
-ShadowAgreement = Callable[[str, str, float], "tuple[float, int] | None"]
 # Write a version's totals at least this often even when they did not change.
 _REFRESH_S = 30.0
 _PRUNE_EVERY = 10
 _RELEASE_TIMEOUT_S = 2.0
 _BUCKETS = len(LATENCY_BUCKETS_MS) + 1
 Totals = tuple[int, int, tuple[int, ...]]  # requests, errors, latency buckets
-
-
-def no_shadow_agreement(_model: str, _candidate: str, _window_s: float) -> tuple[float, int] | None:
-    """The default shadow source: nothing known, so a shadow gate stays pending."""
-    return None
 
 
 def replica_name() -> str:
@@ -165,7 +159,6 @@ class RolloutDriver:
         retention_s: float = 300.0,
         write_timeout_s: float = 10.0,
         on_change: Callable[[], None] = lambda: None,
-        shadow_agreement: ShadowAgreement = no_shadow_agreement,
         replica: str | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -176,7 +169,6 @@ class RolloutDriver:
         self.retention_s = retention_s
         self._write_timeout_s = write_timeout_s
         self._on_change = on_change
-        self.shadow_agreement = shadow_agreement
         self.replica = replica or replica_name()
         self._clock = clock
         self._published: dict[tuple[str, str], tuple[Totals, datetime]] = {}
@@ -291,7 +283,7 @@ class RolloutDriver:
             try:
                 if row.step_started_at is None:
                     return await service.begin(row, now)
-                return await self._evaluate(service, repository, row, now)
+                return await self._evaluate(session, service, repository, row, now)
             except TurnoutError as exc:  # the model or a version is gone
                 reason = f"cannot go on: {exc.detail}"
                 log.warning("rollout.ended", extra={"rollout": row.id, "reason": reason})
@@ -299,6 +291,7 @@ class RolloutDriver:
 
     async def _evaluate(
         self,
+        session: AsyncSession,
         service: RolloutService,
         repository: RolloutRepository,
         row: Rollout,
@@ -314,7 +307,8 @@ class RolloutDriver:
         window_s = (now - since).total_seconds()
         shadow = None
         if row.step == 0 and any(g.metric == SHADOW_METRIC for g in spec.gates):
-            shadow = self.shadow_agreement(row.model, spec.candidate, window_s)
+            # The candidate as the model's shadow, compared over the same window.
+            shadow = await shadow_agreement(session, row.model, spec.candidate, window_s)
         results = evaluate_gates(spec, row.step, candidate, baseline, shadow)
         decision = decide(spec, row.step, elapsed(row.step_started_at, now), candidate, results)
         gates = gate_results_document(results)

@@ -81,6 +81,8 @@ class PackedTranslator:
         }
         for name, cluster in tracing_clusters(listener.tracing).items():
             clusters[name] = pack_resource(cluster)
+        for name, cluster in render.tap_clusters(state, listener.dns, local_zone).items():
+            clusters[name] = pack_resource(cluster)
         access = access_of(state)
         return {
             CLUSTER: clusters,
@@ -120,9 +122,14 @@ class PackedTranslator:
             for v in m.versions
             if render.resolved_by_dns(v)
         }
+        # A shadow's tap cluster is made from its version's cluster: zoned alike.
+        taps = {
+            name: pack_resource(cluster)
+            for name, cluster in render.tap_clusters(state, listener.dns, local_zone).items()
+        }
         return {
             **resources,
-            CLUSTER: {**resources[CLUSTER], **dns_clusters},
+            CLUSTER: {**resources[CLUSTER], **dns_clusters, **taps},
             ENDPOINT: self.endpoints(state, local_zone),
         }
 

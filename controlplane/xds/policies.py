@@ -14,7 +14,6 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import (
     previous_priorities_config_pb2,
 )
-from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from controlplane.domain.policy import (
@@ -23,7 +22,8 @@ from controlplane.domain.policy import (
     VersionPolicy,
 )
 from controlplane.domain.state import ModelSpec
-from controlplane.xds.resources import cluster_name, to_any
+from controlplane.xds.resources import to_any
+from controlplane.xds.shadow import compares, mirror_policy
 
 __all__ = [
     "apply_route_policy",
@@ -148,7 +148,9 @@ def apply_route_policy(
     )
     shadow = policy.shadow
     if shadow is not None and shadow.version != target_version:
-        action.request_mirror_policies.append(_mirror(model.name, shadow.version, shadow.percent))
+        action.request_mirror_policies.append(
+            mirror_policy(model.name, shadow, compares(model) is not None)
+        )
     if target_version is None and policy.sticky is not None:
         # Pick the version from the request's hash rather than at random, so a
         # user id keeps its arm while the population splits by the weights.
@@ -187,20 +189,3 @@ def _retry_policy(retries: Retries) -> route_components_pb2.RetryPolicy:
         if retries.backoff_max_ms is not None:
             retry.retry_back_off.max_interval.CopyFrom(millis(retries.backoff_max_ms))
     return retry
-
-
-def _mirror(
-    model: str, version: str, percent: float
-) -> route_components_pb2.RouteAction.RequestMirrorPolicy:
-    # Envoy mirrors fire-and-forget: the shadow's response is discarded, so
-    # clients only ever see the primary's answer.
-    # https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#config-route-v3-routeaction-requestmirrorpolicy
-    return route_components_pb2.RouteAction.RequestMirrorPolicy(
-        cluster=cluster_name(model, version),
-        runtime_fraction=base_pb2.RuntimeFractionalPercent(
-            default_value=percent_pb2.FractionalPercent(
-                numerator=round(percent * 10_000),
-                denominator=percent_pb2.FractionalPercent.MILLION,
-            )
-        ),
-    )

@@ -63,6 +63,7 @@ from controlplane.xds.listing import Catalog, catalog_of, listing_routes
 from controlplane.xds.policies import apply_route_policy, apply_version_policy, millis
 from controlplane.xds.replies import error_metadata, local_reply_config
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, cluster_name, to_any
+from controlplane.xds.shadow import compares, shadow_filter, tap_cluster, tee_routes
 from controlplane.xds.statistics import stats_access_log
 from controlplane.xds.tenancy import (
     ModelAccess,
@@ -92,6 +93,7 @@ __all__ = [
     "route_configuration_head",
     "route_order",
     "tail_routes",
+    "tap_clusters",
     "translate",
     "translate_endpoints",
     "version_cluster",
@@ -161,6 +163,7 @@ def translate(
                 model.name, version, model.policy.retries, listener.dns, local_zone
             )
     clusters.update(tracing_clusters(listener.tracing))
+    clusters.update(tap_clusters(state, listener.dns, local_zone))
     return {
         CLUSTER: clusters,
         ENDPOINT: translate_endpoints(state, local_zone),
@@ -171,6 +174,36 @@ def translate(
             )
         },
     }
+
+
+def tap_clusters(
+    state: DesiredState, dns: DnsOptions, local_zone: str | None
+) -> dict[str, cluster_pb2.Cluster]:
+    """Return the tap clusters of the models whose shadow compares answers
+    (controlplane.xds.shadow), each made from its shadow version's cluster.
+
+    A tap holds its endpoints itself (STATIC, or STRICT_DNS like its version):
+    an EDS tap would share its version's EDS resource, which a delta-xDS Envoy
+    already holds and is not sent again, so the new cluster would wait out its
+    initial fetch timeout before it warms."""
+    taps: dict[str, cluster_pb2.Cluster] = {}
+    for model in state.models:
+        shadow = compares(model)
+        if shadow is None:
+            continue
+        version = next(v for v in model.versions if v.name == shadow.version)
+        base = version_cluster(model.name, version, model.policy.retries, dns, local_zone)
+        if base.type == cluster_pb2.Cluster.EDS:
+            base.ClearField("eds_cluster_config")
+            base.type = cluster_pb2.Cluster.STATIC
+            base.load_assignment.CopyFrom(
+                load_assignment(
+                    base.name, version.endpoints, local_zone, version.policy.batching_enabled()
+                )
+            )
+        tap = tap_cluster(model, base)
+        taps[tap.name] = tap
+    return taps
 
 
 def translate_endpoints(state: DesiredState, local_zone: str | None) -> dict[str, Message]:
@@ -324,6 +357,8 @@ def build_listener(
             *body_routing_filters(),
             # After body routing: they must see the route an OpenAI body re-routes to.
             *tenancy_filters(tenants, jwks),
+            # Last before the router: it sees the route a request finally takes.
+            shadow_filter(),
             hcm_pb2.HttpFilter(
                 name="envoy.filters.http.router", typed_config=to_any(router_pb2.Router())
             ),
@@ -453,6 +488,7 @@ def model_routes(
     limit = model.policy.request_limit()
     for route in (*by_path_routes, *by_header_routes):
         body_limit(route, limit)
+    tee_routes(model, [*by_path_routes, *by_header_routes])
     for route in by_header_routes:
         # Read by the body-routing script once the body has named this model.
         metadata = route.metadata.filter_metadata[LUA_FILTER]

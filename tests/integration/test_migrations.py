@@ -35,6 +35,8 @@ EXPECTED_TABLES = {
     "rollout_events",
     "rollout_figures",
     "leases",
+    "shadow_comparisons",
+    "shadow_halves",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from controlplane.domain.state import (
     VersionSpec,
 )
 from controlplane.xds.resources import CLUSTER, ROUTE
+from controlplane.xds.shadow import CLUSTER_HEADER, SHADOW_FILTER, tap_cluster_name
 from controlplane.xds.snapshot import InconsistentSnapshot, Snapshot
 from controlplane.xds.translate import ROUTE_CONFIG_NAME, translate
 from tests.envoy_validate import envoy_validate
@@ -135,8 +137,42 @@ def test_every_policy_renders_to_config_that_envoy_accepts(tmp_path: Path) -> No
     split = next(r for r in routes.virtual_hosts[0].routes if r.name == "llama/header")
     assert split.route.weighted_clusters.use_hash_policy.value
     assert [h.header.header_name for h in split.route.hash_policy] == ["x-user-id", "x-session"]
-    assert split.route.request_mirror_policies[0].cluster == "llama/v3"
+    # The shadow compares (compare_percent's default): the script names the mirror's
+    # cluster, on every route that mirrors, and the tap cluster carries compared ones.
+    assert split.route.request_mirror_policies[0].cluster_header == CLUSTER_HEADER
+    assert SHADOW_FILTER in split.typed_per_filter_config
+    tap = resources[CLUSTER][tap_cluster_name("llama", "v3")]
+    assert isinstance(tap, cluster_pb2.Cluster)
+    # Its endpoints inline: a delta-xDS Envoy would not be sent llama/v3's again.
+    assert tap.type == cluster_pb2.Cluster.STATIC
+    ports = {
+        e.endpoint.address.socket_address.port_value
+        for group in tap.load_assignment.endpoints
+        for e in group.lb_endpoints
+    }
+    assert ports == {9021, 9022}
     assert "configuration" in envoy_validate(resources, tmp_path)
+
+
+def test_a_shadow_that_compares_nothing_mirrors_as_before() -> None:
+    policy = replace(
+        FULL_MODEL_POLICY, shadow=Shadow(version="v3", percent=12.5, compare_percent=0)
+    )
+    state = _state()
+    state = replace(
+        state,
+        models=tuple(replace(m, policy=policy) if m.name == "llama" else m for m in state.models),
+    )
+    resources = translate(state)
+    routes = resources[ROUTE][ROUTE_CONFIG_NAME]
+    assert isinstance(routes, route_pb2.RouteConfiguration)
+    split = next(r for r in routes.virtual_hosts[0].routes if r.name == "llama/header")
+    assert split.route.request_mirror_policies[0].cluster == "llama/v3"
+    assert (
+        split.route.request_mirror_policies[0].runtime_fraction.default_value.numerator == 125_000
+    )
+    assert SHADOW_FILTER not in split.typed_per_filter_config
+    assert tap_cluster_name("llama", "v3") not in resources[CLUSTER]
 
 
 def test_a_route_to_a_missing_cluster_is_never_published() -> None:
@@ -146,3 +182,18 @@ def test_a_route_to_a_missing_cluster_is_never_published() -> None:
     with pytest.raises(InconsistentSnapshot, match="llama/v3"):
         snapshot.check_consistent()
     assert Snapshot.from_resources(7, translate(_state())).inconsistencies() == []
+
+
+def test_the_tap_of_a_version_resolved_by_dns_resolves_it_too(tmp_path: Path) -> None:
+    state = _state()
+    llama = state.models[0]
+    by_name = VersionSpec("v3", (EndpointSpec("localhost", 9021),), VersionPolicy())
+    llama = replace(llama, versions=(*llama.versions[:2], by_name))
+    resources = translate(replace(state, models=(llama, *state.models[1:])))
+    tap = resources[CLUSTER][tap_cluster_name("llama", "v3")]
+    assert isinstance(tap, cluster_pb2.Cluster)
+    assert tap.type == cluster_pb2.Cluster.STRICT_DNS
+    address = tap.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    assert address.socket_address.address == "localhost"
+    assert not tap.health_checks
+    assert "configuration" in envoy_validate(resources, tmp_path)

@@ -21,6 +21,7 @@ from controlplane.domain.state import (
     VersionSpec,
 )
 from controlplane.xds.resources import LISTENER, ROUTE
+from controlplane.xds.shadow import SHADOW_FILTER
 from controlplane.xds.tenancy import JWT_FILTER, RBAC_FILTER
 from controlplane.xds.translate import LISTENER_NAME, ROUTE_CONFIG_NAME, translate
 from tests.envoy_validate import envoy_validate
@@ -59,10 +60,12 @@ def test_documents_round_trip_and_old_documents_load() -> None:
 
 def test_only_granted_models_check_credentials() -> None:
     resources = translate(_state())
-    assert _filters(resources)[-4:] == [
+    assert _filters(resources)[-5:] == [
         JWT_FILTER,
         RBAC_FILTER,
         "envoy.filters.http.local_ratelimit",
+        # After the checks: a refused request is neither mirrored nor compared.
+        SHADOW_FILTER,
         "envoy.filters.http.router",
     ]
     routes = resources[ROUTE][ROUTE_CONFIG_NAME]
