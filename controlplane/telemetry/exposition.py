@@ -129,7 +129,19 @@ class DataPlaneCollector(Collector):
         for tenant, counts in self._window.tenant_totals():
             for code, n in sorted(counts.codes.items()):
                 tenants.add_metric([tenant or "-", str(code)], n)
+        flushes = CounterMetricFamily(
+            "turnout_stats_flushes", "Stat-sink flushes folded into the traffic window"
+        )
+        flushes.add_metric([], self._window.reports)
+        merged = CounterMetricFamily(
+            "turnout_stats_flushes_merged",
+            "Stat-sink flushes that arrived before their stream's previous one was folded"
+            " and were merged into it (the control plane was behind; counts stay exact)",
+        )
+        merged.add_metric([], self._window.merged_flushes)
         yield from (
+            flushes,
+            merged,
             requests,
             responses,
             retries,

@@ -328,6 +328,9 @@ class TrafficWindow:
         self._targets: dict[str, dict[str, _Target | None]] = {}
         self._rebinners = {what: _Rebinner(b) for what, b in _HISTOGRAM_BOUNDS.items()}
         self.reports = 0
+        # Flushes merged into the one before because the window had not taken it yet
+        # (controlplane.telemetry.sink.Inbox).
+        self.merged_flushes = 0
 
     @property
     def retention_s(self) -> float:
