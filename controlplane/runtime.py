@@ -149,7 +149,10 @@ class ControlPlane:
         )
         self.xds_port = await self.xds.start(self.settings.xds_host, self.settings.xds_port)
         if api is not None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only
+            # when the listener's proto says TCP; without it every response whose
+            # headers and body are two writes waits ~40 ms for a delayed ACK.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.settings.api_host, self.settings.api_port))
             self.api_port = sock.getsockname()[1]
