@@ -27,7 +27,8 @@ from controlplane.services.audit import AuditCheckpointer, load_audit_secret
 from controlplane.services.keys import VerifiedKeys
 from controlplane.settings import Settings
 from controlplane.sync import StateSync
-from controlplane.telemetry.exposition import DataPlaneCollector
+from controlplane.telemetry.cache import WindowCache
+from controlplane.telemetry.exposition import DataPlaneExposition
 from controlplane.telemetry.sink import metrics_service_handler
 from controlplane.telemetry.window import TrafficWindow
 from controlplane.tracing import Tracing, envoy_tracing
@@ -103,7 +104,9 @@ class ControlPlane:
             retention_s=settings.metrics_retention_s,
             flush_interval_s=settings.stats_flush_interval_s,
         )
-        self.metrics.registry.register(DataPlaneCollector(self.traffic))
+        # The summary and the data-plane series of /metrics, computed once a slot.
+        self.traffic_cache = WindowCache(self.traffic, settings.metrics_cache_s)
+        self.data_plane = DataPlaneExposition(self.traffic, self.traffic_cache)
         self.xds = XdsServer(
             self.cache, self.registry, handlers=[metrics_service_handler(self.traffic)]
         )

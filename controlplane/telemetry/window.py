@@ -336,6 +336,13 @@ class TrafficWindow:
     def retention_s(self) -> float:
         return self._retention_s
 
+    def slot_index(self) -> int:
+        """The index of the slot the clock is in now."""
+        return int(self._clock() // self._slot_s)
+
+    def now(self) -> float:
+        return self._clock()
+
     def _stat_names(self) -> dict[str, tuple[str, str]]:
         state = self._state()
         if state is not self._names_of:
@@ -529,6 +536,28 @@ class TrafficWindow:
             total = self._figures(list(zones.values()), first, covered)
             named = {zone: self._figures([s], first, covered) for zone, s in zones.items() if zone}
             out[version] = (total, named)
+        return out
+
+    def every_model_figures(
+        self, window_s: float
+    ) -> dict[str, tuple[Figures, dict[str, tuple[Figures, dict[str, Figures]]]]]:
+        """Return, for every model with a series, what :meth:`model_figures` and
+        :meth:`version_figures` return, in one pass over the series."""
+        first, covered = self._window(window_s)
+        by_model: dict[str, dict[str, dict[str, _Series]]] = {}
+        for (m, v, z), series in self._versions.items():
+            by_model.setdefault(m, {}).setdefault(v, {})[z] = series
+        out: dict[str, tuple[Figures, dict[str, tuple[Figures, dict[str, Figures]]]]] = {}
+        for model, versions in by_model.items():
+            figures: dict[str, tuple[Figures, dict[str, Figures]]] = {}
+            for version, zones in versions.items():
+                total = self._figures(list(zones.values()), first, covered)
+                named = {
+                    zone: self._figures([s], first, covered) for zone, s in zones.items() if zone
+                }
+                figures[version] = (total, named)
+            every = [s for zones in versions.values() for s in zones.values()]
+            out[model] = (self._figures(every, first, covered), figures)
         return out
 
     def model_figures(self, model: str, window_s: float) -> Figures:

@@ -46,7 +46,8 @@ def access_log(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(settings: Settings, access_log: Path) -> Settings:
-    return settings.model_copy(update={"access_log_path": str(access_log)})
+    # The summary is polled below: keep its copy short-lived.
+    return settings.model_copy(update={"access_log_path": str(access_log), "metrics_cache_s": 0.5})
 
 
 @pytest.fixture
