@@ -170,21 +170,21 @@ class _Counts:
 
 @dataclass(slots=True)
 class _Series:
-    """One series: its slots in the window, what slots that left the window
-    held (so that a value is added once, to its slot, and the totals since
-    start are the two together), and the latest gauges of every proxy that
-    reports it."""
+    """One series: its slots in the window, the sum of every slot before the
+    current one since start (a value is added once, to its slot; a slot is
+    added to ``closed`` once, when the next one opens), and the latest gauges
+    of every proxy that reports it."""
 
     slots: deque[tuple[int, _Counts]]
-    retired: _Counts = field(default_factory=_Counts)
+    closed: _Counts = field(default_factory=_Counts)
     gauges: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
 
     def slot(self, index: int) -> _Counts:
         slots = self.slots
         if slots and slots[-1][0] == index:
             return slots[-1][1]
-        if len(slots) == slots.maxlen:
-            self.retired.merge(slots[0][1])  # the append below drops it
+        if slots:
+            self.closed.merge(slots[-1][1])  # the clock only moves on: it is final
         counts = _Counts()
         slots.append((index, counts))
         return counts
@@ -193,9 +193,9 @@ class _Series:
     def totals(self) -> _Counts:
         """Everything since start."""
         totals = _Counts()
-        totals.merge(self.retired)
-        for _, counts in self.slots:
-            totals.merge(counts)
+        totals.merge(self.closed)
+        if self.slots:
+            totals.merge(self.slots[-1][1])
         return totals
 
 
