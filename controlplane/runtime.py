@@ -32,7 +32,8 @@ from controlplane.services.rollout_driver import RolloutDriver
 from controlplane.services.shadow import ShadowRecorder
 from controlplane.settings import Settings
 from controlplane.sync import StateSync
-from controlplane.telemetry.exposition import DataPlaneCollector
+from controlplane.telemetry.cache import WindowCache
+from controlplane.telemetry.exposition import DataPlaneExposition
 from controlplane.telemetry.shadow import ShadowPairs, shadow_report_handler
 from controlplane.telemetry.sink import metrics_service_handler
 from controlplane.telemetry.window import TrafficWindow
@@ -116,7 +117,9 @@ class ControlPlane:
             retention_s=settings.metrics_retention_s,
             flush_interval_s=settings.stats_flush_interval_s,
         )
-        self.metrics.registry.register(DataPlaneCollector(self.traffic))
+        # The summary and the data-plane series of /metrics, computed once a slot.
+        self.traffic_cache = WindowCache(self.traffic, settings.metrics_cache_s)
+        self.data_plane = DataPlaneExposition(self.traffic, self.traffic_cache)
         # Canary rollouts: every replica publishes its figures, the lease holder drives.
         self.rollouts = RolloutDriver(
             self.sessionmaker,
@@ -206,7 +209,10 @@ class ControlPlane:
         self._tasks.shadow = asyncio.create_task(self.shadow.run(), name="turnout-shadow")
         self.xds_port = await self.xds.start(self.settings.xds_host, self.settings.xds_port)
         if api is not None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only
+            # when the listener's proto says TCP; without it every response whose
+            # headers and body are two writes waits ~40 ms for a delayed ACK.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.settings.api_host, self.settings.api_port))
             self.api_port = sock.getsockname()[1]

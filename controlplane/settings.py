@@ -170,6 +170,14 @@ class Settings(BaseSettings):
         description="how long the rollout driver's lease lasts unless renewed: another "
         "replica takes over this long after the driver dies",
     )
+    metrics_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="GET /v1/metrics/summary and the data-plane series of /metrics are "
+        "computed at most once per this many seconds and per 5-second slot of the "
+        "traffic window (0: every call)",
+    )
     audit_key: SecretStr | None = Field(
         default=None, description="the audit chain's HMAC key (32 characters or more)"
     )

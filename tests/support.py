@@ -8,7 +8,8 @@ import random
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
 from controlplane.db.revisions import RevisionRepository
 from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
 from controlplane.runtime import ControlPlane
-from examples.model_server import ModelServer, bound_port, serve
+from examples.model_server import AppFactory, ModelServer, bound_port, serve
 from examples.synthetic import SyntheticServer
 
 T = TypeVar("T")
@@ -227,6 +228,17 @@ class EnvoyProcess:
             if key == name:
                 return int(value)
         return 0
+
+
+@asynccontextmanager
+async def serving(model: AppFactory) -> AsyncIterator[int]:
+    """Serve ``model`` (an example or synthetic model server) on 127.0.0.1 and a
+    free port, inside the test's event loop; yield the port."""
+    runner = await serve(model, "127.0.0.1", 0)
+    try:
+        yield bound_port(runner)
+    finally:
+        await runner.cleanup()
 
 
 class RunningModelServer:

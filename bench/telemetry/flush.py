@@ -5,9 +5,10 @@
 Both read the same serialised flushes of 1,000 models x 3 versions
 (``bench.telemetry.load``) into a window over the same desired state, one
 proxy after another, interleaved (before, after, before...) ``--reps`` times
-per activity level. "before" decodes each message with protobuf and calls
-that revision's ``TrafficWindow.ingest`` (as its gRPC handler did); "after"
-is this tree's ``wire.read`` then ``TrafficWindow.ingest_flush``. Prints ms
+per activity level. "before" is what that revision's gRPC handler did: its
+``wire.read`` then its ``TrafficWindow.ingest_flush`` where it has them, else
+decoding each message with protobuf and calling its ``TrafficWindow.ingest``;
+"after" is this tree's ``wire.read`` then ``TrafficWindow.ingest_flush``. Prints ms
 per flush (min / median / max) and the ratio; the gRPC receive is not part of
 it (``bench.telemetry.run`` measures the whole process).
 """
@@ -33,24 +34,30 @@ from ..xds.common import ROOT, generate_state
 from .load import build
 
 
-def _module_at(revision: str, path: str, workdir: Path) -> ModuleType:
+def _module_at(revision: str, path: str, workdir: Path, name: str = "window_before") -> ModuleType:
     source = subprocess.run(
         ["git", "-C", str(ROOT), "show", f"{revision}:{path}"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    file = workdir / "window_before.py"
+    file = workdir / f"{name}.py"
     file.write_text(source)
-    spec = importlib.util.spec_from_file_location("window_before", file)
+    spec = importlib.util.spec_from_file_location(name, file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["window_before"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-def _compare(mode: str, before: ModuleType, state: Any, args: argparse.Namespace) -> None:
+def _compare(
+    mode: str,
+    before: ModuleType,
+    before_wire: ModuleType | None,
+    state: Any,
+    args: argparse.Namespace,
+) -> None:
     flushes = build(1000, 3, mode)
     old_window: Any = before.TrafficWindow(lambda: state)
     new_window = TrafficWindow(lambda: state)
@@ -59,7 +66,11 @@ def _compare(mode: str, before: ModuleType, state: Any, args: argparse.Namespace
 
     def run_before() -> None:
         for i in range(args.flushes):
-            message: Any = StreamMetricsMessage.FromString(flushes[i % len(flushes)])
+            data = flushes[i % len(flushes)]
+            if before_wire is not None:
+                old_window.ingest_flush(old_proxies[i], before_wire.read(data))
+                continue
+            message: Any = StreamMetricsMessage.FromString(data)
             old_window.ingest(old_proxies[i], message.envoy_metrics)
 
     def run_after() -> None:
@@ -97,12 +108,17 @@ def main() -> None:
     state = generate_state(1000, 3, 1)
     with tempfile.TemporaryDirectory() as tmp:
         before = _module_at(args.before, "controlplane/telemetry/window.py", Path(tmp))
+        before_wire = (
+            _module_at(args.before, "controlplane/telemetry/wire.py", Path(tmp), "wire_before")
+            if hasattr(before.TrafficWindow, "ingest_flush")
+            else None
+        )
     print(
         f"== CPU per flush, 1,000 models x 3 versions, {args.flushes} flushes x "
         f"{args.reps} reps, before = {args.before}, after = this tree"
     )
     for mode in ("b", "a"):
-        _compare(mode, before, state, args)
+        _compare(mode, before, before_wire, state, args)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,18 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.registry import Collector
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from controlplane.domain.statistics import (
     BATCH_SIZE_BUCKETS,
     LATENCY_BUCKETS_MS,
     QUEUE_WAIT_BUCKETS_US,
 )
+from controlplane.telemetry.cache import WindowCache
 from controlplane.telemetry.window import TrafficWindow
 
-__all__ = ["DataPlaneCollector"]
+__all__ = ["DataPlaneCollector", "DataPlaneExposition"]
 
 _VERSION = ["model", "version", "zone"]
 
@@ -129,7 +131,19 @@ class DataPlaneCollector(Collector):
         for tenant, counts in self._window.tenant_totals():
             for code, n in sorted(counts.codes.items()):
                 tenants.add_metric([tenant or "-", str(code)], n)
+        flushes = CounterMetricFamily(
+            "turnout_stats_flushes", "Stat-sink flushes folded into the traffic window"
+        )
+        flushes.add_metric([], self._window.reports)
+        merged = CounterMetricFamily(
+            "turnout_stats_flushes_merged",
+            "Stat-sink flushes that arrived before their stream's previous one was folded"
+            " and were merged into it (the control plane was behind; counts stay exact)",
+        )
+        merged.add_metric([], self._window.merged_flushes)
         yield from (
+            flushes,
+            merged,
             requests,
             responses,
             retries,
@@ -143,3 +157,17 @@ class DataPlaneCollector(Collector):
             shed,
             tenants,
         )
+
+
+class DataPlaneExposition:
+    """The data-plane series in the text format, computed at most once per
+    ``cache``'s period (thousands of versions make megabytes of text); the
+    route appends them to the control plane's own series."""
+
+    def __init__(self, window: TrafficWindow, cache: WindowCache) -> None:
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(DataPlaneCollector(window))
+        self._cache = cache
+
+    def text(self) -> bytes:
+        return self._cache.get("/metrics", lambda: generate_latest(self._registry))

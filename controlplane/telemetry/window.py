@@ -170,19 +170,33 @@ class _Counts:
 
 @dataclass(slots=True)
 class _Series:
-    """One series: its slots in the window, its totals since start, and the
-    latest gauges of every proxy that reports it."""
+    """One series: its slots in the window, the sum of every slot before the
+    current one since start (a value is added once, to its slot; a slot is
+    added to ``closed`` once, when the next one opens), and the latest gauges
+    of every proxy that reports it."""
 
     slots: deque[tuple[int, _Counts]]
-    totals: _Counts = field(default_factory=_Counts)
+    closed: _Counts = field(default_factory=_Counts)
     gauges: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
 
     def slot(self, index: int) -> _Counts:
-        if self.slots and self.slots[-1][0] == index:
-            return self.slots[-1][1]
+        slots = self.slots
+        if slots and slots[-1][0] == index:
+            return slots[-1][1]
+        if slots:
+            self.closed.merge(slots[-1][1])  # the clock only moves on: it is final
         counts = _Counts()
-        self.slots.append((index, counts))
+        slots.append((index, counts))
         return counts
+
+    @property
+    def totals(self) -> _Counts:
+        """Everything since start."""
+        totals = _Counts()
+        totals.merge(self.closed)
+        if self.slots:
+            totals.merge(self.slots[-1][1])
+        return totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,12 +340,24 @@ class TrafficWindow:
         # Per zone, what each counter or histogram name feeds, resolved once (None:
         # nothing); cleared when the desired state changes or a series is dropped.
         self._targets: dict[str, dict[str, _Target | None]] = {}
+        # The same for gauges: the series key and the gauge's place.
+        self._gauge_targets: dict[str, dict[str, tuple[SeriesKey, int] | None]] = {}
         self._rebinners = {what: _Rebinner(b) for what, b in _HISTOGRAM_BOUNDS.items()}
         self.reports = 0
+        # Flushes merged into the one before because the window had not taken it yet
+        # (controlplane.telemetry.sink.Inbox).
+        self.merged_flushes = 0
 
     @property
     def retention_s(self) -> float:
         return self._retention_s
+
+    def slot_index(self) -> int:
+        """The index of the slot the clock is in now."""
+        return int(self._clock() // self._slot_s)
+
+    def now(self) -> float:
+        return self._clock()
 
     def _stat_names(self) -> dict[str, tuple[str, str]]:
         state = self._state()
@@ -339,6 +365,7 @@ class TrafficWindow:
             self._names_of = state
             self._names = stat_names(state) if state is not None else {}
             self._targets.clear()
+            self._gauge_targets.clear()
         return self._names
 
     def ingest(self, proxy: Proxy, families: Iterable[Any]) -> None:
@@ -352,7 +379,6 @@ class TrafficWindow:
         now = self._clock()
         index = int(now // self._slot_s)
         names = self._stat_names()
-        meanings = self._meanings
         self._seen[proxy.stream_id] = now
         targets = self._targets.get(proxy.zone)
         if targets is None:
@@ -366,15 +392,13 @@ class TrafficWindow:
                 if found is None:
                     continue
             series, what, code = found
-            slot = series.slot(index)
+            slots = series.slots
+            slot = slots[-1][1] if slots and slots[-1][0] == index else series.slot(index)
             if code >= 0:
                 codes = slot.codes
                 codes[code] = codes.get(code, 0.0) + value
-                codes = series.totals.codes
-                codes[code] = codes.get(code, 0.0) + value
             elif what not in _NOT_COUNTERS:
-                for counts in (slot, series.totals):
-                    setattr(counts, what, getattr(counts, what) + value)
+                setattr(slot, what, getattr(slot, what) + value)
         for name, (bounds, cumulative, count, total) in flush.histograms.items():
             found = targets.get(name)
             if found is None:
@@ -387,22 +411,24 @@ class TrafficWindow:
             rebinner = self._rebinners.get(what)
             if rebinner is None:
                 continue
-            packed = rebinner.packed(bounds, cumulative, count)
-            series.slot(index).add_packed(what, packed, total)
-            series.totals.add_packed(what, packed, total)
+            series.slot(index).add_packed(what, rebinner.packed(bounds, cumulative, count), total)
         gauges: dict[SeriesKey, list[float]] = {}
+        gauge_targets = self._gauge_targets.get(proxy.zone)
+        if gauge_targets is None:
+            gauge_targets = self._gauge_targets[proxy.zone] = {}
         for name, value in flush.gauges.items():
-            meaning = meanings.get(name)
-            if meaning is None:
-                meaning = meanings[name] = _parse(name)
-            _, subject, what = meaning
-            model_version = names.get(subject)
-            if model_version is None or not what.startswith("gauge:"):
-                continue
-            values = gauges.setdefault(
-                (model_version[0], model_version[1], proxy.zone), [0.0, 0.0, 0.0]
-            )
-            values[_CLUSTER_GAUGES[what[len("gauge:") :]]] = value
+            gauge = gauge_targets.get(name)
+            if gauge is None:
+                if name in gauge_targets:
+                    continue  # feeds nothing
+                gauge = gauge_targets[name] = self._gauge_target(name, names, proxy.zone)
+                if gauge is None:
+                    continue
+            series_key, position = gauge
+            values = gauges.get(series_key)
+            if values is None:
+                values = gauges[series_key] = [0.0, 0.0, 0.0]
+            values[position] = value
         stream = proxy.stream_id
         for series_key in self._gauged.get(stream, set()).difference(gauges):
             gone = self._versions.get(series_key)
@@ -415,6 +441,20 @@ class TrafficWindow:
             gauged.gauges[stream] = (now, active, pending, ejected)
         self._gauged[stream] = set(gauges)
         self.reports += 1
+
+    def _gauge_target(
+        self, name: str, names: dict[str, tuple[str, str]], zone: str
+    ) -> tuple[SeriesKey, int] | None:
+        """The series a gauge named ``name`` is of, and its place in the gauges."""
+        meaning = self._meanings.get(name)
+        if meaning is None:
+            meaning = self._meanings[name] = _parse(name)
+        _, subject, what = meaning
+        model_version = names.get(subject)
+        if model_version is None or not what.startswith("gauge:"):
+            return None
+        key = (model_version[0], model_version[1], zone)
+        return key, _CLUSTER_GAUGES[what[len("gauge:") :]]
 
     def _target(self, name: str, names: dict[str, tuple[str, str]], zone: str) -> _Target | None:
         """The series a counter or histogram named ``name`` feeds, and what in it."""
@@ -526,6 +566,28 @@ class TrafficWindow:
             total = self._figures(list(zones.values()), first, covered)
             named = {zone: self._figures([s], first, covered) for zone, s in zones.items() if zone}
             out[version] = (total, named)
+        return out
+
+    def every_model_figures(
+        self, window_s: float
+    ) -> dict[str, tuple[Figures, dict[str, tuple[Figures, dict[str, Figures]]]]]:
+        """Return, for every model with a series, what :meth:`model_figures` and
+        :meth:`version_figures` return, in one pass over the series."""
+        first, covered = self._window(window_s)
+        by_model: dict[str, dict[str, dict[str, _Series]]] = {}
+        for (m, v, z), series in self._versions.items():
+            by_model.setdefault(m, {}).setdefault(v, {})[z] = series
+        out: dict[str, tuple[Figures, dict[str, tuple[Figures, dict[str, Figures]]]]] = {}
+        for model, versions in by_model.items():
+            figures: dict[str, tuple[Figures, dict[str, Figures]]] = {}
+            for version, zones in versions.items():
+                total = self._figures(list(zones.values()), first, covered)
+                named = {
+                    zone: self._figures([s], first, covered) for zone, s in zones.items() if zone
+                }
+                figures[version] = (total, named)
+            every = [s for zones in versions.values() for s in zones.values()]
+            out[model] = (self._figures(every, first, covered), figures)
         return out
 
     def model_figures(self, model: str, window_s: float) -> Figures:

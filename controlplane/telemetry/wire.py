@@ -67,6 +67,31 @@ class Flush:
     gauges: dict[str, float]
     histograms: dict[str, tuple[tuple[float, ...], list[int], int, float]]
 
+    def merge(self, later: Flush) -> None:
+        """Fold ``later``, a flush of the same stream, into this one, as if one
+        flush had carried both: counters and histograms are deltas and add
+        (bucket by bucket), gauges are the latest values and are replaced by
+        ``later``'s (a gauge it does not carry is zero). A histogram whose
+        bounds changed between the two (Envoy's do not, within one stream)
+        keeps the later one's."""
+        counters = self.counters
+        for name, value in later.counters.items():
+            counters[name] = counters.get(name, 0.0) + value
+        self.gauges = dict(later.gauges)
+        histograms = self.histograms
+        for name, histogram in later.histograms.items():
+            earlier = histograms.get(name)
+            if earlier is None or earlier[0] != histogram[0]:
+                histograms[name] = histogram
+                continue
+            bounds, counts, count, total = histogram
+            histograms[name] = (
+                bounds,
+                [a + b for a, b in zip(earlier[1], counts, strict=True)],
+                earlier[2] + count,
+                earlier[3] + total,
+            )
+
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
     value = shift = 0

@@ -9,27 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 
-from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
-from examples.model_server import bound_port, serve
 from examples.synthetic import SyntheticServer
 from filters.batcher import (
-    BatcherConfig,
-    BatchingPolicy,
-    HttpPolicySource,
     RunningBatcher,
-    start_batcher,
 )
-from tests.conftest import seed_key
 from tests.support import EnvoyProcess, RunningModelServer, applied, eventually
 
 pytestmark = pytest.mark.envoy
@@ -46,43 +37,8 @@ def access_log(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(settings: Settings, access_log: Path) -> Settings:
-    return settings.model_copy(update={"access_log_path": str(access_log)})
-
-
-@pytest.fixture
-async def model_servers() -> AsyncIterator[dict[str, RunningModelServer]]:
-    servers = {v: await RunningModelServer(v).start() for v in ("v1", "v2")}
-    try:
-        yield servers
-    finally:
-        for server in servers.values():
-            await server.stop()
-
-
-@pytest.fixture
-async def batcher(control_plane: ControlPlane) -> AsyncIterator[tuple[RunningBatcher, int]]:
-    """A batcher in front of a synthetic (batch-aware) model server: (batcher, its port)."""
-    model = SyntheticServer("v1", a_ms=20.0, b_ms=0.5)
-    runner: web.AppRunner = await serve(model, "127.0.0.1", 0)
-    viewer = await seed_key(control_plane, "viewer", "batcher")
-    source = HttpPolicySource(
-        f"http://127.0.0.1:{control_plane.api_port}", "embedder", "v1", api_key=viewer
-    )
-    running = await start_batcher(
-        BatcherConfig(
-            upstream=f"http://127.0.0.1:{bound_port(runner)}",
-            port=0,
-            policy=BatchingPolicy(enabled=False),
-            policy_source=source,
-        )
-    )
-    try:
-        yield running, bound_port(runner)
-    finally:
-        await running.close()
-        await source.close()
-        model.gate.set()
-        await runner.cleanup()
+    # The summary is polled below: keep its copy short-lived.
+    return settings.model_copy(update={"access_log_path": str(access_log), "metrics_cache_s": 0.5})
 
 
 async def _declare(
@@ -146,10 +102,11 @@ async def test_every_request_leaves_one_json_line_without_credentials(
     api: httpx.AsyncClient,
     envoy: EnvoyProcess,
     model_servers: dict[str, RunningModelServer],
-    batcher: tuple[RunningBatcher, int],
+    batcher: RunningBatcher,
+    synthetic: tuple[SyntheticServer, int],
     access_log: Path,
 ) -> None:
-    token = await _declare(api, model_servers, *batcher)
+    token = await _declare(api, model_servers, batcher, synthetic[1])
     await applied(api, envoy.node_id, timeout=10)
     # Envoy may have logged requests while the config arrived: count from here.
     before = len(_lines(access_log))

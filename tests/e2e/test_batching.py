@@ -8,66 +8,20 @@ polls from the admin API.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 
-from controlplane.runtime import ControlPlane
-from examples.model_server import bound_port, serve
 from examples.synthetic import SyntheticServer, synthetic_value
 from filters.batcher import (
-    BatcherConfig,
-    BatchingPolicy,
-    HttpPolicySource,
     RunningBatcher,
-    start_batcher,
 )
-from tests.conftest import seed_key
 from tests.support import EnvoyProcess, applied, eventually
 
 pytestmark = pytest.mark.envoy
 
 REQUESTS = 48
-
-
-@pytest.fixture
-async def synthetic() -> AsyncIterator[tuple[SyntheticServer, int]]:
-    # 20 ms per call plus 0.5 ms per row, one call at a time: shaped like one GPU.
-    model = SyntheticServer("v1", a_ms=20.0, b_ms=0.5)
-    runner: web.AppRunner = await serve(model, "127.0.0.1", 0)
-    try:
-        yield model, bound_port(runner)
-    finally:
-        model.gate.set()
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def batcher(
-    control_plane: ControlPlane, synthetic: tuple[SyntheticServer, int]
-) -> AsyncIterator[RunningBatcher]:
-    viewer = await seed_key(control_plane, "viewer", "batcher")
-    source = HttpPolicySource(
-        f"http://127.0.0.1:{control_plane.api_port}", "embedder", "v1", api_key=viewer
-    )
-    running = await start_batcher(
-        BatcherConfig(
-            upstream=f"http://127.0.0.1:{synthetic[1]}",
-            host="127.0.0.1",
-            port=0,
-            # Until the control plane says otherwise: pass requests through one by one.
-            policy=BatchingPolicy(enabled=False),
-            policy_source=source,
-        )
-    )
-    try:
-        yield running
-    finally:
-        await running.close()
-        await source.close()
 
 
 def _infer_body(request_id: str, value: float) -> dict[str, Any]:

@@ -14,11 +14,9 @@ import httpx
 import pytest
 
 from controlplane.settings import Settings
-from examples.model_server import bound_port, serve
 from filters.batcher import BatcherConfig, BatchingPolicy, RunningBatcher, start_batcher
-from tests.conftest import free_port
 from tests.otlp_collector import FakeCollector, ReceivedSpan
-from tests.support import EnvoyProcess, RecordingModel, applied, eventually
+from tests.support import EnvoyProcess, RecordingModel, applied, eventually, serving
 
 # The caller's own span: every span of the request belongs to this trace.
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -38,28 +36,16 @@ async def collector() -> AsyncIterator[FakeCollector]:
 
 
 @pytest.fixture
-def settings(database_url: str, collector: FakeCollector) -> Settings:
+def settings(settings: Settings, collector: FakeCollector) -> Settings:
     """The usual test settings, tracing every request to ``collector``."""
-    return Settings(
-        database_url=database_url,
-        api_port=0,
-        xds_port=0,
-        listener_port=free_port(),
-        envoy_admin_port=free_port(),
-        poll_interval_s=0.5,
-        otlp_endpoint=collector.endpoint,
-        trace_sampling=100,
-    )
+    return settings.model_copy(update={"otlp_endpoint": collector.endpoint, "trace_sampling": 100})
 
 
 @pytest.fixture
 async def model_server() -> AsyncIterator[tuple[RecordingModel, int]]:
     recording = RecordingModel()
-    runner = await serve(recording, "127.0.0.1", 0)
-    try:
-        yield recording, bound_port(runner)
-    finally:
-        await runner.cleanup()
+    async with serving(recording) as port:
+        yield recording, port
 
 
 @pytest.fixture

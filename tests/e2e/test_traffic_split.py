@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -17,16 +16,6 @@ import pytest
 from tests.support import EnvoyProcess, RunningModelServer, applied, served_version
 
 pytestmark = pytest.mark.envoy
-
-
-@pytest.fixture
-async def model_servers() -> AsyncIterator[dict[str, RunningModelServer]]:
-    servers = {v: await RunningModelServer(v).start() for v in ("v1", "v2")}
-    try:
-        yield servers
-    finally:
-        for server in servers.values():
-            await server.stop()
 
 
 async def _register(

@@ -199,3 +199,14 @@ def test_decoded_families_count_as_the_bytes_do(clock: Clock) -> None:
     message: Any = StreamMetricsMessage.FromString(data)
     by_messages.ingest(Proxy(1, "a", ""), message.envoy_metrics)
     assert by_bytes.version_figures(MODEL, 60) == by_messages.version_figures(MODEL, 60)
+
+
+def test_totals_keep_what_left_the_window(window: TrafficWindow, clock: Clock) -> None:
+    proxy = Proxy(1, "a", "")
+    for _ in range(20):  # 20 slots of 5 s: the window (60 s) holds the last 12
+        window.ingest_flush(proxy, read(_flush(v1_ok=3, v1_fail=1, samples=[60])))
+        clock.now += 5
+    assert window.model_figures(MODEL, 60).requests < 80
+    [(_, totals, _)] = list(window.totals())
+    assert totals.codes == {200: 60.0, 500: 20.0}
+    assert sum(totals.histograms["latency"]) == 20

@@ -80,7 +80,9 @@ def _unready(detail: str) -> JSONResponse:
 async def metrics(runtime: RuntimeDep) -> Response:
     """This replica's metrics in the Prometheus text format. Open, like /readyz, so
     that Prometheus scrapes it without a key: it names models, never a caller."""
-    return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE)
+    return Response(
+        runtime.metrics.exposition() + runtime.data_plane.text(), media_type=CONTENT_TYPE
+    )
 
 
 @router.get(

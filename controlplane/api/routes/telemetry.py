@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from controlplane.api.deps import RuntimeDep, require
@@ -144,12 +144,22 @@ class SummaryOut(BaseModel):
     tenants: list[TenantFiguresOut]
 
 
-def _model_metrics(window: TrafficWindow, model: ModelSpec, seconds: float) -> ModelMetricsOut:
-    reported = window.version_figures(model.name, seconds)
-    total = window.model_figures(model.name, seconds)
+def _model_metrics(
+    window: TrafficWindow,
+    model: ModelSpec,
+    seconds: float,
+    reported: tuple[Figures, dict[str, tuple[Figures, dict[str, Figures]]]] | None = None,
+) -> ModelMetricsOut:
+    """``reported``: the model's figures and its versions' (read from ``window``
+    when not given)."""
+    if reported is None:
+        total = window.model_figures(model.name, seconds)
+        by_version = window.version_figures(model.name, seconds)
+    else:
+        total, by_version = reported
     versions = []
     for version in model.versions:
-        figures, zones = reported.get(version.name) or (window.nothing(seconds), {})
+        figures, zones = by_version.get(version.name) or (window.nothing(seconds), {})
         versions.append(
             VersionFiguresOut(
                 version=version.name,
@@ -189,18 +199,34 @@ async def model_metrics(
     return _model_metrics(runtime.traffic, spec, seconds)
 
 
-@router.get("/v1/metrics/summary", dependencies=[require(Permission.READ)], responses=_ERRORS)
-async def metrics_summary(runtime: RuntimeDep, window: WindowQuery = DEFAULT_WINDOW) -> SummaryOut:
-    """Every model's figures over the window, and every tenant's."""
+@router.get(
+    "/v1/metrics/summary",
+    dependencies=[require(Permission.READ)],
+    responses=_ERRORS,
+    response_model=SummaryOut,
+)
+async def metrics_summary(runtime: RuntimeDep, window: WindowQuery = DEFAULT_WINDOW) -> Response:
+    """Every model's figures over the window, and every tenant's. Computed at
+    most once per `TURNOUT_METRICS_CACHE_S` and per 5-second slot of the window."""
     seconds = parse_window(window, runtime.traffic.retention_s)
     state = runtime.sync.state
-    models = [
-        _model_metrics(runtime.traffic, model, seconds)
-        for model in (state.models if state is not None else ())
-    ]
-    tenants = [
-        TenantFiguresOut(tenant=subject or "-", **FiguresOut.of(figures).model_dump())
-        for subject, figures in runtime.traffic.tenant_figures(seconds).items()
-    ]
-    covered = models[0].window_s if models else seconds
-    return SummaryOut(window_s=covered, models=models, tenants=tenants)
+
+    def compute() -> bytes:
+        traffic = runtime.traffic
+        nothing = traffic.nothing(seconds)
+        reported = traffic.every_model_figures(seconds)
+        models = [
+            _model_metrics(traffic, model, seconds, reported.get(model.name) or (nothing, {}))
+            for model in (state.models if state is not None else ())
+        ]
+        tenants = [
+            TenantFiguresOut(tenant=subject or "-", **FiguresOut.of(figures).model_dump())
+            for subject, figures in traffic.tenant_figures(seconds).items()
+        ]
+        covered = models[0].window_s if models else seconds
+        summary = SummaryOut(window_s=covered, models=models, tenants=tenants)
+        return summary.model_dump_json().encode()
+
+    # The state's revision is part of the key: a change shows at once.
+    key = ("summary", seconds, state.revision if state is not None else None)
+    return Response(runtime.traffic_cache.get(key, compute), media_type="application/json")
