@@ -12,6 +12,7 @@ from controlplane.api.gateway import AdminGateway
 from controlplane.api.request_metrics import RequestMetrics
 from controlplane.api.routes import (
     audit,
+    console,
     keys,
     manifest,
     models,
@@ -51,6 +52,7 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(tenants.router)
     app.include_router(telemetry.router)
+    app.include_router(console.router)
     # The gateway matches routes itself (for the audit event of a request that never
     # reaches one: a 413, an idempotent replay), against the routers' own routes.
     routes = [
@@ -68,6 +70,8 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app.add_middleware(AdminGateway, runtime=runtime, routes=routes)
     # Added last, so outermost: it sees every answer, the gateway's own included.
     app.add_middleware(
-        RequestMetrics, metrics=runtime.metrics, routes=[*routes, *telemetry.router.routes]
+        RequestMetrics,
+        metrics=runtime.metrics,
+        routes=[*routes, *telemetry.router.routes, *console.router.routes],
     )
     return app

@@ -1,0 +1,105 @@
+"""The console's browser tests: Chromium from the system (Debian's package at
+/usr/bin/chromium, `apt-get install chromium`), driven by pytest-playwright,
+against one `turnout up --demo` per module."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.test_turnout_up import READY, TURNOUT, exported_key, mesh_env
+
+CHROMIUM = Path(os.environ.get("TURNOUT_TEST_CHROMIUM", "/usr/bin/chromium"))
+# Screenshots of every page, kept after the run (the repository ignores .turnout/).
+SCREENSHOTS = Path(__file__).resolve().parents[2] / ".turnout" / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """Launch the system Chromium: Playwright's own download is not used."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install chromium` (or `make browser`)")
+    return {**browser_type_launch_args, "executable_path": str(CHROMIUM)}
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    """Where each page's screenshot goes."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    print(f"\nconsole screenshots: {SCREENSHOTS}")
+    return SCREENSHOTS
+
+
+@dataclass
+class Mesh:
+    """A running `turnout up --demo`."""
+
+    cwd: Path
+    env: dict[str, str]
+    key: str
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.env['TURNOUT_API_PORT']}"
+
+    @property
+    def listener(self) -> str:
+        return f"http://127.0.0.1:{self.env['TURNOUT_LISTENER_PORT']}"
+
+    def admin(self, key: str | None = None) -> httpx.Client:
+        """An admin API client with ``key`` (the demo admin's by default)."""
+        return httpx.Client(
+            base_url=self.api, timeout=10, headers={"authorization": f"Bearer {key or self.key}"}
+        )
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """`turnout up --demo` as a user runs it, stopped with SIGTERM (it must exit 0)."""
+    if shutil.which(str(CHROMIUM)) is None:
+        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install chromium` (or `make browser`)")
+    cwd = tmp_path_factory.mktemp("console")
+    env = mesh_env()
+    process = subprocess.Popen(
+        [TURNOUT, "up", "--demo"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    up = threading.Event()
+
+    def read() -> None:  # keeps draining stdout while the mesh runs
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if line.strip() == READY:
+                up.set()
+        up.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        up.wait(timeout=90)
+        assert process.poll() is None and any(line.strip() == READY for line in output), "".join(
+            output
+        )
+        yield Mesh(cwd=cwd, env=env, key=exported_key(output), output=output)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+        reader.join(timeout=5)
+    assert code == 0, "".join(output)
