@@ -28,6 +28,7 @@ from tests.conftest import free_port
 pytestmark = [pytest.mark.browser, pytest.mark.envoy]
 
 T = TypeVar("T")
+ENVOY_FLAGS = ["--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"]
 
 
 def until(probe: Callable[[], T | None], *, timeout: float = 15.0) -> T:
@@ -264,7 +265,7 @@ def test_a_nacked_proxy_shows_its_error(
     (tmp_path / "envoy.yaml").write_text(dump_bootstrap(bootstrap))
     with (tmp_path / "envoy.log").open("w") as log:
         envoy = subprocess.Popen(
-            [envoy_binary(), "-c", str(tmp_path / "envoy.yaml"), "--concurrency", "1"],
+            [envoy_binary(), "-c", str(tmp_path / "envoy.yaml"), *ENVOY_FLAGS],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
