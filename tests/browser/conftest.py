@@ -97,6 +97,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         assert process.poll() is None and any(line.strip() == READY for line in output), "".join(
             output
         )
+        api = f"http://127.0.0.1:{env['TURNOUT_API_PORT']}"
+        assert f"  console     {api}/console" in "".join(output)
         yield Mesh(cwd=cwd, env=env, key=exported_key(output), output=output)
     finally:
         process.send_signal(signal.SIGTERM)
