@@ -95,14 +95,9 @@ function clearTimers() {
   session.timers = [];
 }
 
-function every(ms, fn) {
-  session.timers.push(setInterval(fn, ms));
-}
-
-function view(...children) {
-  const main = document.getElementById("view");
-  main.replaceChildren(...children.filter((child) => child !== null && child !== undefined));
-  return main;
+/** Show ``children`` in the main area, outside any page (the sign-in form). */
+function show(...children) {
+  document.getElementById("view").replaceChildren(...children);
 }
 
 // ---------- sign-in ----------
@@ -130,7 +125,7 @@ function showSignIn(notice) {
     h("p", { class: "muted" }, "Kept in this tab's session storage only, and sent as an Authorization header."),
     h("button", { type: "submit" }, "Sign in"),
   );
-  view(h("div", { class: "signin" }, h("h1", {}, "Sign in to Turnout"), error, form));
+  show(h("div", { class: "signin" }, h("h1", {}, "Sign in to Turnout"), error, form));
   input.focus();
 }
 
@@ -208,16 +203,29 @@ function route() {
     else link.removeAttribute("aria-current");
   }
   document.title = `${page[0].toUpperCase()}${page.slice(1)} · Turnout console`;
-  const main = view(h("p", { class: "muted" }, "Loading..."));
-  PAGES[page]().catch((exc) => {
-    if (session.me) main.replaceChildren(message(`Could not load this page: ${exc.message}`, "error"));
+  // Each visit renders into its own element: a page still loading when the user
+  // moves on writes into a detached one, and its timers stop.
+  const root = h("div", { class: "page" }, h("p", { class: "muted" }, "Loading..."));
+  const main = document.getElementById("view");
+  main.replaceChildren(root);
+  const context = {
+    view: (...children) => {
+      root.replaceChildren(...children.filter((child) => child !== null && child !== undefined));
+      return root;
+    },
+    every: (ms, fn) => {
+      if (root.isConnected) session.timers.push(setInterval(() => root.isConnected && fn(), ms));
+    },
+  };
+  PAGES[page](context).catch((exc) => {
+    if (session.me && root.isConnected) root.replaceChildren(message(`Could not load this page: ${exc.message}`, "error"));
   });
   main.focus({ preventScroll: true });
 }
 
 // ---------- models ----------
 
-async function modelsPage() {
+async function modelsPage({ view }) {
   const models = (await api("/v1/models")).data;
   const sections = await Promise.all(models.map((m) => modelSection(m)));
   view(
@@ -385,8 +393,7 @@ function splitEditor(model, versions, current, etag) {
     const editor = fresh.querySelector(".editor");
     if (editor) editor.prepend(notice);
     else fresh.append(notice);
-    old.replaceWith(fresh);
-    notice.focus?.();
+    if (old) old.replaceWith(fresh);
   }
 
   return h(
@@ -414,7 +421,7 @@ function resourceList(resources) {
 
 const series = new Map(); // "model" -> [{t, versions: {v: figures}}]
 
-async function livePage() {
+async function livePage({ view, every }) {
   const models = (await api("/v1/models")).data;
   if (!models.length) return view(h("h1", {}, "Live"), h("p", {}, "No models yet."));
   const wanted = new URLSearchParams(location.hash.split("?")[1] || "").get("model");
@@ -515,7 +522,7 @@ async function livePage() {
 
 // ---------- proxies ----------
 
-async function proxiesPage() {
+async function proxiesPage({ view, every }) {
   const body = h("div");
   view(h("h1", {}, "Proxies"), h("p", { class: "muted" }, `Every Envoy connected to this control plane replica; refreshed every ${POLL_MS / 1000} s.`), body);
   async function load() {
@@ -554,7 +561,7 @@ function proxyCard(proxy) {
 
 // ---------- rollouts (shown once the rollout API answers) ----------
 
-async function rolloutsPage() {
+async function rolloutsPage({ view }) {
   const models = (await api("/v1/models")).data;
   const sections = [];
   for (const model of models) {
@@ -572,17 +579,31 @@ async function rolloutsPage() {
 function rolloutView(model, rollout) {
   const area = h("div", { "aria-live": "polite" });
   const steps = rollout.steps || rollout.plan || null;
+  const index = Number(rollout.step);
   const progress = Array.isArray(steps)
-    ? h("p", {}, `Step ${Number(rollout.step) + 1} of ${steps.length}`, h("progress", { max: steps.length, value: Number(rollout.step) + 1, "aria-label": "rollout progress" }))
-    : h("p", {}, `Step ${JSON.stringify(rollout.step)}`);
+    ? h("div", {},
+        h("p", {}, `Step ${index + 1} of ${steps.length} `, h("progress", { max: steps.length, value: index + 1, "aria-label": "rollout progress" })),
+        h("ol", { class: "steps" }, steps.map((step, i) =>
+          h("li", { "aria-current": i === index ? "step" : null },
+            `${step.weight}% to the candidate${step.hold_s ? `, held ${step.hold_s} s` : ""}`,
+            i < index ? " (done)" : i === index ? " (current)" : ""))))
+    : h("p", {}, `Step ${rollout.step ?? "–"}`);
   const gates = (rollout.gates || []).map((g) =>
     h("tr", {}, h("th", { scope: "row" }, g.metric), h("td", { class: "num" }, g.value ?? "–"), h("td", { class: "num" }, g.threshold ?? "–"), h("td", { class: "num" }, g.samples ?? "–"), h("td", {}, badge(String(g.verdict)))));
   const actions = can("write")
     ? h("div", { class: "row" }, ["pause", "resume", "abort", "promote"].map((action) =>
         h("button", { type: "button", class: action === "abort" ? "danger" : "secondary", onclick: () => act(action) }, action[0].toUpperCase() + action.slice(1))))
     : null;
-  async function act(action) {
-    if ((action === "abort" || action === "promote") && !window.confirm(`${action} rollout ${rollout.id} of ${model}?`)) return;
+  async function act(action, confirmed = false) {
+    if ((action === "abort" || action === "promote") && !confirmed) {
+      const what = action === "abort" ? "Abort: the baseline gets all the traffic back" : "Promote: the candidate gets all the traffic now";
+      const go = h("button", { type: "button", class: "danger", onclick: () => act(action, true) }, `Confirm ${action}`);
+      area.replaceChildren(h("div", { class: "confirm", role: "group", "aria-label": `Confirm ${action}` },
+        h("p", {}, `${what} (rollout ${rollout.id} of ${model}).`),
+        h("div", { class: "row" }, go, h("button", { type: "button", class: "secondary", onclick: () => area.replaceChildren() }, "Cancel"))));
+      go.focus();
+      return;
+    }
     try {
       await api(`/v1/models/${encodeURIComponent(model)}/rollouts/${encodeURIComponent(rollout.id)}/${action}`, { method: "POST" });
       route();
@@ -602,21 +623,26 @@ function rolloutView(model, rollout) {
 
 // ---------- revisions ----------
 
-async function revisionsPage() {
+async function revisionsPage({ view }) {
   const list = h("div");
   const more = h("button", { type: "button", class: "secondary", hidden: true }, "Older revisions");
   const diffOut = h("div", { id: "diff", "aria-live": "polite" });
+  const notice = h("div", { id: "revisions-notice" });
   const from = h("input", { id: "diff-rev", type: "number", min: 1, required: true, inputmode: "numeric" });
   const against = h("input", { id: "diff-against", type: "number", min: 0, inputmode: "numeric", placeholder: "previous" });
   const rows = [];
   let cursor = null;
 
+  let latest = 0; // only the newest diff asked for is shown
+
   async function diff(revision, base) {
+    const asked = ++latest;
     from.value = revision;
     against.value = base ?? "";
     const query = base !== undefined && base !== null && base !== "" ? `?against=${encodeURIComponent(base)}` : "";
     try {
       const { data } = await api(`/v1/revisions/${encodeURIComponent(revision)}/diff${query}`);
+      if (asked !== latest) return;
       diffOut.replaceChildren(
         h("h3", {}, `Revision ${data.from} → ${data.to}`),
         h("p", {}, "State: ", stateSummary(data.state)),
@@ -633,10 +659,11 @@ async function revisionsPage() {
       go.disabled = true;
       try {
         const { data } = await api(`/v1/revisions/${rev.revision}/rollback`, { method: "POST" });
-        cell.replaceChildren(message(`Rolled back: revision ${data.revision} restores revision ${data.restored}.`, "ok"));
+        notice.replaceChildren(message(`Rolled back: revision ${data.revision} restores revision ${data.restored}.`, "ok"));
         await refresh();
       } catch (exc) {
-        cell.replaceChildren(message(`Rollback refused: ${exc.message}`, "error"));
+        cell.replaceChildren(rollbackButton(rev, cell));
+        notice.replaceChildren(message(`Rollback to ${rev.revision} refused: ${exc.message}`, "error"));
       }
     } }, `Confirm rollback to ${rev.revision}`);
     const cancel = h("button", { type: "button", class: "secondary", onclick: () => cell.replaceChildren(rollbackButton(rev, cell)) }, "Cancel");
@@ -681,7 +708,7 @@ async function revisionsPage() {
     h("label", { for: "diff-rev" }, "Revision", from),
     h("label", { for: "diff-against" }, "Against", against),
     h("button", { type: "submit" }, "Show diff"));
-  view(h("h1", {}, "Revisions"), h("section", { class: "card" }, h("h2", {}, "Compare two revisions"), form, diffOut), list, more);
+  view(h("h1", {}, "Revisions"), h("section", { class: "card" }, h("h2", {}, "Compare two revisions"), form, diffOut), notice, list, more);
   await page();
 }
 
@@ -697,7 +724,7 @@ function stateSummary(state) {
 
 const OUTCOMES = ["", "success", "rejected", "denied", "replayed", "error", "dry_run"];
 
-async function auditPage() {
+async function auditPage({ view }) {
   const field = (id, label, attrs = {}) => h("label", { for: id }, label, h("input", { id, name: id, ...attrs }));
   const form = h("form", { class: "row", id: "audit-filters" },
     field("actor", "Actor"),
@@ -726,12 +753,16 @@ async function auditPage() {
     return query;
   }
 
+  let latest = 0; // only the newest request's answer is shown
+
   async function load(index) {
+    const asked = ++latest;
     const query = filters();
     query.set("limit", "25");
     if (cursors[index]) query.set("cursor", cursors[index]);
     try {
       const { data } = await api(`/v1/audit/events?${query}`);
+      if (asked !== latest) return;
       cursors.length = index + 1;
       if (data.next_cursor) cursors.push(data.next_cursor);
       const rows = data.items.map((e) =>
@@ -753,7 +784,7 @@ async function auditPage() {
         h("button", { type: "button", class: "secondary", disabled: !data.next_cursor, onclick: () => load(index + 1) }, "Older"),
       );
     } catch (exc) {
-      results.replaceChildren(message(`Could not read the audit log: ${exc.message}`, "error"));
+      if (asked === latest) results.replaceChildren(message(`Could not read the audit log: ${exc.message}`, "error"));
     }
   }
 

@@ -105,3 +105,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         code = process.wait(timeout=30)
         reader.join(timeout=5)
     assert code == 0, "".join(output)
+    # The key went through the browser and every request; it is in no log.
+    key = exported_key(output)
+    for log in (cwd / ".turnout").glob("*.log"):
+        assert key not in log.read_text(), log

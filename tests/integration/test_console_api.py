@@ -67,8 +67,10 @@ async def test_the_console_loads_without_a_key_and_is_not_audited(
         assert answer.content == (CONSOLE / asset).read_bytes()
         assert answer.headers["content-security-policy"] == policy
         assert answer.headers["x-content-type-options"] == "nosniff"
-    assert (await anonymous_api.get("/console/app.js")).headers["content-type"].startswith(
-        "text/javascript"
+    assert (
+        (await anonymous_api.get("/console/app.js"))
+        .headers["content-type"]
+        .startswith("text/javascript")
     )
     # Nothing else is reachable through it.
     missing = await anonymous_api.get("/console/nothing.js")
