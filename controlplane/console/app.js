@@ -196,7 +196,7 @@ function route() {
   if (!session.me) return;
   clearTimers();
   const name = (location.hash.match(/^#\/([a-z]+)/) || [])[1] || "models";
-  const page = PAGES[name] && (name !== "audit" || can("audit")) && (name !== "rollouts" || session.rollouts) ? name : "models";
+  const page = Object.hasOwn(PAGES, name) && (name !== "audit" || can("audit")) && (name !== "rollouts" || session.rollouts) ? name : "models";
   session.page = page;
   for (const link of document.querySelectorAll("#nav a")) {
     if (link.dataset.page === page) link.setAttribute("aria-current", "page");
@@ -840,6 +840,11 @@ async function auditPage({ view }) {
 // ---------- start ----------
 
 window.addEventListener("hashchange", route);
+// The skip link moves focus to the content without touching the page's address.
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  document.getElementById("view").focus();
+});
 document.getElementById("sign-out").addEventListener("click", () => signOut());
 
 (async () => {

@@ -32,12 +32,20 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
     return {**browser_type_launch_args, "executable_path": str(CHROMIUM)}
 
 
+_taken: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def screenshots() -> Path:
-    """Where each page's screenshot goes."""
+    """Where each page's screenshot goes (named at the end of the run)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    print(f"\nconsole screenshots: {SCREENSHOTS}")
+    _taken.append(SCREENSHOTS)
     return SCREENSHOTS
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _taken:
+        terminalreporter.write_line(f"console screenshots: {SCREENSHOTS}")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -75,8 +76,10 @@ def test_console_loads_without_a_key_and_refuses_a_bad_one(page: Page, mesh: Mes
     assert response is not None and response.ok
     assert page.url == f"{mesh.api}/console/"
     assert "default-src 'self'" in response.headers["content-security-policy"]
-    page.get_by_label("API key").fill("tk_" + "x" * 36)
-    page.get_by_role("button", name="Sign in").click()
+    # Keyboard only: the key field has the focus, Enter signs in.
+    expect(page.get_by_label("API key")).to_be_focused()
+    page.keyboard.type("tk_" + "x" * 36)
+    page.keyboard.press("Enter")
     expect(page.get_by_role("alert")).to_contain_text("not valid")
     assert "tk_" not in page.url
     # Loading the page is no change: nothing about it lands in the audit log.
@@ -207,6 +210,15 @@ def test_the_audit_log_filters_exports_and_verifies(
     ids = page.locator("#audit-results tbody tr td:nth-child(1)").all_inner_texts()
     assert ids == [str(e["id"]) for e in wanted]
     shoot(page, screenshots, "audit")
+    # A time range (UTC) that ends before any of them: nothing matches.
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    page.get_by_label("Until (UTC)").fill(an_hour_ago.strftime("%Y-%m-%dT%H:%M:%S"))
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#audit-results")).to_have_text("No events match.")
+    page.get_by_label("Until (UTC)").fill("")
+    page.get_by_label("Since (UTC)").fill(an_hour_ago.strftime("%Y-%m-%dT%H:%M:%S"))
+    page.get_by_role("button", name="Filter").click()
+    expect(actions).to_have_text(["traffic.update"] * len(wanted))
     with page.expect_download() as download:
         page.get_by_role("button", name="Export CSV").click()
     assert download.value.suggested_filename == "turnout-audit.csv"
