@@ -263,6 +263,18 @@ def test_a_viewer_is_offered_no_change_and_the_api_refuses_one(
     assert [(e["action"], e["outcome"]) for e in denied] == [("traffic.update", "denied")]
 
 
+def test_an_auditor_gets_the_audit_pages_and_no_write_controls(page: Page, mesh: Mesh) -> None:
+    with mesh.admin() as admin:
+        created = admin.post("/v1/keys", json={"name": "console-auditor", "role": "auditor"})
+        assert created.status_code == 201, created.text
+    sign_in(page, mesh, created.json()["key"])
+    expect(page.get_by_role("heading", name="demo")).to_be_visible()
+    expect(page.locator("input[type=range]")).to_have_count(0)
+    page.get_by_role("link", name="Audit").click()
+    expect(page.get_by_role("status").filter(has_text="The chain is intact")).to_be_visible()
+    expect(page.locator("#audit-results tbody tr").first).to_be_visible()
+
+
 @pytest.mark.skip(reason="needs the rollout API")
 def test_the_rollouts_page_shows_steps_and_gates_and_pauses_resumes_and_aborts(
     page: Page, mesh: Mesh, screenshots: Path
