@@ -548,7 +548,7 @@ function proxyCard(proxy) {
       h("td", {}, s.acked_version ?? "–"),
       h("td", {}, s.current_version ?? "–"),
       h("td", { class: "num" }, waiting),
-      h("td", {}, s.error ? h("span", { class: "nack" }, s.error) : "",
+      h("td", {}, s.error ? h("span", { class: "error-cell" }, s.error) : "",
         s.held && s.held.length ? h("div", { class: "muted" }, `held: ${s.held.map((x) => x.resources.join(", ")).join("; ")}`) : null));
   });
   return h("section", { class: "card", "data-node": proxy.node_id },
@@ -556,6 +556,10 @@ function proxyCard(proxy) {
     h("p", { class: "muted" },
       `cluster ${proxy.cluster}, zone ${proxy.zone || "–"}, ${proxy.xds}, connected `, time(proxy.connected_at), ". ",
       behind === null ? "No revision synced yet." : behind === 0 ? `In sync at revision ${proxy.synced_revision}.` : `Lag: ${behind} revision${behind === 1 ? "" : "s"} behind (synced ${proxy.synced_revision}, current ${proxy.revision}).`),
+    // What Envoy rejected, in full, where a narrow screen shows it too.
+    Object.entries(proxy.types)
+      .filter(([, s]) => s.status === "NACKED")
+      .map(([type, s]) => h("p", { class: "message error nack" }, `${type} rejected (NACK): ${s.error || "no error given"}`)),
     table(["Type", "Status", "ACKed version", "Current version", "Waiting for ACK", "Error"], rows));
 }
 

@@ -55,6 +55,14 @@ def shoot(page: Page, screenshots: Path, name: str) -> None:
     page.screenshot(path=str(screenshots / f"{name}.png"), full_page=True)
 
 
+def narrow(page: Page, screenshots: Path, name: str) -> None:
+    """On a phone-sized screen the page fits its width: wide tables scroll on their own."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(page.locator("#view h1")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shoot(page, screenshots, name)
+
+
 def served(mesh: Mesh, count: int = 20) -> Counter[str]:
     with httpx.Client(timeout=5) as client:
         return Counter(
@@ -127,12 +135,9 @@ def test_the_split_slider_moves_envoy_and_a_concurrent_change_is_a_conflict(
     expect(page.locator("output[for='split-demo-v1']")).to_have_text("50%")
     assert split(mesh) == {"v1": 50, "v2": 50}
 
-    # On a phone-sized screen the page still fits: wide tables scroll on their own.
-    page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
     expect(page.get_by_label("Weight of v2")).to_be_visible()
-    assert page.evaluate("document.documentElement.scrollWidth") <= 390
-    shoot(page, screenshots, "models-narrow")
+    narrow(page, screenshots, "models-narrow")
 
 
 @pytest.fixture
@@ -167,6 +172,7 @@ def test_the_live_charts_fill(page: Page, mesh: Mesh, traffic: None, screenshots
     assert chart_points(page, "Latency p99") >= 6
     expect(page.locator("figure svg polyline").first).to_be_attached()
     shoot(page, screenshots, "live")
+    narrow(page, screenshots, "live-narrow")
 
 
 def test_revisions_diff_and_rollback(page: Page, mesh: Mesh, screenshots: Path) -> None:
@@ -347,6 +353,7 @@ def test_a_nacked_proxy_shows_its_error(
             expect(card.locator(".badge.NACKED")).to_be_visible(timeout=30_000)
             expect(card.locator(".nack")).to_contain_text(mesh.env["TURNOUT_LISTENER_PORT"])
             shoot(page, screenshots, "proxies")
+            narrow(page, screenshots, "proxies-narrow")
         finally:
             envoy.terminate()
             envoy.wait(timeout=30)
