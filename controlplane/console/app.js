@@ -156,14 +156,15 @@ function signOut(notice) {
 
 async function start() {
   const me = session.me;
+  session.rollouts = await rolloutsAvailable();
+  // The navigation appears once it is complete, and routes from then on.
+  const nav = document.getElementById("nav");
+  nav.querySelector('[data-page="audit"]').hidden = !can("audit");
+  nav.querySelector('[data-page="rollouts"]').hidden = !session.rollouts;
   document.getElementById("who-name").textContent = `${me.name} (${me.role})`;
   document.getElementById("who").hidden = false;
-  const nav = document.getElementById("nav");
   nav.hidden = false;
-  nav.querySelector('[data-page="audit"]').hidden = !can("audit");
-  session.rollouts = await rolloutsAvailable();
-  nav.querySelector('[data-page="rollouts"]').hidden = !session.rollouts;
-  if (!location.hash || location.hash === "#") location.hash = "#/models";
+  if (!location.hash.startsWith("#/")) location.hash = "#/models";
   else route();
 }
 
