@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.e2e.test_turnout_up import READY, TURNOUT, exported_key, mesh_env
 
@@ -33,6 +34,9 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
 
 
 _taken: list[Path] = []
+
+# CI is a loaded two-core machine: give each expectation time to come true.
+expect.set_options(timeout=15_000)
 
 
 @pytest.fixture(scope="session")
