@@ -20,7 +20,7 @@ from playwright.sync_api import expect
 
 from tests.e2e.test_turnout_up import READY, TURNOUT, exported_key, mesh_env
 
-CHROMIUM = Path(os.environ.get("TURNOUT_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 # Screenshots of every page, kept after the run (the repository ignores .turnout/).
 SCREENSHOTS = Path(__file__).resolve().parents[2] / ".turnout" / "screenshots"
 
