@@ -20,10 +20,12 @@ from starlette.types import ASGIApp
 from controlplane.db.audit_repository import audit_session_info
 from controlplane.db.engine import create_engine, create_sessionmaker, is_sqlite
 from controlplane.db.migrate import current_revision, head_revision
+from controlplane.discovery.watch import Watches, api_client
 from controlplane.memory import pin_mmap_threshold
 from controlplane.metrics import ControlPlaneMetrics, ProxyFigure, XdsFigures
 from controlplane.notify import Notifier, PostgresListener
 from controlplane.services.audit import AuditCheckpointer, load_audit_secret
+from controlplane.services.discovery import DiscoveryLeader
 from controlplane.services.keys import VerifiedKeys
 from controlplane.settings import Settings
 from controlplane.sync import StateSync
@@ -113,6 +115,16 @@ class ControlPlane:
             self.cache, self.registry, handlers=[metrics_service_handler(self.traffic)]
         )
         self.metrics.watch_xds(self.xds_figures)
+        # Kubernetes endpoint discovery (off unless configured): one replica watches.
+        self.discovery: DiscoveryLeader | None = None
+        if settings.kubernetes != "off":
+            self.discovery = DiscoveryLeader(
+                self.sessionmaker,
+                self._watches,
+                lambda: self.sync.state,
+                self.notifier.notify,
+                lease_s=settings.kubernetes_lease_s,
+            )
         self._listener: PostgresListener | None = None
         self._api_server: uvicorn.Server | None = None
         self._tasks = _Tasks()
@@ -152,6 +164,8 @@ class ControlPlane:
         self._tasks.checkpoints = asyncio.create_task(
             self.audit_checkpoints.run(), name="turnout-audit-checkpoints"
         )
+        if self.discovery is not None:
+            self.discovery.start()
         self.xds_port = await self.xds.start(self.settings.xds_host, self.settings.xds_port)
         if api is not None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -182,6 +196,8 @@ class ControlPlane:
                 await self._tasks.api
             self._tasks.api = None
         await self.xds.stop(grace=0.5)
+        if self.discovery is not None:
+            await self.discovery.stop()
         if self._tasks.sync is not None:
             self._tasks.sync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -198,6 +214,14 @@ class ControlPlane:
         await self.engine.dispose()
         # In a thread: it waits for the last spans to reach the collector.
         await asyncio.to_thread(self.tracing.shutdown)
+
+    async def _watches(self) -> Watches:
+        assert self.discovery is not None
+        return Watches(
+            await api_client(self.settings.kubernetes),
+            self.discovery.report,
+            max_backoff_s=self.settings.kubernetes_max_backoff_s,
+        )
 
     def xds_figures(self) -> XdsFigures:
         """What /metrics shows of xDS now: the revision served and each proxy's status

@@ -112,6 +112,25 @@ class Settings(BaseSettings):
         description="comma-separated IP:PORT of the DNS servers Envoy asks for endpoint "
         "names; unset: the proxy's own (/etc/resolv.conf)",
     )
+    kubernetes: str = Field(
+        default="off",
+        description="discover the endpoints of versions that name a Kubernetes Service: off, "
+        "auto (in-cluster in a pod, else the kubeconfig), in-cluster, or a kubeconfig path",
+    )
+    kubernetes_lease_s: float = Field(
+        default=15.0,
+        ge=1,
+        le=300,
+        description="one replica watches Kubernetes at a time, under a lease of this "
+        "length; another takes over within it when that replica stops",
+    )
+    kubernetes_max_backoff_s: float = Field(
+        default=30.0,
+        ge=0.1,
+        le=600,
+        description="a lost Kubernetes watch is retried after a doubling, jittered backoff "
+        "of at most this",
+    )
     audit_key: SecretStr | None = Field(
         default=None, description="the audit chain's HMAC key (32 characters or more)"
     )
@@ -161,6 +180,12 @@ class Settings(BaseSettings):
     def dns_resolver_list(self) -> tuple[str, ...]:
         """The DNS servers of ``dns_resolvers``, in order."""
         return tuple(self.dns_resolvers.split(",")) if self.dns_resolvers else ()
+
+    @field_validator("kubernetes")
+    @classmethod
+    def _kubernetes(cls, value: str) -> str:
+        value = value.strip()
+        return value if value else "off"
 
     @field_validator("otlp_endpoint")
     @classmethod

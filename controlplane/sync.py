@@ -10,6 +10,10 @@ held at its last accepted config (``controlplane.xds.containment``): the loop
 listens to the proxies' ACKs and NACKs through the cache, and publishes again
 when the holds change, at the same revision.
 
+Versions that name a Kubernetes Service get that Service's discovered
+endpoints (``controlplane.domain.discovery``), read on every pass while some
+version names one: a change to them publishes again at the same revision.
+
 It also measures the path from commit to proxy: each pass and its translation,
 and, for each revision it learns while running, the time from the revision's
 ``created_at`` (the writer's clock) to the first push of it to a proxy that
@@ -30,9 +34,11 @@ from datetime import datetime
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controlplane.db.discovery import DiscoveryRepository
 from controlplane.db.revisions import RevisionRepository
 from controlplane.db.state import load_access, load_models, load_state
 from controlplane.domain.clock import utcnow
+from controlplane.domain.discovery import Discovery, referenced_services, with_discovered
 from controlplane.domain.state import DesiredState
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.notify import Notifier
@@ -80,6 +86,7 @@ class StateSync:
         self.revision: int | None = None
         self.state: DesiredState | None = None
         self._full_read_at = -math.inf
+        self._discovery: Discovery = {}
         self._containment = Containment()
         self._published_generation = 0
         self._degraded: set[str] = set()  # the models it reports as degraded
@@ -112,15 +119,44 @@ class StateSync:
         if current != self.revision:
             began = time.time_ns()
             state = await self._load()
+            self._discovery = await self._discovered(state)
             push = self._tracing.start_push(self.revision, state.revision, began)
             with trace.use_span(push, end_on_exit=True):
                 await self._publish(state, started, current, committed_at)
                 push.set_attribute("turnout.models", len(state.models))
             return True
-        if self.state is not None and self._containment.generation != self._published_generation:
+        if self.state is None:
+            return False
+        discovery = await self._discovered(self.state)
+        if (
+            discovery != self._discovery
+            or self._containment.generation != self._published_generation
+        ):
+            if discovery != self._discovery:
+                log.info(
+                    "discovery.endpoints_changed",
+                    extra={
+                        "revision": self.state.revision,
+                        "services": sorted(
+                            f"{ns}/{name}"
+                            for ns, name in set(discovery) | set(self._discovery)
+                            if discovery.get((ns, name)) != self._discovery.get((ns, name))
+                        ),
+                    },
+                )
+            self._discovery = discovery
             await self._publish(self.state, started, current, committed_at)
             return True
         return False
+
+    async def _discovered(self, state: DesiredState) -> Discovery:
+        """Read the discovered endpoints of the Services ``state`` names (no read
+        when it names none)."""
+        services = referenced_services(state)
+        if not services:
+            return {}
+        async with self._sessionmaker() as session:
+            return await DiscoveryRepository(session).of(services)
 
     async def _publish(
         self, state: DesiredState, started: float, current: int, committed_at: datetime | None
@@ -128,7 +164,9 @@ class StateSync:
         """Translate ``state`` with the holds applied and publish it; ``current`` is
         the database's revision, committed at ``committed_at``."""
         translating = time.perf_counter()
-        effective = self._containment.apply(state)
+        # Discovered endpoints (observed state) join the desired state first: what
+        # Envoy holds and rejects is the state with them.
+        effective = self._containment.apply(with_discovered(state, self._discovery))
         generation = self._containment.generation
         # Resources unused by this translation and the one before are forgotten.
         self._translator.rotate()

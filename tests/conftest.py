@@ -35,6 +35,8 @@ from controlplane.settings import Settings
 from tests.support import EnvoyProcess
 
 DATA_TABLES = (
+    "discovered_endpoints",
+    "leases",
     "tenant_credentials",
     "tenants",
     "signing_keys",

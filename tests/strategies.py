@@ -43,6 +43,7 @@ from controlplane.domain.policy import (
 from controlplane.domain.state import (
     DesiredState,
     EndpointSpec,
+    KubernetesRef,
     ModelSpec,
     TenantSpec,
     VersionSpec,
@@ -52,6 +53,7 @@ __all__ = [
     "TEST_JWKS",
     "desired_states",
     "endpoints",
+    "kubernetes_refs",
     "model_policies",
     "names",
     "version_policies",
@@ -291,6 +293,18 @@ def _weights(draw: st.DrawFn, versions: Sequence[str]) -> tuple[tuple[str, int],
     return tuple((name, weight) for name, weight in zip(versions, shares, strict=True) if weight)
 
 
+def kubernetes_refs() -> st.SearchStrategy[KubernetesRef]:
+    """A reference to a Kubernetes Service, as the admin API accepts it."""
+    label = st.from_regex(r"\A[a-z]([-a-z0-9]{0,8}[a-z0-9])?\Z")
+    port_name = st.from_regex(r"\A[a-z]([-a-z0-9]{0,6}[a-z0-9])?\Z")
+    return st.builds(
+        KubernetesRef,
+        namespace=label,
+        service=label,
+        port=port_name | st.integers(1, 65535),
+    )
+
+
 @st.composite
 def _models(draw: st.DrawFn, name: str) -> ModelSpec:
     version_names = sorted(draw(st.sets(names(), max_size=MAX_VERSIONS)))
@@ -303,11 +317,16 @@ def _models(draw: st.DrawFn, name: str) -> ModelSpec:
                 unique_by=lambda e: (e.address, e.port),
             )
         )
+        # A version lists its endpoints or names a Kubernetes Service, never both.
+        ref = draw(st.none() | kubernetes_refs())
         versions.append(
             VersionSpec(
                 name=version,
-                endpoints=tuple(sorted(replicas, key=lambda e: (e.address, e.port))),
+                endpoints=()
+                if ref is not None
+                else tuple(sorted(replicas, key=lambda e: (e.address, e.port))),
                 policy=draw(version_policies()),
+                kubernetes=ref,
             )
         )
     return ModelSpec(

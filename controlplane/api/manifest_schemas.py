@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controlplane.api.policy_schemas import ModelPolicyBody, VersionPolicyBody
-from controlplane.api.schemas import EndpointIn, Name, Protocol
+from controlplane.api.schemas import EndpointIn, KubernetesIn, Name, Protocol
 from controlplane.domain.policy import ModelPolicy, VersionPolicy
 from controlplane.domain.state import EndpointSpec, ModelSpec, VersionSpec
 
@@ -40,11 +40,21 @@ class _Strict(BaseModel):
 
 
 class ManifestVersion(_Strict):
-    """One version: its replicas and its cluster policy."""
+    """One version: its replicas (or the Kubernetes Service whose endpoints are
+    discovered) and its cluster policy."""
 
     name: Name
     endpoints: list[EndpointIn] = Field(default_factory=list, max_length=1000)
+    kubernetes: KubernetesIn | None = None
     policy: VersionPolicyBody | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ManifestVersion:
+        if self.endpoints and self.kubernetes is not None:
+            raise ValueError(
+                f"version {self.name!r} lists endpoints or names a kubernetes Service, not both"
+            )
+        return self
 
 
 class ManifestModel(_Strict):
@@ -95,6 +105,7 @@ class ManifestModel(_Strict):
                     )
                 ),
                 policy=version.policy.to_policy() if version.policy else VersionPolicy(),
+                kubernetes=version.kubernetes.to_ref() if version.kubernetes else None,
             )
             for version in sorted(self.versions, key=lambda v: v.name)
         )
@@ -128,6 +139,13 @@ class ManifestModel(_Strict):
                 ManifestVersion(
                     name=version.name,
                     endpoints=[_endpoint_in(e) for e in version.endpoints],
+                    kubernetes=None
+                    if version.kubernetes is None
+                    else KubernetesIn(
+                        namespace=version.kubernetes.namespace,
+                        service=version.kubernetes.service,
+                        port=version.kubernetes.port,
+                    ),
                     policy=None
                     if version.policy == VersionPolicy()
                     else VersionPolicyBody.from_policy(version.policy),

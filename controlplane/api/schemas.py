@@ -5,11 +5,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from controlplane.domain.addresses import endpoint_address
+from controlplane.domain.discovery import (
+    NAMESPACE_PATTERN,
+    PORT_NAME_PATTERN,
+    SERVICE_PATTERN,
+    port_name,
+)
 from controlplane.domain.keys import parse_lifetime
-from controlplane.domain.state import EndpointSpec
+from controlplane.domain.state import EndpointSpec, KubernetesRef
 
 __all__ = [
     "AuditEventOut",
@@ -27,6 +40,8 @@ __all__ = [
     "KeyCreate",
     "KeyCreated",
     "KeyOut",
+    "KubernetesIn",
+    "KubernetesOut",
     "ModelCreate",
     "ModelOut",
     "ModelPatch",
@@ -156,17 +171,59 @@ class EndpointOut(BaseModel):
     batcher_port: int | None = None
 
 
+class KubernetesIn(_Strict):
+    """A Kubernetes Service whose ready endpoints serve the version (see docs/discovery.md)."""
+
+    namespace: Annotated[str, StringConstraints(pattern=NAMESPACE_PATTERN)]
+    service: Annotated[str, StringConstraints(pattern=SERVICE_PATTERN)]
+    port: (
+        Annotated[int, Field(ge=1, le=65535, strict=True)]
+        | Annotated[str, StringConstraints(pattern=PORT_NAME_PATTERN), AfterValidator(port_name)]
+    ) = Field(
+        description="the name of a port of the Service's EndpointSlices (e.g. http), or "
+        "the port number the endpoints listen on"
+    )
+
+    def to_ref(self) -> KubernetesRef:
+        """Return the domain value of this reference."""
+        return KubernetesRef(namespace=self.namespace, service=self.service, port=self.port)
+
+
 class VersionCreate(_Strict):
-    """POST /v1/models/{model}/versions."""
+    """POST /v1/models/{model}/versions: its endpoints, or the Kubernetes Service
+    whose endpoints are discovered (not both)."""
 
     version: Name
     endpoints: list[EndpointIn] = Field(default_factory=list, max_length=1000)
+    kubernetes: KubernetesIn | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VersionCreate:
+        if self.endpoints and self.kubernetes is not None:
+            raise ValueError("a version lists endpoints or names a kubernetes Service, not both")
+        return self
 
 
 class VersionPatch(_Strict):
-    """PATCH /v1/models/{model}/versions/{version}: replaces the endpoint list."""
+    """PATCH /v1/models/{model}/versions/{version}: replaces the endpoint list, or
+    the Kubernetes Service (exactly one of the two; the other is cleared)."""
 
-    endpoints: list[EndpointIn] = Field(max_length=1000)
+    endpoints: list[EndpointIn] | None = Field(default=None, max_length=1000)
+    kubernetes: KubernetesIn | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VersionPatch:
+        if (self.endpoints is None) == (self.kubernetes is None):
+            raise ValueError("give either endpoints or kubernetes (a Service), exactly one")
+        return self
+
+
+class KubernetesOut(BaseModel):
+    """The Kubernetes Service a version's endpoints are discovered from."""
+
+    namespace: str
+    service: str
+    port: int | str
 
 
 class VersionOut(BaseModel):
@@ -175,6 +232,16 @@ class VersionOut(BaseModel):
     model: str
     version: str
     endpoints: list[EndpointOut]
+    kubernetes: KubernetesOut | None = Field(
+        default=None,
+        description="the Service whose ready endpoints serve this version (null: the "
+        "endpoints above are listed)",
+    )
+    discovered: list[EndpointOut] | None = Field(
+        default=None,
+        description="read-only: the endpoints discovered for the Service now, which Envoy "
+        "gets (null for a version that lists its endpoints)",
+    )
     batching: dict[str, Any] | None = Field(
         default=None,
         description="the version's batching policy, which its batchers poll "

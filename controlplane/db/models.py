@@ -31,8 +31,10 @@ __all__ = [
     "AuditHead",
     "ConfigHead",
     "ConfigRevision",
+    "DiscoveredEndpoints",
     "Endpoint",
     "IdempotencyRecord",
+    "Lease",
     "Model",
     "ModelVersion",
     "RevisionModel",
@@ -77,6 +79,9 @@ class ModelVersion(IdMixin, TimestampMixin, Base):
     name: Mapped[str] = mapped_column(String(63))
     # Cluster policy (controlplane.domain.policy.VersionPolicy as a document); None: none set.
     policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The Kubernetes Service whose endpoints serve it (controlplane.domain.documents
+    # encode_kubernetes_ref); None: its endpoints are listed.
+    kubernetes: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     model: Mapped[Model] = relationship(back_populates="versions", lazy="raise")
     endpoints: Mapped[list[Endpoint]] = relationship(
@@ -320,3 +325,30 @@ class SigningKey(IdMixin, Base):
     private_key: Mapped[str] = mapped_column(Text)
     public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class DiscoveredEndpoints(Base):
+    """The endpoints of one Kubernetes Service that may take traffic, as its
+    watcher last saw them (controlplane.domain.discovery encode_discovered).
+
+    Observed state, not desired state: written without a revision or an audit
+    event, and merged into the state before translation on every replica.
+    """
+
+    __tablename__ = "discovered_endpoints"
+
+    namespace: Mapped[str] = mapped_column(String(63), primary_key=True)
+    service: Mapped[str] = mapped_column(String(63), primary_key=True)
+    endpoints: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    observed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Lease(Base):
+    """A named lease: the replica that holds it (until ``expires_at``) does the
+    work that only one replica may do at a time."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

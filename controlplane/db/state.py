@@ -34,6 +34,7 @@ from controlplane.db.models import (
 from controlplane.db.repositories import ModelRepository, TrafficRepository, VersionRepository
 from controlplane.domain.clock import utcnow
 from controlplane.domain.credentials import jwks_of
+from controlplane.domain.documents import decode_kubernetes_ref, encode_kubernetes_ref
 from controlplane.domain.policy import (
     ModelPolicy,
     VersionPolicy,
@@ -43,6 +44,7 @@ from controlplane.domain.policy import (
 from controlplane.domain.state import (
     DesiredState,
     EndpointSpec,
+    KubernetesRef,
     ModelSpec,
     TenantSpec,
     VersionSpec,
@@ -54,6 +56,7 @@ __all__ = [
     "apply_state",
     "endpoint_rows",
     "endpoint_spec",
+    "kubernetes_column",
     "load_access",
     "load_models",
     "load_state",
@@ -64,6 +67,11 @@ __all__ = [
 def policy_column(policy: ModelPolicy | VersionPolicy) -> dict[str, Any] | None:
     """Return a policy as its column value: NULL is the one way to say "none set"."""
     return None if policy == type(policy)() else asdict(policy)
+
+
+def kubernetes_column(ref: KubernetesRef | None) -> dict[str, Any] | None:
+    """Return a version's Service reference as its column value (NULL: none)."""
+    return None if ref is None else encode_kubernetes_ref(ref)
 
 
 def endpoint_spec(row: Endpoint) -> EndpointSpec:
@@ -125,7 +133,11 @@ async def load_models(
     )
     split_query = select(TrafficSplit.version_id, TrafficSplit.weight)
     version_query = select(
-        ModelVersion.id, ModelVersion.model_id, ModelVersion.name, ModelVersion.policy
+        ModelVersion.id,
+        ModelVersion.model_id,
+        ModelVersion.name,
+        ModelVersion.policy,
+        ModelVersion.kubernetes,
     )
     model_query = select(Model.id, Model.name, Model.protocol, Model.policy)
     if names is not None:
@@ -140,10 +152,13 @@ async def load_models(
         endpoints.setdefault(row[0], []).append(EndpointSpec(*row[1:]))
     weights: dict[int, int] = dict((await session.execute(split_query)).all())
     versions: dict[int, list[tuple[str, int, VersionSpec]]] = {}
-    for version_id, model_id, name, policy in await session.execute(version_query):
+    for version_id, model_id, name, policy, kubernetes in await session.execute(version_query):
         own = sorted(endpoints.get(version_id, ()), key=lambda e: (e.address, e.port))
         spec = VersionSpec(
-            name=name, endpoints=tuple(own), policy=version_policy_from_document(policy)
+            name=name,
+            endpoints=tuple(own),
+            policy=version_policy_from_document(policy),
+            kubernetes=decode_kubernetes_ref(kubernetes),
         )
         versions.setdefault(model_id, []).append((name, weights.get(version_id, 0), spec))
     models = []
@@ -232,12 +247,14 @@ async def apply_models(session: AsyncSession, target: Mapping[str, ModelSpec | N
                         model_id=row.id,
                         name=version_name,
                         policy=policy_column(version.policy),
+                        kubernetes=kubernetes_column(version.kubernetes),
                         endpoints=endpoint_rows(version.endpoints),
                     )
                 )
             else:
                 version_row = found
                 version_row.policy = policy_column(version.policy)
+                version_row.kubernetes = kubernetes_column(version.kubernetes)
                 stored = sorted(
                     (endpoint_spec(e) for e in version_row.endpoints),
                     key=lambda e: (e.address, e.port),

@@ -12,7 +12,8 @@ Document shapes (JSON)::
     model:  {"name", "protocol", "policy": {...},
              "versions": [{"name", "policy": {...},
                            "endpoints": [{"address", "port", "zone", "accelerator",
-                                          "weight", "batcher_port"}]}],
+                                          "weight", "batcher_port"}],
+                           "kubernetes": {"namespace", "service", "port"}  (only when set)}],
              "weights": [[version, weight], ...]}
     access: {"tenants": [{"name", "subject", "models", "requests_per_second",
                           "burst", "revoked"}], "jwks": str | null}
@@ -35,6 +36,7 @@ from controlplane.domain.policy import (
 from controlplane.domain.state import (
     DesiredState,
     EndpointSpec,
+    KubernetesRef,
     ModelSpec,
     TenantSpec,
     VersionSpec,
@@ -43,11 +45,13 @@ from controlplane.domain.state import (
 __all__ = [
     "decode_access",
     "decode_endpoint",
+    "decode_kubernetes_ref",
     "decode_model",
     "decode_state",
     "digest_of",
     "encode_access",
     "encode_endpoint",
+    "encode_kubernetes_ref",
     "encode_model",
     "encode_policy",
     "encode_state",
@@ -102,16 +106,39 @@ def encode_model(model: ModelSpec) -> dict[str, Any]:
         "name": model.name,
         "protocol": model.protocol,
         "policy": encode_policy(model.policy),
-        "versions": [
-            {
-                "name": version.name,
-                "policy": encode_policy(version.policy),
-                "endpoints": [encode_endpoint(e) for e in version.endpoints],
-            }
-            for version in model.versions
-        ],
+        "versions": [_encode_version(version) for version in model.versions],
         "weights": [[name, weight] for name, weight in model.weights],
     }
+
+
+def _encode_version(version: VersionSpec) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "name": version.name,
+        "policy": encode_policy(version.policy),
+        "endpoints": [encode_endpoint(e) for e in version.endpoints],
+    }
+    # Only when set: the documents of versions without one keep their digests.
+    if version.kubernetes is not None:
+        document["kubernetes"] = encode_kubernetes_ref(version.kubernetes)
+    return document
+
+
+def encode_kubernetes_ref(ref: KubernetesRef) -> dict[str, Any]:
+    """Return the document of a version's Kubernetes Service reference (also its
+    column value)."""
+    return {"namespace": ref.namespace, "service": ref.service, "port": ref.port}
+
+
+def decode_kubernetes_ref(document: dict[str, Any] | None) -> KubernetesRef | None:
+    """Return the reference of :func:`encode_kubernetes_ref`'s document (None: none)."""
+    if document is None:
+        return None
+    port = document["port"]
+    return KubernetesRef(
+        namespace=str(document["namespace"]),
+        service=str(document["service"]),
+        port=port if isinstance(port, int) else str(port),
+    )
 
 
 def decode_model(document: dict[str, Any]) -> ModelSpec:
@@ -124,6 +151,7 @@ def decode_model(document: dict[str, Any]) -> ModelSpec:
                 name=v["name"],
                 endpoints=tuple(decode_endpoint(e) for e in v["endpoints"]),
                 policy=version_policy_from_document(v.get("policy")),
+                kubernetes=decode_kubernetes_ref(v.get("kubernetes")),
             )
             for v in document["versions"]
         ),

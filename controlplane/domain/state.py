@@ -10,7 +10,14 @@ from dataclasses import dataclass, field, replace
 
 from controlplane.domain.policy import ModelPolicy, VersionPolicy
 
-__all__ = ["DesiredState", "EndpointSpec", "ModelSpec", "TenantSpec", "VersionSpec"]
+__all__ = [
+    "DesiredState",
+    "EndpointSpec",
+    "KubernetesRef",
+    "ModelSpec",
+    "TenantSpec",
+    "VersionSpec",
+]
 
 
 # The specs key the translator's memo, so they are hashed on every translation:
@@ -40,16 +47,32 @@ class EndpointSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class KubernetesRef:
+    """A Kubernetes Service whose ready endpoints serve a version, found by watching
+    its EndpointSlices; ``port`` is the name of one of the slices' ports, or the
+    port number the endpoints listen on."""
+
+    namespace: str
+    service: str
+    port: str | int
+
+
+@dataclass(frozen=True, slots=True)
 class VersionSpec:
-    """One version of a model, the replicas that serve it and how they are treated."""
+    """One version of a model, the replicas that serve it and how they are treated.
+
+    A version lists its ``endpoints`` or names a Kubernetes Service (``kubernetes``)
+    whose endpoints are discovered; the desired state never holds both."""
 
     name: str
     endpoints: tuple[EndpointSpec, ...] = ()
     policy: VersionPolicy = field(default_factory=VersionPolicy)
+    kubernetes: KubernetesRef | None = None
     _hash: int = _HASH
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.name, self.endpoints, self.policy)))
+        key = (self.name, self.endpoints, self.policy, self.kubernetes)
+        object.__setattr__(self, "_hash", hash(key))
 
     def __hash__(self) -> int:
         return self._hash

@@ -15,12 +15,14 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from controlplane.db.discovery import DiscoveryRepository
 from controlplane.db.models import Model, ModelVersion
 from controlplane.db.repositories import ModelRepository, TrafficRepository, VersionRepository
 from controlplane.db.revisions import RevisionRepository
-from controlplane.db.state import endpoint_rows, endpoint_spec, policy_column
+from controlplane.db.state import endpoint_rows, endpoint_spec, kubernetes_column, policy_column
 from controlplane.domain.audit import ActionContext, AuditAction
-from controlplane.domain.documents import encode_endpoint, encode_policy
+from controlplane.domain.discovery import resolve
+from controlplane.domain.documents import decode_kubernetes_ref, encode_endpoint, encode_policy
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
 from controlplane.domain.etags import check_if_match, etag_of
 from controlplane.domain.policy import (
@@ -30,7 +32,7 @@ from controlplane.domain.policy import (
     model_policy_from_document,
     version_policy_from_document,
 )
-from controlplane.domain.state import EndpointSpec
+from controlplane.domain.state import EndpointSpec, KubernetesRef
 from controlplane.services.changes import record_change
 
 __all__ = [
@@ -119,16 +121,27 @@ class ModelService:
         return await self._require_version(await self.get_model(model_name), version)
 
     async def create_version(
-        self, model_name: str, version: str, endpoints: Sequence[EndpointSpec]
+        self,
+        model_name: str,
+        version: str,
+        endpoints: Sequence[EndpointSpec],
+        kubernetes: KubernetesRef | None = None,
     ) -> ModelVersion:
-        """Add a version. The first version of a model takes all its traffic;
-        later ones start at weight 0 until the split is changed."""
+        """Add a version, served by ``endpoints`` or by the endpoints discovered for
+        the Kubernetes Service ``kubernetes``. The first version of a model takes all
+        its traffic; later ones start at weight 0 until the split is changed."""
         model = await self.get_model(model_name)
+        _check_one_source(endpoints, kubernetes)
         check_unique_endpoints(endpoints)
         if await self._versions.get(model, version) is not None:
             raise Conflict(f"version {version!r} of model {model_name!r} already exists")
         is_first = not await self._versions.of_model(model)
-        row = ModelVersion(model_id=model.id, name=version, endpoints=endpoint_rows(endpoints))
+        row = ModelVersion(
+            model_id=model.id,
+            name=version,
+            kubernetes=kubernetes_column(kubernetes),
+            endpoints=endpoint_rows(endpoints),
+        )
         try:
             async with self._session.begin_nested():
                 await self._versions.add(row)
@@ -154,15 +167,19 @@ class ModelService:
         model_name: str,
         version: str,
         endpoints: Sequence[EndpointSpec],
+        kubernetes: KubernetesRef | None = None,
         *,
         if_match: str | None = None,
     ) -> ModelVersion:
-        """Replace the endpoints of a version."""
+        """Replace the endpoints of a version, or the Kubernetes Service that serves
+        it (which clears its listed endpoints)."""
         model = await self.get_model(model_name)
         row = await self._require_version(model, version)
         check_if_match(if_match, version_etag(model_name, row))
+        _check_one_source(endpoints, kubernetes)
         check_unique_endpoints(endpoints)
         before = version_document(model_name, row)
+        row.kubernetes = kubernetes_column(kubernetes)
         await self._versions.replace_endpoints(row, endpoint_rows(endpoints))
         await self._record(
             AuditAction.VERSION_UPDATE,
@@ -174,6 +191,16 @@ class ModelService:
             version,
         )
         return row
+
+    async def discovered(self, row: ModelVersion) -> tuple[EndpointSpec, ...] | None:
+        """Return the endpoints discovered now for a version that names a Kubernetes
+        Service (what Envoy gets), or None for a version that lists its own."""
+        ref = decode_kubernetes_ref(row.kubernetes)
+        if ref is None:
+            return None
+        key = (ref.namespace, ref.service)
+        found = await DiscoveryRepository(self._session).of([key])
+        return resolve(ref, found.get(key, ()))
 
     async def delete_version(
         self, model_name: str, version: str, *, if_match: str | None = None
@@ -371,11 +398,19 @@ def model_document(model: Model) -> dict[str, Any]:
 
 def version_document(model_name: str, version: ModelVersion) -> dict[str, Any]:
     """Return the audit-log JSON of a version and its endpoints."""
-    return {
+    document: dict[str, Any] = {
         "model": model_name,
         "version": version.name,
         "endpoints": [encode_endpoint(endpoint_spec(e)) for e in version.endpoints],
     }
+    if version.kubernetes is not None:
+        document["kubernetes"] = version.kubernetes
+    return document
+
+
+def _check_one_source(endpoints: Sequence[EndpointSpec], kubernetes: KubernetesRef | None) -> None:
+    if endpoints and kubernetes is not None:
+        raise InvalidInput("a version lists endpoints or names a kubernetes Service, not both")
 
 
 def check_unique_endpoints(endpoints: Sequence[EndpointSpec]) -> None:

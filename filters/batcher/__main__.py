@@ -49,8 +49,10 @@ def build_config(
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue)
     parser.add_argument("--slo-ms", type=float, default=defaults.slo_ms)
     parser.add_argument("--control-plane", help="admin API URL to poll for the policy")
-    parser.add_argument("--model", help="model name (with --control-plane)")
-    parser.add_argument("--model-version", help="version name (with --control-plane)")
+    parser.add_argument("--model", help="model name (with --control-plane; labels /metrics)")
+    parser.add_argument(
+        "--model-version", help="version name (with --control-plane; labels /metrics)"
+    )
     parser.add_argument(
         "--otlp-endpoint",
         type=_host_port,
@@ -95,6 +97,8 @@ def build_config(
         max_in_flight=args.max_in_flight,
         otlp_endpoint=otlp_endpoint,
         trace_sampling=args.trace_sampling,
+        model=args.model or "",
+        version=args.model_version or "",
     )
 
 

@@ -24,7 +24,7 @@ _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class BatcherMetrics:
     """The batcher's instruments: batch sizes, waits, upstream time, rejections, in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str = "", version: str = "") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.batch_size = Histogram(
@@ -70,9 +70,14 @@ class BatcherMetrics:
             "Batches sent upstream and not yet answered.",
             registry=r,
         )
+        # Labelled with the model version the batcher serves: the demand signal an
+        # autoscaler reads per version (deploy/kubernetes/examples/autoscaling).
         self.queue_depth = Gauge(
-            "turnout_batcher_queue_depth", "Requests waiting in the queue.", registry=r
-        )
+            "turnout_batcher_queue_depth",
+            "Requests waiting in the queue.",
+            ["model", "version"],
+            registry=r,
+        ).labels(model=model, version=version)
         self.splits = Counter(
             "turnout_batcher_batch_splits",
             "Batches the upstream rejected that were split in halves and retried.",

@@ -47,6 +47,8 @@ class BatcherConfig:
     - ``policy_source``: polled every ``policy_interval_s`` seconds, if given.
     - ``max_in_flight``: batches upstream at once (the replica's batch
       concurrency; 1 suits one GPU that runs one batch at a time).
+    - ``model``/``version``: the model version served (``--model``,
+      ``--model-version``): labels of the queue-depth metric ("" when unknown).
     - ``otlp_endpoint``: ``host:port`` of an OTLP/gRPC collector to send spans
       to (None: no tracing); ``trace_sampling``: the percent of requests without
       a ``traceparent`` that start a trace.
@@ -62,13 +64,15 @@ class BatcherConfig:
     upstream_connections: int = 256
     otlp_endpoint: str | None = None
     trace_sampling: float = 1.0
+    model: str = ""
+    version: str = ""
 
 
 class _Service:
     def __init__(self, config: BatcherConfig, tracer: Tracer | None) -> None:
         self.config = config
         self.tracer = tracer
-        self.metrics = BatcherMetrics()
+        self.metrics = BatcherMetrics(config.model, config.version)
         self.upstream = Upstream(config.upstream, connections=config.upstream_connections)
         self.dispatcher = Dispatcher(
             self.upstream,

@@ -117,7 +117,7 @@ async def test_version_with_traffic_cannot_be_deleted(api: httpx.AsyncClient) ->
         (
             "post",
             "/v1/models/m/versions",
-            {"version": "v9", "endpoints": [{"address": "model.local", "port": 80}]},
+            {"version": "v9", "endpoints": [{"address": "model_1.local", "port": 80}]},
             422,
             "validation_error",
         ),

@@ -30,6 +30,8 @@ EXPECTED_TABLES = {
     "signing_keys",
     "revision_models",
     "state_documents",
+    "discovered_endpoints",
+    "leases",
 }
 
 

@@ -25,6 +25,7 @@ from controlplane.api.schemas import (
     HeldOut,
     HistoryEntry,
     HistoryPage,
+    KubernetesOut,
     ModelCreate,
     ModelOut,
     ModelPatch,
@@ -40,7 +41,7 @@ from controlplane.db.audit_repository import AuditQuery, AuditRepository
 from controlplane.db.models import ModelVersion
 from controlplane.domain.audit import AuditAction, Outcome
 from controlplane.domain.keys import Permission
-from controlplane.services.models import model_etag, traffic_etag, version_etag
+from controlplane.services.models import ModelService, model_etag, traffic_etag, version_etag
 
 __all__ = ["router"]
 
@@ -73,11 +74,16 @@ _STALE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _version_out(model: str, row: ModelVersion) -> VersionOut:
+async def _version_out(model: str, row: ModelVersion, service: ModelService) -> VersionOut:
+    discovered = await service.discovered(row)
     return VersionOut(
         model=model,
         version=row.name,
         endpoints=[EndpointOut.model_validate(e) for e in row.endpoints],
+        kubernetes=KubernetesOut.model_validate(row.kubernetes) if row.kubernetes else None,
+        discovered=None
+        if discovered is None
+        else [EndpointOut.model_validate(e, from_attributes=True) for e in discovered],
         batching=(row.policy or {}).get("batching"),
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -170,25 +176,30 @@ async def create_version(
 ) -> VersionOut:
     """Add a version. The first version of a model takes all its traffic; later
     versions start at weight 0 until the split is changed."""
-    row = await service.create_version(model, body.version, [e.to_spec() for e in body.endpoints])
+    kubernetes = body.kubernetes.to_ref() if body.kubernetes is not None else None
+    row = await service.create_version(
+        model, body.version, [e.to_spec() for e in body.endpoints], kubernetes
+    )
     response.headers["etag"] = version_etag(model, row)
-    return _version_out(model, row)
+    return await _version_out(model, row, service)
 
 
 @router.get("/{model}/versions")
 async def list_versions(model: Name, service: ModelServiceDep) -> list[VersionOut]:
     """List a model's versions with their endpoints."""
-    return [_version_out(model, row) for row in await service.list_versions(model)]
+    return [await _version_out(model, row, service) for row in await service.list_versions(model)]
 
 
 @router.get("/{model}/versions/{version}")
 async def get_version(
     model: Name, version: Name, service: ModelServiceDep, response: Response
 ) -> VersionOut:
-    """Show one version and its endpoints; its ``ETag`` header is what ``If-Match`` takes."""
+    """Show one version and its endpoints (for a version that names a Kubernetes
+    Service: the reference and the endpoints discovered now); its ``ETag`` header is
+    what ``If-Match`` takes."""
     row = await service.get_version(model, version)
     response.headers["etag"] = version_etag(model, row)
-    return _version_out(model, row)
+    return await _version_out(model, row, service)
 
 
 @router.patch("/{model}/versions/{version}", responses=_STALE)
@@ -201,12 +212,17 @@ async def update_version(
     response: Response,
     if_match: IfMatch = None,
 ) -> VersionOut:
-    """Replace a version's endpoints."""
+    """Replace a version's endpoints, or the Kubernetes Service it is served by."""
+    kubernetes = body.kubernetes.to_ref() if body.kubernetes is not None else None
     row = await service.update_version(
-        model, version, [e.to_spec() for e in body.endpoints], if_match=if_match
+        model,
+        version,
+        [e.to_spec() for e in body.endpoints or ()],
+        kubernetes,
+        if_match=if_match,
     )
     response.headers["etag"] = version_etag(model, row)
-    return _version_out(model, row)
+    return await _version_out(model, row, service)
 
 
 @router.delete(
