@@ -9,14 +9,14 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Browser, BrowserType, Playwright, expect, sync_playwright
 
 from tests.e2e.test_turnout_up import READY, TURNOUT, exported_key, mesh_env
 
@@ -37,6 +37,47 @@ _taken: list[Path] = []
 
 # CI is a loaded two-core machine: give each expectation time to come true.
 expect.set_options(timeout=15_000)
+
+
+# pytest-playwright keeps one Playwright (and its event loop) for the whole session;
+# while it runs, no asyncio test can start its own loop. Here it lives as long as
+# one browser test module, so the asyncio tests after it run as usual.
+@pytest.fixture(scope="module")
+def playwright(_pw_api_request_contexts: Any) -> Iterator[Playwright]:
+    pw = sync_playwright().start()
+    if _pw_api_request_contexts:
+        _pw_api_request_contexts.instrument(pw)
+    yield pw
+    pw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_type(playwright: Playwright, browser_name: str) -> BrowserType:
+    chosen: BrowserType = getattr(playwright, browser_name)
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def launch_browser(
+    browser_type_launch_args: dict[str, Any], browser_type: BrowserType
+) -> Callable[..., Browser]:
+    def launch(**kwargs: Any) -> Browser:
+        return browser_type.launch(**{**browser_type_launch_args, **kwargs})
+
+    return launch
+
+
+@pytest.fixture(scope="module")
+def browser(launch_browser: Callable[..., Browser]) -> Iterator[Browser]:
+    launched = launch_browser()
+    yield launched
+    launched.close()
+
+
+@pytest.fixture(scope="module")
+def browser_context_args() -> dict[str, Any]:
+    """Every page at 1280x800 (the tests that check a phone's width narrow it)."""
+    return {"viewport": {"width": 1280, "height": 800}}
 
 
 @pytest.fixture(scope="session")
