@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint typecheck pytest venv clean
+.PHONY: up test lint typecheck pytest browser venv clean
 
 venv: $(STAMP)
 
@@ -34,8 +34,25 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The console's browser tests drive Debian's Chromium (Playwright's own browser
+# download is not used). Installed here if missing; without apt-get those tests are
+# skipped, and say why.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "==> installing Chromium for the console's browser tests (apt-get install chromium)"; \
+	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 \
+	    || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; } \
+	    || echo "==> could not install Chromium: the console's browser tests will be skipped"; \
+	else \
+	  echo "==> no $(CHROMIUM) and no apt-get: the console's browser tests will be skipped"; \
+	fi
 
 test: lint typecheck pytest
 

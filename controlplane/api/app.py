@@ -12,6 +12,7 @@ from controlplane.api.gateway import AdminGateway
 from controlplane.api.request_metrics import RequestMetrics
 from controlplane.api.routes import (
     audit,
+    console,
     keys,
     manifest,
     models,
@@ -56,6 +57,7 @@ def create_app(runtime: ControlPlane) -> FastAPI:
     app.include_router(rollouts.router)
     app.include_router(rollouts.events_router)
     app.include_router(shadow.router)
+    app.include_router(console.router)
     # The gateway matches routes itself (for the audit event of a request that never
     # reaches one: a 413, an idempotent replay), against the routers' own routes.
     routes = [
@@ -78,6 +80,7 @@ def create_app(runtime: ControlPlane) -> FastAPI:
         *telemetry.router.routes,
         *rollouts.events_router.routes,
         *shadow.router.routes,
+        *console.router.routes,
     ]
     app.add_middleware(RequestMetrics, metrics=runtime.metrics, routes=metered)
     return app

@@ -212,6 +212,7 @@ def _start_block(
         "=" * 72,
         "Turnout is up.",
         f"  admin API   {api}   (API docs: {api}/docs)",
+        f"  console     {api}/console   (sign in with the admin API key)",
         f"  Envoy       {base}   (its admin: http://127.0.0.1:{settings.envoy_admin_port})",
         f"  xDS         {settings.xds_host}:{xds_port}",
         f"  logs        {RUN_DIR}/",

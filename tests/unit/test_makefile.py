@@ -32,3 +32,10 @@ def test_make_up_announces_itself_first_and_lets_pip_show_progress() -> None:
     for line in installs:
         assert "--quiet" not in line and " -q" not in line
     assert any("turnout up --demo" in line for line in lines)
+
+
+def test_make_test_installs_chromium_for_the_browser_tests_or_says_they_are_skipped() -> None:
+    lines = "\n".join(_dry_run("pytest"))
+    assert "apt-get install -y -q chromium" in lines
+    assert "the console's browser tests will be skipped" in lines
+    assert lines.index("chromium") < lines.index("pytest -q")
