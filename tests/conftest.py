@@ -16,6 +16,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -155,25 +156,39 @@ async def database_url(
 ) -> str:
     """A migrated, empty database: SQLite, then Postgres."""
     if request.param == "sqlite":
-        path = tmp_path / "turnout.db"
-        shutil.copyfile(sqlite_template, path)
-        return f"sqlite+aiosqlite:///{path}"
+        return sqlite_copy(tmp_path, sqlite_template)
     url: str = request.getfixturevalue("postgres_url")
     await _reset_postgres(url)
     return url
 
 
+def sqlite_copy(tmp_path: Path, sqlite_template: Path) -> str:
+    """Return the URL of a fresh copy of the migrated SQLite template in ``tmp_path``:
+    what a module whose checks do not depend on the database returns as its
+    ``database_url``."""
+    path = tmp_path / "turnout.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def plane_settings(database_url: str, **overrides: Any) -> Settings:
+    """Settings for a control plane on free ports and ``database_url``, with
+    ``overrides``: what a module that needs other settings returns as its
+    ``settings``."""
+    base: dict[str, Any] = {
+        "api_port": 0,
+        "xds_port": 0,
+        "listener_port": free_port(),
+        "envoy_admin_port": free_port(),
+        "poll_interval_s": 0.5,
+    }
+    return Settings(database_url=database_url, **(base | overrides))
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     """Settings for a control plane on free ports and a fresh database."""
-    return Settings(
-        database_url=database_url,
-        api_port=0,
-        xds_port=0,
-        listener_port=free_port(),
-        envoy_admin_port=free_port(),
-        poll_interval_s=0.5,
-    )
+    return plane_settings(database_url)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ real Envoy resolves itself, and it follows the name when its answer changes."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import httpx
 import pytest
 
 from controlplane.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import plane_settings, sqlite_copy
 from tests.dns_server import DnsServer
 from tests.support import EnvoyProcess, RunningModelServer, applied, eventually, served_version
 
@@ -23,9 +22,7 @@ NAME = "sentiment-v1.models.test"
 @pytest.fixture
 async def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     # Name resolution happens in Envoy, whatever the database: SQLite only.
-    path = tmp_path / "turnout.db"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite+aiosqlite:///{path}"
+    return sqlite_copy(tmp_path, sqlite_template)
 
 
 @pytest.fixture
@@ -39,13 +36,8 @@ async def dns() -> AsyncIterator[DnsServer]:
 
 @pytest.fixture
 def settings(database_url: str, dns: DnsServer) -> Settings:
-    return Settings(
-        database_url=database_url,
-        api_port=0,
-        xds_port=0,
-        listener_port=free_port(),
-        envoy_admin_port=free_port(),
-        poll_interval_s=0.5,
+    return plane_settings(
+        database_url,
         dns_resolvers=f"127.0.0.1:{dns.port}",
         dns_refresh_rate_s=0.2,
         dns_respect_ttl=False,

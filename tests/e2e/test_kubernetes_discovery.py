@@ -4,7 +4,6 @@ lists for it, and follows them when they change."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from controlplane.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import plane_settings, sqlite_copy
 from tests.kube_api import FakeKubernetes, slice_endpoint
 from tests.support import EnvoyProcess, RunningModelServer, eventually
 
@@ -22,9 +21,7 @@ pytestmark = pytest.mark.envoy
 @pytest.fixture
 async def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     # Discovery against both databases is tested in tests/integration: SQLite here.
-    path = tmp_path / "turnout.db"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite+aiosqlite:///{path}"
+    return sqlite_copy(tmp_path, sqlite_template)
 
 
 @pytest.fixture
@@ -38,13 +35,8 @@ async def fake() -> AsyncIterator[FakeKubernetes]:
 
 @pytest.fixture
 def settings(database_url: str, fake: FakeKubernetes, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=database_url,
-        api_port=0,
-        xds_port=0,
-        listener_port=free_port(),
-        envoy_admin_port=free_port(),
-        poll_interval_s=0.5,
+    return plane_settings(
+        database_url,
         kubernetes=str(fake.kubeconfig(tmp_path / "kubeconfig")),
         kubernetes_lease_s=1.0,
         kubernetes_max_backoff_s=0.2,

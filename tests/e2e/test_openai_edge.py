@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from controlplane.db.revisions import RevisionRepository
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
 from examples.model_server import bound_port
+from tests.conftest import sqlite_copy
 from tests.support import EnvoyProcess, eventually
 
 pytestmark = pytest.mark.envoy
@@ -36,9 +36,7 @@ MiB = 1024 * 1024
 @pytest.fixture
 def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     """SQLite only: what these tests check lies between the SDK and Envoy."""
-    path = tmp_path / "turnout.db"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite+aiosqlite:///{path}"
+    return sqlite_copy(tmp_path, sqlite_template)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ so each test takes seconds, not minutes.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import sys
 import time
@@ -31,7 +30,7 @@ from controlplane.domain.keys import Role
 from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, plane_settings, sqlite_copy
 from tests.e2e.test_traffic_metrics import ScriptedServer
 from tests.support import EnvoyProcess, applied, eventually
 
@@ -45,20 +44,13 @@ IN_FLIGHT = 48
 @pytest.fixture
 async def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     # One replica: the database does not matter here (the replica test runs on Postgres).
-    path = tmp_path / "turnout.db"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite+aiosqlite:///{path}"
+    return sqlite_copy(tmp_path, sqlite_template)
 
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        api_port=0,
-        xds_port=0,
-        listener_port=free_port(),
-        envoy_admin_port=free_port(),
-        poll_interval_s=0.5,
+    return plane_settings(
+        database_url,
         stats_flush_interval_s=FLUSH_S,
         rollout_interval_s=FLUSH_S,
         rollout_lease_s=2.0,

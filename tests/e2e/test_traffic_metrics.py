@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import sys
 from collections import Counter
@@ -21,6 +20,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from examples.model_server import bound_port
+from tests.conftest import sqlite_copy
 from tests.support import EnvoyProcess, applied, eventually
 
 pytestmark = pytest.mark.envoy
@@ -32,9 +32,7 @@ REQUESTS = 2000
 @pytest.fixture
 async def database_url(tmp_path: Path, sqlite_template: Path) -> str:
     # What this test checks does not depend on the database: SQLite only.
-    path = tmp_path / "turnout.db"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite+aiosqlite:///{path}"
+    return sqlite_copy(tmp_path, sqlite_template)
 
 
 class ScriptedServer:

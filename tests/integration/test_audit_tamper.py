@@ -35,7 +35,14 @@ from controlplane.domain.audit import (
 from controlplane.domain.clock import utcnow
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
-from tests.conftest import _postgres_admin_url, _run_admin, free_port, in_thread, seed_key
+from tests.conftest import (
+    _postgres_admin_url,
+    _run_admin,
+    free_port,
+    in_thread,
+    plane_settings,
+    seed_key,
+)
 
 AUDIT_KEY = secrets.token_hex(32)
 EVENTS = 6
@@ -51,13 +58,8 @@ _SQLITE_TRIGGERS = (
 def settings(database_url: str, tmp_path: Path) -> Settings:
     """The shared control-plane settings, with an audit key and a checkpoint file
     of this test's own."""
-    return Settings(
-        database_url=database_url,
-        api_port=0,
-        xds_port=0,
-        listener_port=free_port(),
-        envoy_admin_port=free_port(),
-        poll_interval_s=0.5,
+    return plane_settings(
+        database_url,
         audit_key=AUDIT_KEY,
         audit_checkpoint_file=tmp_path / "checkpoints.jsonl",
         audit_checkpoint_interval_s=3600,

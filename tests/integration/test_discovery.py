@@ -18,7 +18,7 @@ from controlplane.db.revisions import RevisionRepository
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
 from controlplane.xds.resources import ENDPOINT
-from tests.conftest import free_port
+from tests.conftest import plane_settings
 from tests.kube_api import FakeKubernetes, slice_endpoint
 from tests.support import eventually
 
@@ -34,13 +34,8 @@ async def fake() -> AsyncIterator[FakeKubernetes]:
 
 @pytest.fixture
 def settings(database_url: str, fake: FakeKubernetes, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=database_url,
-        api_port=0,
-        xds_port=0,
-        listener_port=free_port(),
-        envoy_admin_port=free_port(),
-        poll_interval_s=0.5,
+    return plane_settings(
+        database_url,
         kubernetes=str(fake.kubeconfig(tmp_path / "kubeconfig")),
         kubernetes_lease_s=1.0,
         kubernetes_max_backoff_s=0.2,

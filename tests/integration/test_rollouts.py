@@ -9,6 +9,7 @@ are written as a replica would publish them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -20,25 +21,21 @@ from controlplane.db.models import RolloutFigure
 from controlplane.db.rollout_repository import RolloutRepository
 from controlplane.domain.audit import ActionContext
 from controlplane.domain.clock import utcnow
+from controlplane.domain.statistics import LATENCY_BUCKETS_MS
 from controlplane.runtime import ControlPlane
 from controlplane.services.rollout_driver import RolloutDriver
 from controlplane.services.rollouts import RolloutService
 from controlplane.settings import Settings
-from tests.conftest import free_port, seed_key
+from tests.conftest import plane_settings, seed_key
 from tests.support import eventually
 
-LATENCY_BUCKETS = 28
+LATENCY_BUCKETS = len(LATENCY_BUCKETS_MS) + 1  # the last one is +Inf
 
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        api_port=0,
-        xds_port=0,
-        listener_port=free_port(),
-        envoy_admin_port=free_port(),
-        poll_interval_s=0.5,
+    return plane_settings(
+        database_url,
         rollout_interval_s=3600,
         rollout_lease_s=0.5,
     )
@@ -46,7 +43,14 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 async def quiet(control_plane: ControlPlane) -> ControlPlane:
-    """The control plane with its own driver's lease handed back."""
+    """The control plane with its own driver stopped and its lease handed back, so
+    that the drivers a test makes are the only ones."""
+    task = control_plane._tasks.rollouts
+    if task is not None:
+        # Its first tick may be taking the lease right now: end it before the release.
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await control_plane.rollouts.stop()
     return control_plane
 
