@@ -144,8 +144,8 @@ async def _run(args: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the example model server from the command line."""
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line of the example model server."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", required=True, help="version name to answer with")
     parser.add_argument("--host", default="127.0.0.1")
@@ -157,8 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="minilm: torch threads")
     parser.add_argument("--fail-every", type=int, default=0, help="echo: every n-th call 500s")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="echo: answer this much later")
-    args = parser.parse_args(argv)
-    asyncio.run(_run(args))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the example model server from the command line."""
+    asyncio.run(_run(argument_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -77,7 +77,9 @@ CLUSTER_HEADER = "x-turnout-shadow-cluster"
 # The bootstrap's cluster of the control plane's gRPC port (envoy/bootstrap.yaml).
 REPORT_CLUSTER = "turnout_xds"
 REPORT_PATH = f"/{REPORT_SERVICE}/{REPORT_METHOD}"
-REPORT_TIMEOUT_MS = 2000
+# A report is fire-and-forget: a long bound costs nothing while the control plane
+# keeps up, and keeps a busy one from losing halves (a lost half is a lost sample).
+REPORT_TIMEOUT_MS = 10_000
 _PPM = 1_000_000
 _STREAM_SUFFIXES = ("/stream-sse", "/stream-body")
 

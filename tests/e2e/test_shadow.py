@@ -163,7 +163,9 @@ async def _summary_with(api: httpx.AsyncClient, compared: int) -> dict[str, Any]
         assert body["compared"] <= compared, body
         return body if body["compared"] == compared else None
 
-    return await eventually(probe, timeout=20)
+    # Each half is a report of its own, paired within a second or through the
+    # database: on a loaded machine the last ones may take a while.
+    return await eventually(probe, timeout=60)
 
 
 async def _rows(control_plane: ControlPlane) -> list[ShadowComparison]:

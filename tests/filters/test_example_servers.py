@@ -9,7 +9,13 @@ import math
 import aiohttp
 import pytest
 
-from examples.model_server import ModelServer, bound_port, build_server, serve
+from examples.model_server import (
+    ModelServer,
+    argument_parser,
+    bound_port,
+    build_server,
+    serve,
+)
 from examples.synthetic import SyntheticServer
 from filters.batcher import BatcherConfig, start_batcher
 
@@ -17,8 +23,9 @@ from .conftest import wait_until
 
 
 def namespace(mode: str) -> argparse.Namespace:
-    return argparse.Namespace(
-        mode=mode, version="v9", a_ms=1.0, b_ms=0.0, concurrency=1, threads=None
+    # Through the real command line, so that every option has its default.
+    return argument_parser().parse_args(
+        ["--version", "v9", "--mode", mode, "--a-ms", "1", "--b-ms", "0", "--concurrency", "1"]
     )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from controlplane.api.app import create_app
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
 from tests.conftest import seed_key
-from tests.support import eventually
+from tests.support import eventually, latest_revision
 
 WRITERS = 40
 READERS = 20
@@ -86,14 +86,20 @@ async def client(plane: ControlPlane) -> AsyncIterator[httpx.AsyncClient]:
         yield api
 
 
-@contextmanager
-def outside_writer(settings: Settings) -> Iterator[None]:
-    """Hold SQLite's write lock from another connection, as another process would."""
+@asynccontextmanager
+async def outside_writer(settings: Settings) -> AsyncIterator[None]:
+    """Hold SQLite's write lock from another connection, as another process would.
+
+    The lock is taken in a thread: the control plane's own background writers (the
+    rollout driver's lease, say) run on this event loop, and one that holds the
+    lock must be able to finish while this waits for it."""
     path = make_url(settings.database_url).database
     assert path is not None
-    connection = sqlite3.connect(Path(path), isolation_level=None, timeout=30)
+    connection = sqlite3.connect(
+        Path(path), isolation_level=None, timeout=30, check_same_thread=False
+    )
     try:
-        connection.execute("BEGIN IMMEDIATE")
+        await asyncio.to_thread(connection.execute, "BEGIN IMMEDIATE")
         yield
         connection.execute("ROLLBACK")
     finally:
@@ -117,7 +123,7 @@ async def test_reads_do_not_wait_for_a_writer(
     plane: ControlPlane, client: httpx.AsyncClient, settings: Settings
 ) -> None:
     await _model(client)
-    with outside_writer(settings):
+    async with outside_writer(settings):
         for path in ("/v1/models", "/v1/models/m/traffic", "/v1/revisions", "/v1/proxies"):
             response = await client.get(path)
             assert response.status_code == 200, (path, response.text)
@@ -131,7 +137,8 @@ async def test_concurrent_conditional_writers_get_2xx_or_412(
     in_flight: list[_InFlight],
 ) -> None:
     await _model(client)
-    revision_before = plane.sync.revision
+    # The database's revision: the sync loop may not have loaded the last one yet.
+    revision_before = await latest_revision(client)
     events_before = len(await _events(client))
 
     async def write(weight: int) -> httpx.Response:
@@ -150,7 +157,7 @@ async def test_concurrent_conditional_writers_get_2xx_or_412(
     weights = list(range(1, WRITERS + 1))
     # Another writer holds the lock until every change has reached the server and
     # waits for it, so that all forty queue up at once.
-    with outside_writer(settings):
+    async with outside_writer(settings):
         writes = [asyncio.create_task(write(w)) for w in weights]
         reads = await asyncio.gather(*(read() for _ in range(READERS)))
         assert all(r.status_code == 200 for r in reads), [r.text for r in reads if r.is_error]
@@ -187,7 +194,7 @@ async def test_a_write_that_cannot_have_the_lock_gets_503(
     await _model(client)
     before = (await client.get("/v1/models/m/traffic")).json()
     events_before = len(await _events(client))
-    with outside_writer(settings):
+    async with outside_writer(settings):
         response = await client.put("/v1/models/m/traffic", json={"weights": {"v2": 100}})
     assert response.status_code == 503, response.text
     assert response.json()["error"] == "database_unavailable"

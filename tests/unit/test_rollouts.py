@@ -30,6 +30,7 @@ from controlplane.domain.rollouts import (
     spec_from_document,
     step_weights,
 )
+from controlplane.domain.statistics import LATENCY_BUCKETS_MS
 from controlplane.services.rollout_driver import window_figures
 from tests.strategies import gate_results, rollout_specs
 
@@ -213,8 +214,8 @@ T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
 
 def _row(replica: str, version: str, s: float, requests: int, errors: int = 0) -> Any:
-    latency = [0] * 28
-    latency[5] = requests  # 15..20 ms
+    latency = [0] * (len(LATENCY_BUCKETS_MS) + 1)  # the last one is +Inf
+    latency[LATENCY_BUCKETS_MS.index(20)] = requests  # (10, 20] ms
     return (replica, version, T0 + timedelta(seconds=s), requests, errors, latency)
 
 
@@ -233,4 +234,4 @@ def test_window_figures_sum_replicas_from_their_base_at_the_step_start() -> None
     assert figures["v1"].requests == 300
     assert figures["v2"].latency_samples == 250
     p99 = figures["v2"].latency_ms["p99"]
-    assert p99 is not None and 15 <= p99 <= 20
+    assert p99 is not None and 10 <= p99 <= 20
