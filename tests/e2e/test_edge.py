@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from controlplane.domain.policy import DEFAULT_MAX_REQUEST_BYTES
-from tests.support import EnvoyProcess, RunningModelServer, eventually
+from tests.support import EnvoyProcess, RunningModelServer, applied, eventually
 
 pytestmark = pytest.mark.envoy
 
@@ -59,6 +59,8 @@ async def test_bodies_over_the_model_limit_get_413_whichever_way_it_is_named(
     await _model(api, "plain", model_server.port)
     policy = (await api.get("/v1/models/plain/policy")).json()
     assert policy["max_request_bytes"] is None  # the documented default applies
+    # Both models, versions and splits are in force on the proxy before any request.
+    await applied(api, envoy.node_id)
     base = envoy.base_url
     async with httpx.AsyncClient(timeout=30) as client:
 
