@@ -33,7 +33,7 @@ from controlplane.domain.clock import utcnow
 from controlplane.domain.keys import Role, generate_key, hash_key, key_display_prefix
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
-from tests.support import EnvoyProcess
+from tests.support import EnvoyProcess, free_port
 
 DATA_TABLES = (
     "discovered_endpoints",
@@ -57,13 +57,6 @@ DATA_TABLES = (
     "shadow_comparisons",
     "shadow_halves",
 )
-
-
-def free_port() -> int:
-    """Return a TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _postgres_admin_url() -> str | None:

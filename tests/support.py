@@ -32,6 +32,13 @@ T = TypeVar("T")
 _QUIET_PORTS = range(20000, 32768)
 
 
+def free_port() -> int:
+    """Return a TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _is_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
@@ -325,3 +332,41 @@ async def run_turnout(
     out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+@dataclass
+class Replica:
+    """A control-plane replica (`turnout serve`) in a process of its own."""
+
+    process: ChildProcess
+    api: str
+    xds_port: int
+
+
+async def start_replica(
+    database_url: str,
+    listener_port: int,
+    workdir: Path,
+    n: int,
+    settings: dict[str, str] | None = None,
+) -> Replica:
+    """Start replica ``n`` of a control plane on ``database_url`` with free API and
+    xDS ports and ``settings`` (TURNOUT_* variables) beside; return once its API listens."""
+    api_port, xds_port = free_port(), free_port()
+    env = {
+        "TURNOUT_DATABASE_URL": database_url,
+        "TURNOUT_API_PORT": str(api_port),
+        "TURNOUT_XDS_PORT": str(xds_port),
+        "TURNOUT_LISTENER_PORT": str(listener_port),
+        "TURNOUT_POLL_INTERVAL_S": "1",
+        **(settings or {}),
+    }
+    process = ChildProcess(
+        f"replica-{n}",
+        [str(Path(sys.executable).parent / "turnout"), "serve"],
+        log_path=workdir / f"replica-{n}.log",
+        env=env,
+    )
+    await process.start()
+    await wait_for_port("127.0.0.1", api_port, timeout=30)
+    return Replica(process, f"http://127.0.0.1:{api_port}", xds_port)

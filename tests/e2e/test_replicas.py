@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -19,36 +17,16 @@ from controlplane.cli.admin import create_key
 from controlplane.domain.keys import Role
 from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
 from tests.conftest import free_port
-from tests.support import RunningModelServer, eventually, latest_revision, synced_at
+from tests.support import (
+    Replica,
+    RunningModelServer,
+    eventually,
+    latest_revision,
+    start_replica,
+    synced_at,
+)
 
 pytestmark = pytest.mark.envoy
-
-
-@dataclass
-class Replica:
-    process: ChildProcess
-    api: str
-    xds_port: int
-
-
-async def _start_replica(database_url: str, listener_port: int, workdir: Path, n: int) -> Replica:
-    api_port, xds_port = free_port(), free_port()
-    env = {
-        "TURNOUT_DATABASE_URL": database_url,
-        "TURNOUT_API_PORT": str(api_port),
-        "TURNOUT_XDS_PORT": str(xds_port),
-        "TURNOUT_LISTENER_PORT": str(listener_port),
-        "TURNOUT_POLL_INTERVAL_S": "1",
-    }
-    process = ChildProcess(
-        f"replica-{n}",
-        [str(Path(sys.executable).parent / "turnout"), "serve"],
-        log_path=workdir / f"replica-{n}.log",
-        env=env,
-    )
-    await process.start()
-    await wait_for_port("127.0.0.1", api_port, timeout=30)
-    return Replica(process, f"http://127.0.0.1:{api_port}", xds_port)
 
 
 @pytest.fixture
@@ -60,7 +38,7 @@ async def replicas(
     await _reset_postgres(postgres_url)
     _row, key = await create_key(postgres_url, "failover-test", Role.ADMIN)
     listener_port = free_port()
-    started = [await _start_replica(postgres_url, listener_port, tmp_path, n) for n in range(2)]
+    started = [await start_replica(postgres_url, listener_port, tmp_path, n) for n in range(2)]
     try:
         yield started, listener_port, {"authorization": f"Bearer {key}"}
     finally:

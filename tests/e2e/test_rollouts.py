@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 import uuid
 from collections import Counter
@@ -32,7 +31,7 @@ from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
 from tests.conftest import free_port, plane_settings, sqlite_copy
 from tests.e2e.test_traffic_metrics import ScriptedServer
-from tests.support import EnvoyProcess, applied, eventually
+from tests.support import EnvoyProcess, Replica, applied, eventually, start_replica
 
 pytestmark = pytest.mark.envoy
 
@@ -319,35 +318,19 @@ async def test_a_healthy_candidate_is_promoted_step_by_step_without_a_failed_req
 # -- two replicas on Postgres --------------------------------------------------------
 
 
-@dataclass
-class Replica:
-    process: ChildProcess
-    api: str
-    xds_port: int
-
-
 async def _start_replica(database_url: str, listener_port: int, workdir: Path, n: int) -> Replica:
-    api_port, xds_port = free_port(), free_port()
-    env = {
-        "TURNOUT_DATABASE_URL": database_url,
-        "TURNOUT_API_PORT": str(api_port),
-        "TURNOUT_XDS_PORT": str(xds_port),
-        "TURNOUT_LISTENER_PORT": str(listener_port),
-        "TURNOUT_POLL_INTERVAL_S": "1",
-        "TURNOUT_ROLLOUT_INTERVAL_S": str(FLUSH_S),
-        "TURNOUT_ROLLOUT_LEASE_S": "2",
-        "TURNOUT_STATS_FLUSH_INTERVAL_S": str(FLUSH_S),
-        "TURNOUT_ACCESS_LOG_PATH": "",
-    }
-    process = ChildProcess(
-        f"replica-{n}",
-        [str(Path(sys.executable).parent / "turnout"), "serve"],
-        log_path=workdir / f"replica-{n}.log",
-        env=env,
+    return await start_replica(
+        database_url,
+        listener_port,
+        workdir,
+        n,
+        {
+            "TURNOUT_ROLLOUT_INTERVAL_S": str(FLUSH_S),
+            "TURNOUT_ROLLOUT_LEASE_S": "2",
+            "TURNOUT_STATS_FLUSH_INTERVAL_S": str(FLUSH_S),
+            "TURNOUT_ACCESS_LOG_PATH": "",
+        },
     )
-    await process.start()
-    await wait_for_port("127.0.0.1", api_port, timeout=30)
-    return Replica(process, f"http://127.0.0.1:{api_port}", xds_port)
 
 
 async def _lease_holder(database_url: str) -> str | None:
