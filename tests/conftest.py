@@ -33,6 +33,7 @@ from controlplane.domain.clock import utcnow
 from controlplane.domain.keys import Role, generate_key, hash_key, key_display_prefix
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
+from tests.kube_api import FakeKubernetes
 from tests.support import EnvoyProcess, free_port
 
 DATA_TABLES = (
@@ -176,6 +177,27 @@ def plane_settings(database_url: str, **overrides: Any) -> Settings:
         "poll_interval_s": 0.5,
     }
     return Settings(database_url=database_url, **(base | overrides))
+
+
+def discovery_settings(database_url: str, fake: FakeKubernetes, tmp_path: Path) -> Settings:
+    """Settings for a control plane that discovers endpoints from ``fake``, with a
+    short lease and backoff."""
+    return plane_settings(
+        database_url,
+        kubernetes=str(fake.kubeconfig(tmp_path / "kubeconfig")),
+        kubernetes_lease_s=1.0,
+        kubernetes_max_backoff_s=0.2,
+    )
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeKubernetes]:
+    """A fake Kubernetes API server (EndpointSlices, list and watch) on a free port."""
+    server = await FakeKubernetes().start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest.fixture

@@ -4,14 +4,13 @@ lists for it, and follows them when they change."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from controlplane.settings import Settings
-from tests.conftest import plane_settings, sqlite_copy
+from tests.conftest import discovery_settings, sqlite_copy
 from tests.kube_api import FakeKubernetes, slice_endpoint
 from tests.support import EnvoyProcess, RunningModelServer, eventually
 
@@ -25,22 +24,8 @@ async def database_url(tmp_path: Path, sqlite_template: Path) -> str:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeKubernetes]:
-    server = await FakeKubernetes().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
 def settings(database_url: str, fake: FakeKubernetes, tmp_path: Path) -> Settings:
-    return plane_settings(
-        database_url,
-        kubernetes=str(fake.kubeconfig(tmp_path / "kubeconfig")),
-        kubernetes_lease_s=1.0,
-        kubernetes_max_backoff_s=0.2,
-    )
+    return discovery_settings(database_url, fake, tmp_path)
 
 
 async def test_a_version_by_service_gets_traffic_at_its_discovered_endpoints(

@@ -5,7 +5,7 @@ serves the result; another takes over when the watcher stops."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +18,14 @@ from controlplane.db.revisions import RevisionRepository
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
 from controlplane.xds.resources import ENDPOINT
-from tests.conftest import plane_settings
+from tests.conftest import discovery_settings
 from tests.kube_api import FakeKubernetes, slice_endpoint
 from tests.support import eventually
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeKubernetes]:
-    server = await FakeKubernetes().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
 def settings(database_url: str, fake: FakeKubernetes, tmp_path: Path) -> Settings:
-    return plane_settings(
-        database_url,
-        kubernetes=str(fake.kubeconfig(tmp_path / "kubeconfig")),
-        kubernetes_lease_s=1.0,
-        kubernetes_max_backoff_s=0.2,
-    )
+    return discovery_settings(database_url, fake, tmp_path)
 
 
 def served(plane: ControlPlane, cluster: str = "sentiment/v1") -> list[tuple[str, int, str]]:

@@ -38,15 +38,6 @@ class Reports:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeKubernetes]:
-    server = await FakeKubernetes().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
 async def watching(
     fake: FakeKubernetes, tmp_path: Path
 ) -> AsyncIterator[tuple[SliceWatch, Reports]]:
