@@ -35,7 +35,7 @@ from controlplane.sync import StateSync
 from controlplane.telemetry.cache import WindowCache
 from controlplane.telemetry.exposition import DataPlaneExposition
 from controlplane.telemetry.shadow import ShadowPairs, shadow_report_handler
-from controlplane.telemetry.sink import metrics_service_handler
+from controlplane.telemetry.sink import Folder, metrics_service_handler
 from controlplane.telemetry.window import TrafficWindow
 from controlplane.tracing import Tracing, envoy_tracing
 from controlplane.xds.cache import SnapshotCache
@@ -119,7 +119,9 @@ class ControlPlane:
         )
         # The summary and the data-plane series of /metrics, computed once a slot.
         self.traffic_cache = WindowCache(self.traffic, settings.metrics_cache_s)
-        self.data_plane = DataPlaneExposition(self.traffic, self.traffic_cache)
+        self.data_plane = DataPlaneExposition(self.traffic, settings.metrics_cache_s)
+        # One task folds every proxy's flushes into the window, a flush at a time.
+        self.folder = Folder(self.traffic)
         # Canary rollouts: every replica publishes its figures, the lease holder drives.
         self.rollouts = RolloutDriver(
             self.sessionmaker,
@@ -149,7 +151,7 @@ class ControlPlane:
             self.cache,
             self.registry,
             handlers=[
-                metrics_service_handler(self.traffic),
+                metrics_service_handler(self.folder),
                 shadow_report_handler(self.shadow_pairs, self.shadow.offer),
             ],
         )
@@ -240,6 +242,8 @@ class ControlPlane:
                 await self._tasks.api
             self._tasks.api = None
         await self.xds.stop(grace=0.5)
+        await self.folder.close()
+        await self.data_plane.close()
         if self.discovery is not None:
             await self.discovery.stop()
         if self._tasks.sync is not None:

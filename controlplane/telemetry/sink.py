@@ -5,11 +5,22 @@ the control plane, on the xDS port, so statistics need no Prometheus in
 between. One stream per Envoy; its first message names the node (Envoy sends
 the identifier once), every message is one flush.
 https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/metrics/v3/metrics_service.proto
+
+Reading a flush and folding it into the window is the costly part (megabytes a
+second per proxy with thousands of clusters). One :class:`Folder` does it for
+every stream, a flush at a time, streams in turn, and lets the event loop run
+between two flushes. A stream whose previous message still waits when the next
+arrives reads the waiting one itself (to merge it), but only in its turn: the
+folder and such streams take turns through one lock, so the event loop never
+holds more than one read or fold at a time and an API call waits for at most a
+few, not for one per proxy, even when the control plane cannot keep up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -25,7 +36,7 @@ from controlplane.telemetry.protocol import (
 from controlplane.telemetry.window import Proxy, TrafficWindow
 from controlplane.telemetry.wire import Flush, read
 
-__all__ = ["Inbox", "fold_stream", "metrics_service_handler"]
+__all__ = ["Folder", "Inbox", "fold_stream", "metrics_service_handler"]
 
 log = logging.getLogger(__name__)
 
@@ -33,87 +44,147 @@ _stream_ids = itertools.count(1)
 
 
 class Inbox:
-    """What one stream has read and not yet folded into the window: at most
-    one flush. A flush that arrives while the previous one still waits is
-    merged into it (``Flush.merge``: counts stay exact), so a control plane
-    that falls behind holds one flush per stream, not a queue."""
+    """What one stream has received and not yet folded into the window: at
+    most the newest message, still raw, and one flush (``Flush``) that sums
+    every earlier one. A message that arrives while the previous one still
+    waits makes the waiting one read and merged (``Flush.merge``: counts stay
+    exact), so a control plane that falls behind holds two flushes per stream,
+    not a queue."""
 
     def __init__(self) -> None:
         self._pending: Flush | None = None
-        self._ready = asyncio.Event()
-        self._closed = False
+        self._raw: bytes | None = None
+        self.proxy: Proxy | None = None
+        self.scheduled = False
+        self.error: BaseException | None = None
         self.merged = 0
 
-    def put(self, flush: Flush) -> bool:
-        """Add ``flush``; return True when it was merged into a waiting one."""
+    @property
+    def waiting(self) -> bool:
+        """Whether a message waits: the next :meth:`put` reads it."""
+        return self._raw is not None
+
+    def put(self, data: bytes) -> bool:
+        """Add one raw message; return True when an earlier one was merged."""
+        earlier, self._raw = self._raw, data
+        if earlier is None:
+            return False
+        flush = read(earlier)
         if self._pending is None:
             self._pending = flush
-            self._ready.set()
             return False
         self._pending.merge(flush)
         self.merged += 1
         return True
 
-    def close(self) -> None:
-        """No more flushes: ``take`` answers None once the waiting one is taken."""
-        self._closed = True
-        self._ready.set()
+    def take(self) -> list[Flush]:
+        """Return what waits, oldest first, and empty the inbox."""
+        pending, raw = self._pending, self._raw
+        self._pending = self._raw = None
+        out = [] if pending is None else [pending]
+        if raw is not None:
+            out.append(read(raw))
+        return out
 
-    async def take(self) -> Flush | None:
-        """Wait for the next flush (None: the stream ended)."""
-        while self._pending is None:
-            if self._closed:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        flush, self._pending = self._pending, None
-        return flush
-
-
-async def fold_stream(window: TrafficWindow, messages: AsyncIterator[bytes], peer: str) -> None:
-    """Read one stream's raw messages into an :class:`Inbox` as they come and
-    fold them into ``window`` as fast as it takes them (two tasks: the reader
-    never waits for the window)."""
-    inbox = Inbox()
-
-    async def reading() -> None:
-        try:
-            async for data in messages:
-                # Raw bytes: wire.read looks only at what is not zero (see there).
-                if inbox.put(read(data)):
-                    window.merged_flushes += 1
-        finally:
-            inbox.close()
-
-    reader = asyncio.create_task(reading())
-    proxy: Proxy | None = None
-    try:
-        while (flush := await inbox.take()) is not None:
-            if proxy is None:
-                proxy = Proxy(next(_stream_ids), flush.node_id or "", flush.zone)
+    def fold(self, window: TrafficWindow) -> None:
+        """Fold what waits into ``window`` (the first flush names the proxy)."""
+        for flush in self.take():
+            if self.proxy is None:
+                self.proxy = Proxy(next(_stream_ids), flush.node_id or "", flush.zone)
                 log.info(
-                    "telemetry.stream_open",
-                    extra={"node": proxy.node_id, "zone": proxy.zone, "peer": peer},
+                    "telemetry.stream_open", extra={"node": self.proxy.node_id, "zone": flush.zone}
                 )
-            window.ingest_flush(proxy, flush)
-        await reader  # its error, if any, ends the call
+            window.ingest_flush(self.proxy, flush)
+
+
+class Folder:
+    """Folds the flushes of every stream's :class:`Inbox` into one window, one
+    inbox at a time in the order they became ready, yielding to the event loop
+    after each. Started by the first stream; :meth:`close` stops it."""
+
+    def __init__(self, window: TrafficWindow) -> None:
+        self.window = window
+        self._ready: collections.deque[Inbox] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # One read or fold at a time, in turn (asyncio.Lock wakes its waiters first in, first out).
+        self.turn = asyncio.Lock()
+
+    def schedule(self, inbox: Inbox) -> None:
+        """Fold ``inbox`` in its turn."""
+        if inbox.scheduled:
+            return
+        inbox.scheduled = True
+        self._ready.append(inbox)
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="turnout-telemetry-folder")
+
+    async def _run(self) -> None:
+        ready = self._ready
+        while True:
+            if not ready:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            inbox = ready.popleft()
+            inbox.scheduled = False
+            async with self.turn:
+                if inbox.error is None:
+                    try:
+                        inbox.fold(self.window)
+                    except Exception as error:  # a message the reader cannot read: end its stream
+                        inbox.error = error
+            await asyncio.sleep(0)  # let the API and the other streams run
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+async def fold_stream(folder: Folder, messages: AsyncIterator[bytes], peer: str) -> None:
+    """Receive one stream's messages into an :class:`Inbox` that ``folder``
+    folds in its turn; when the stream ends, fold what is left and forget the
+    proxy's gauges. A message that cannot be read ends the call with its error."""
+    inbox = Inbox()
+    window = folder.window
+    try:
+        async for data in messages:
+            if inbox.error is not None:
+                raise inbox.error
+            # Raw bytes: wire.read looks only at what is not zero (see there).
+            if inbox.waiting:  # behind: put reads the waiting message, in its turn
+                async with folder.turn:
+                    merged = inbox.put(data)
+            else:
+                merged = inbox.put(data)
+            if merged:
+                window.merged_flushes += 1
+            folder.schedule(inbox)
+        if inbox.error is not None:
+            raise inbox.error
     finally:
-        if not reader.done():
-            reader.cancel()
-        if proxy is not None:
-            window.forget(proxy)
+        inbox.error = inbox.error or ConnectionAbortedError("stream ended")  # the folder skips it
+        with contextlib.suppress(Exception):
+            inbox.fold(window)  # what the stream sent before it ended still counts
+        if inbox.proxy is not None:
+            window.forget(inbox.proxy)
             log.info(
-                "telemetry.stream_closed", extra={"node": proxy.node_id, "merged": inbox.merged}
+                "telemetry.stream_closed",
+                extra={"node": inbox.proxy.node_id, "merged": inbox.merged, "peer": peer},
             )
 
 
-def metrics_service_handler(window: TrafficWindow) -> grpc.GenericRpcHandler:
-    """Return the gRPC handler of Envoy's metrics service, feeding ``window``."""
+def metrics_service_handler(folder: Folder) -> grpc.GenericRpcHandler:
+    """Return the gRPC handler of Envoy's metrics service, feeding ``folder``'s window."""
 
     async def stream_metrics(
         messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
-        await fold_stream(window, messages, context.peer())
+        await fold_stream(folder, messages, context.peer())
         return StreamMetricsResponse()
 
     return grpc.method_handlers_generic_handler(

@@ -153,6 +153,12 @@ class _Counts:
             ]
         return out
 
+    def cumulative(self, what: str) -> tuple[int, ...] | None:
+        """The cumulative bucket counts of histogram ``what``, the last one +Inf
+        (the sample count); None without samples."""
+        packed = self.packed.get(what)
+        return _unpack(packed, _SIZES[what]) if packed else None
+
     def add_packed(self, what: str, packed: int, total: float) -> None:
         self.packed[what] = self.packed.get(what, 0) + packed
         self.sums[what] = self.sums.get(what, 0.0) + total
@@ -613,10 +619,23 @@ class TrafficWindow:
             for subject, series in sorted(self._tenants.items())
         }
 
+    def series_keys(self) -> list[SeriesKey]:
+        """Every version series, sorted."""
+        return sorted(self._versions)
+
+    def has_series(self, key: SeriesKey) -> bool:
+        return key in self._versions
+
+    def series_totals(self, key: SeriesKey) -> tuple[_Counts, tuple[int, int, int]]:
+        """One version series' counts since start, and its gauges (active,
+        pending, ejected)."""
+        series = self._versions[key]
+        return series.totals, self._gauges([series])
+
     def totals(self) -> Iterable[tuple[SeriesKey, _Counts, tuple[int, int, int]]]:
         """Yield every version series' counts since start, with its gauges."""
-        for key, series in sorted(self._versions.items()):
-            yield key, series.totals, self._gauges([series])
+        for key in self.series_keys():
+            yield key, *self.series_totals(key)
 
     def tenant_totals(self) -> Iterable[tuple[str, _Counts]]:
         """Yield every tenant's counts since start."""

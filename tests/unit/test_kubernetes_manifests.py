@@ -295,13 +295,15 @@ SCALED_OBJECT_SCHEMA: dict[str, Any] = {
 
 
 def _series_names() -> set[str]:
-    from controlplane.telemetry.exposition import DataPlaneCollector
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from controlplane.telemetry.exposition import render
     from controlplane.telemetry.window import TrafficWindow
     from filters.batcher._metrics import BatcherMetrics
 
     names = set()
     families = [
-        *DataPlaneCollector(TrafficWindow(lambda: None)).collect(),
+        *text_string_to_metric_families(render(TrafficWindow(lambda: None)).decode()),
         *BatcherMetrics("m", "v").registry.collect(),
     ]
     for family in families:

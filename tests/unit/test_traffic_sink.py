@@ -1,15 +1,19 @@
-"""The stat sink holds at most one unfolded flush per stream: a flush that
-arrives before the previous one was folded is merged into it, counts exact."""
+"""The stat sink holds at most two unfolded flushes per stream (the newest
+raw, the earlier ones merged, counts exact), and one folder folds every
+stream's flushes a flush at a time, letting the event loop run in between."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
 
 import pytest
+from google.protobuf.message import DecodeError
 
-from controlplane.telemetry.sink import Inbox, fold_stream
+from controlplane.telemetry.sink import Folder, Inbox, fold_stream
 from controlplane.telemetry.window import Proxy, TrafficWindow
-from controlplane.telemetry.wire import read
+from controlplane.telemetry.wire import Flush, read
 from tests.unit.test_traffic_wire import MODEL, Clock, _flush, _state
 
 
@@ -18,38 +22,40 @@ def _window(clock: Clock) -> TrafficWindow:
     return TrafficWindow(lambda: state, retention_s=60, slot_s=5, clock=clock)
 
 
-def test_merged_flush_counts_as_the_flushes_one_by_one() -> None:
+def test_merged_flushes_count_as_the_flushes_one_by_one() -> None:
     flushes = [
         _flush(v1_ok=10, v1_fail=2, active=3, samples=[4, 60, 60]),
         _flush(v1_ok=5, samples=[200]),
         _flush(v1_fail=1, active=7, samples=[2, 2]),
+        _flush(v1_ok=1, active=5, samples=[9]),
     ]
     one_by_one = _window(Clock())
     for data in flushes:
         one_by_one.ingest_flush(Proxy(1, "a", ""), read(data))
     inbox = Inbox()
-    assert [inbox.put(read(data)) for data in flushes] == [False, True, True]
+    # The first waits raw; the second reads it; the third and fourth merge.
+    assert [inbox.put(data) for data in flushes] == [False, False, True, True]
     assert inbox.merged == 2
     merged = _window(Clock())
-    pending = inbox._pending
-    assert pending is not None
-    merged.ingest_flush(Proxy(1, "a", ""), pending)
+    inbox.fold(merged)
+    assert inbox.take() == []
     (expected, _), (got, _) = (
         one_by_one.version_figures(MODEL, 60)["v1"],
         merged.version_figures(MODEL, 60)["v1"],
     )
-    assert got.responses == expected.responses == {"200": 15, "500": 3}
-    assert got.latency_samples == expected.latency_samples == 6
+    assert got.responses == expected.responses == {"200": 16, "500": 3}
+    assert got.latency_samples == expected.latency_samples == 7
     assert got.latency_ms == expected.latency_ms
     # Gauges are the latest flush's.
-    assert got.active_requests == expected.active_requests == 7
+    assert got.active_requests == expected.active_requests == 5
     [(_, totals, _)] = list(merged.totals())
     [(_, expected_totals, _)] = list(one_by_one.totals())
     assert totals.packed == expected_totals.packed and totals.sums == expected_totals.sums
 
 
-async def test_stream_faster_than_the_window_keeps_one_flush_and_loses_nothing() -> None:
+async def test_stream_faster_than_the_folder_keeps_two_flushes_and_loses_nothing() -> None:
     window = _window(Clock())
+    folder = Folder(window)
     sent = 50
 
     async def messages() -> AsyncIterator[bytes]:
@@ -58,9 +64,12 @@ async def test_stream_faster_than_the_window_keeps_one_flush_and_loses_nothing()
         for _ in range(sent):
             yield _flush(v1_ok=2, v1_fail=1, samples=[60])
 
-    await fold_stream(window, messages(), "test")
-    assert window.merged_flushes == sent - 1
-    assert window.reports == 1
+    try:
+        await fold_stream(folder, messages(), "test")
+    finally:
+        await folder.close()
+    assert window.merged_flushes == sent - 2
+    assert window.reports == 2
     v1, _ = window.version_figures(MODEL, 60)["v1"]
     assert v1.responses == {"200": 2 * sent, "500": sent}
     assert v1.latency_samples == sent
@@ -68,12 +77,113 @@ async def test_stream_faster_than_the_window_keeps_one_flush_and_loses_nothing()
 
 async def test_stream_error_ends_the_call_and_forgets_the_proxy() -> None:
     window = _window(Clock())
+    folder = Folder(window)
 
     async def messages() -> AsyncIterator[bytes]:
         yield _flush(v1_ok=1, active=2)
         raise ConnectionResetError("gone")
 
     with pytest.raises(ConnectionResetError):
-        await fold_stream(window, messages(), "test")
+        await fold_stream(folder, messages(), "test")
+    await folder.close()
     figures = window.model_figures(MODEL, 60)
     assert (figures.requests, figures.active_requests) == (1, 0)
+
+
+class _Recording(TrafficWindow):
+    def __init__(self, events: list[str]) -> None:
+        state = _state()
+        super().__init__(lambda: state, retention_s=60, slot_s=5, clock=Clock())
+        self.events = events
+
+    def ingest_flush(self, proxy: Proxy, flush: Flush) -> None:
+        self.events.append(f"fold {proxy.node_id}")
+        super().ingest_flush(proxy, flush)
+
+
+async def test_folder_folds_one_flush_at_a_time_and_lets_others_run_between() -> None:
+    events: list[str] = []
+    window = _Recording(events)
+    folder = Folder(window)
+    streams = []
+    for name in ("a", "b", "c"):
+        inbox = Inbox()
+        inbox.proxy = Proxy(len(streams) + 1, name, "")
+        inbox.put(_flush(v1_ok=1))
+        streams.append(inbox)
+
+    async def probe() -> None:
+        for _ in range(3):
+            events.append("api")
+            await asyncio.sleep(0)
+
+    for inbox in streams:
+        folder.schedule(inbox)
+    folder.schedule(streams[0])  # already waiting its turn: not twice
+    try:
+        await probe()
+        await asyncio.wait_for(_until(lambda: window.reports == 3), timeout=5)
+    finally:
+        await folder.close()
+    folds = [e for e in events if e.startswith("fold")]
+    assert folds == ["fold a", "fold b", "fold c"]
+    # Between two folds, the other task ran: the folder never holds the loop for two.
+    for first, second in itertools.pairwise(events):
+        assert not (first.startswith("fold") and second.startswith("fold")), events
+
+
+async def test_unreadable_message_ends_only_its_stream() -> None:
+    window = _window(Clock())
+    folder = Folder(window)
+    bad: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def from_queue(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+        while (data := await queue.get()) is not None:
+            yield data
+
+    good: asyncio.Queue[bytes | None] = asyncio.Queue()
+    good_stream = asyncio.create_task(fold_stream(folder, from_queue(good), "good"))
+    bad_stream = asyncio.create_task(fold_stream(folder, from_queue(bad), "bad"))
+    # An identifier whose node runs past its end: not a message wire.read can read.
+    await bad.put(b"\x0a\x03\x0a\x05x")
+    await good.put(_flush(v1_ok=3))
+    await asyncio.wait_for(_until(lambda: window.reports == 1), timeout=5)
+    await bad.put(_flush(v1_ok=100))
+    with pytest.raises(DecodeError):
+        await asyncio.wait_for(bad_stream, timeout=5)
+    await good.put(None)
+    await asyncio.wait_for(good_stream, timeout=5)
+    await folder.close()
+    assert window.model_figures(MODEL, 60).requests == 3
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110 - the condition is the window's own count
+        await asyncio.sleep(0.001)
+
+
+async def test_a_stream_that_is_behind_reads_only_in_its_turn() -> None:
+    window = _window(Clock())
+    folder = Folder(window)
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def from_queue() -> AsyncIterator[bytes]:
+        while (data := await queue.get()) is not None:
+            yield data
+
+    stream = asyncio.create_task(fold_stream(folder, from_queue(), "s"))
+    try:
+        async with folder.turn:  # a fold in progress
+            for n in (1, 2, 3):
+                await queue.put(_flush(v1_ok=n))
+            for _ in range(50):  # every task runs as far as it can
+                await asyncio.sleep(0)
+            # The first message waits raw; the stream holds the second until its
+            # turn to read the first; the third is still in the queue.
+            assert queue.qsize() == 1
+            assert (window.reports, window.merged_flushes) == (0, 0)
+        await queue.put(None)
+        await asyncio.wait_for(stream, timeout=5)
+    finally:
+        await folder.close()
+    assert window.model_figures(MODEL, 60).requests == 6

@@ -81,7 +81,7 @@ async def metrics(runtime: RuntimeDep) -> Response:
     """This replica's metrics in the Prometheus text format. Open, like /readyz, so
     that Prometheus scrapes it without a key: it names models, never a caller."""
     return Response(
-        runtime.metrics.exposition() + runtime.data_plane.text(), media_type=CONTENT_TYPE
+        runtime.metrics.exposition() + await runtime.data_plane.text(), media_type=CONTENT_TYPE
     )
 
 
