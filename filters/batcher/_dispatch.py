@@ -2,18 +2,28 @@
 
 Rules, in the order the dispatch loop applies them:
 
-1. A request whose deadline can no longer be met, even alone in the next
-   upstream slot, leaves the queue with 503 (reason ``deadline``) as soon as
-   that is known, instead of timing out later.
+1. A request whose deadline can no longer be met leaves with 503 (reason
+   ``deadline``) as soon as that is known, instead of timing out later: on
+   arrival, when the batches already queued ahead of it (earlier deadlines,
+   ``max_batch_size`` rows each) and then its own call would end after its
+   deadline; in the queue, when even alone in the next upstream slot it
+   would. Both judge by the latency model's expected cost, without its
+   margin: a refusal is final, while a call that runs a little long may
+   still be in time (a margin here sheds, near capacity, requests that a
+   plain batcher serves within the SLO).
 2. Work conservation: while fewer than ``max_in_flight`` batches are upstream,
    the next batch is sent at once. The only hold: when a batch is already
    upstream and another slot is free, a batch smaller than ``max_batch_size``
    waits at most ``max_queue_delay_ms`` (measured from its oldest request's
    arrival) for company. With the upstream idle, nothing ever waits.
 3. A batch holds calls with one batch key, earliest deadline first, at most
-   ``max_batch_size`` rows (a single larger call goes alone), and only as
-   many as the latency model predicts can finish before the earliest
-   deadline in it.
+   ``max_batch_size`` rows (a single larger call goes alone). Its size is the
+   prefix of that order which the latency model (margin included) predicts
+   will answer the most calls before their deadlines, the larger on a tie:
+   with a short queue, everything that fits before the earliest deadline;
+   near capacity, a full batch even if its oldest call may end late, since
+   cutting a batch short to save a few milliseconds for one call costs a
+   whole call's overhead for everyone behind it.
 4. If the upstream rejects a batch (400, 413, 422, 500) or answers something
    that cannot be split, the batch is split in halves and each half retried
    first, while deadlines allow; a single call gets the upstream's own answer.
@@ -201,7 +211,7 @@ class Dispatcher:
                 "the batcher's queue is full",
                 **{"Retry-After": str(retry_after), SHED_HEADER: "1"},
             )
-        if self._earliest_start(now) + self.latency.predict(pending.call.rows) > pending.deadline:
+        if self._admission_end(pending, now) > pending.deadline:
             self.metrics.rejections.labels(reason="deadline").inc()
             return error_reply(
                 503,
@@ -258,6 +268,16 @@ class Dispatcher:
 
     # --- estimates -----------------------------------------------------------------------
 
+    def _admission_end(self, pending: Pending, now: float) -> float:
+        """Return when ``pending`` would end at best: after the full batches queued ahead of it."""
+        ahead = 0
+        for group in self._groups.values():
+            ahead += bisect.bisect_right(group, pending.deadline, key=lambda p: p.deadline)
+        latency = self.latency
+        batches = ahead // self.policy.max_batch_size
+        queued = batches * latency.expected(self.policy.max_batch_size) / self.max_in_flight
+        return self._earliest_start(now) + queued + latency.expected(pending.call.rows)
+
     def _earliest_start(self, now: float) -> float:
         if len(self._ends) < self.max_in_flight:
             return now
@@ -301,7 +321,7 @@ class Dispatcher:
             group = self._groups[key]
             while group:
                 head = group[0]
-                latest_start = head.deadline - self.latency.predict(head.call.rows)
+                latest_start = head.deadline - self.latency.expected(head.call.rows)
                 if start <= latest_start:
                     wake_at = min(wake_at, latest_start)
                     break
@@ -311,7 +331,7 @@ class Dispatcher:
                 del self._groups[key]
         for half in self._retries:
             for pending in [
-                p for p in half if start + self.latency.predict(p.call.rows) > p.deadline
+                p for p in half if start + self.latency.expected(p.call.rows) > p.deadline
             ]:
                 half.remove(pending)
                 self._reject_deadline(pending)
@@ -360,25 +380,39 @@ class Dispatcher:
         group = self._head_group()
         if group is None:
             return []
-        batch = [group[0]]
-        rows = group[0].call.rows
-        deadline = group[0].deadline
-        limit = self.policy.max_batch_size
-        for pending in group[1:]:
-            more = rows + pending.call.rows
-            if more > limit or now + self.latency.predict(more) > deadline:
-                break
-            batch.append(pending)
-            rows = more
+        batch = group[: self._batch_length(group, now)]
         del group[: len(batch)]
         if not group:
             del self._groups[batch[0].call.key]
         self._left_queue(len(batch))
         return batch
 
+    def _batch_length(self, group: list[Pending], now: float) -> int:
+        """Return how many calls from the head of ``group`` (EDF order) the next batch takes.
+
+        The prefix, within ``max_batch_size`` rows, that the latency model
+        predicts answers the most calls before their deadlines; the longer
+        one on a tie (rule 3).
+        """
+        limit = self.policy.max_batch_size
+        deadlines: list[float] = []
+        rows = 0
+        best, best_on_time = 1, -1
+        for length, pending in enumerate(group, start=1):
+            rows += pending.call.rows
+            if length > 1 and rows > limit:
+                break
+            deadlines.append(pending.deadline)
+            end = now + self.latency.predict(rows)
+            # deadlines is sorted: the calls that miss are those before the first >= end.
+            on_time = length - bisect.bisect_left(deadlines, end)
+            if on_time >= best_on_time:
+                best, best_on_time = length, on_time
+        return best
+
     def _launch(self, batch: list[Pending], now: float) -> None:
         rows = sum(p.call.rows for p in batch)
-        self._ends.append(now + self.latency.predict(rows))
+        self._ends.append(now + self.latency.expected(rows))
         self.metrics.in_flight.set(len(self._ends))
         for pending in batch:
             pending.state = State.SENT

@@ -5,8 +5,10 @@ small cost per row. The model is an exponentially weighted least-squares fit
 with a weak pull of the slope towards zero, so that before it has seen more
 than one batch size it predicts a flat cost (optimistic, which lets it try
 larger batches and learn) rather than a proportional one. The prediction adds
-a margin of two weighted standard deviations of the residuals, so deadlines are
-judged against a pessimistic but learned estimate.
+a margin of two weighted standard deviations of the residuals: ``predict`` is
+the pessimistic estimate (what a batch plans for), ``expected`` the fitted mean
+without it (what a refusal is judged against: a refusal is final, while a call
+that runs a little long may still be in time).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ class LatencyModel:
     """Predicts the seconds an upstream call with ``n`` rows takes.
 
     ``observe(n, seconds)`` feeds one measurement; ``predict(n)`` returns the
-    estimate (0 before any observation: the batcher admits everything until it
-    has measured something). ``half_life`` is in observations.
+    estimate with its margin and ``expected(n)`` the mean (both 0 before any
+    observation: the batcher admits everything until it has measured
+    something). ``half_life`` is in observations.
     """
 
     def __init__(self, half_life: float = 200.0, slope_prior_weight: float = 1e-3) -> None:
@@ -77,3 +80,8 @@ class LatencyModel:
         """Return the predicted seconds for a call with ``rows`` rows, margin included."""
         a, b = self.coefficients()
         return a + b * rows + 2.0 * self._residual_std(a, b)
+
+    def expected(self, rows: int) -> float:
+        """Return the fitted mean seconds for a call with ``rows`` rows, without the margin."""
+        a, b = self.coefficients()
+        return a + b * rows
