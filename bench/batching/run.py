@@ -160,12 +160,12 @@ def pinned(core: str, argv: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def processes() -> Iterator[Callable[[list[str]], None]]:
+def processes() -> Iterator[Callable[..., None]]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def spawn(argv: list[str]) -> None:
+    def spawn(argv: list[str], cwd: Path = ROOT) -> None:
         started.append(
-            subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         )
 
     try:
@@ -200,9 +200,12 @@ async def settle(session: aiohttp.ClientSession, urls: dict[str, str]) -> None:
         for name in ("server", "inprocess"):
             async with session.get(urls[name] + "/stats") as resp:
                 active += (await resp.json())["active"]
-        async with session.get(urls["batcher"] + "/turnout/batcher") as resp:
-            status = await resp.json()
-        if active == 0 and status["queue_depth"] == 0 and status["in_flight"] == 0:
+        for name in ("batcher", "before_batcher"):
+            if name in urls:
+                async with session.get(urls[name] + "/turnout/batcher") as resp:
+                    status = await resp.json()
+                active += status["queue_depth"] + status["in_flight"]
+        if active == 0:
             return
         await asyncio.sleep(0.05)
 
@@ -283,7 +286,7 @@ async def measure_overhead(bench: Bench, reps: int) -> dict[str, Any]:
 
 async def reference_sweeps(bench: Bench, reps: int, window_s: float) -> dict[str, Any]:
     """Goodput of Turnout against the in-process reference, interleaved; ratio per repetition."""
-    targets = ["inprocess", "turnout"]
+    targets = ["inprocess", "turnout"] + (["before"] if "before" in bench.urls else [])
     rates = bench.setup.near_rates
     print(f"\n[2] goodput against the in-process reference: {reps} reps, {window_s:g} s windows")
     print(f"    rates {rates}")
@@ -295,7 +298,14 @@ async def reference_sweeps(bench: Bench, reps: int, window_s: float) -> dict[str
         print(f"    goodput {target:<10} {fmt(spread(goodput[target]))} req/s")
     print(f"    ratio turnout / in-process {fmt(spread(ratios), 'x')} (per repetition)")
     print(f"    per repetition: {[round(r, 2) for r in ratios]}")
-    return {
+    extra = {}
+    if "before" in goodput:
+        before = [
+            b / max(r, 1e-9) for b, r in zip(goodput["before"], goodput["inprocess"], strict=True)
+        ]
+        extra["ratio_before_over_inprocess"] = spread(before)
+        print(f"    ratio before / in-process  {fmt(spread(before), 'x')} (per repetition)")
+    return extra | {
         "rates": rates,
         "goodput": {t: spread(v) for t, v in goodput.items()},
         "goodput_runs": goodput,
@@ -550,6 +560,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "turnout": (ports["turnout"], ports["batcher"]),
             "envoy": (ports["envoy"], ports["server"]),
         }
+        if args.before:
+            # The same batcher command run from another checkout (e.g. main before a change).
+            for name in ("before_batcher", "before"):
+                ports[name] = free_port()
+                urls[name] = f"http://127.0.0.1:{ports[name]}"
+            listen = ["--listen", f"127.0.0.1:{ports['before_batcher']}"]
+            spawn(pinned(cores["batchers"], [*batcher_cmd, *listen]), cwd=Path(args.before))
+            routes["before"] = (ports["before"], ports["before_batcher"])
         config = bootstrap(routes, setup.slo_ms)
         spawn(pinned(cores["envoy"], envoy_argv(ENVOY, Path(workdir) / "envoy.json", config)))
         if "goodput" in args.phases:
@@ -585,6 +603,9 @@ def main(argv: list[str] | None = None) -> None:
         "--phases",
         default="overhead,reference,overload",
         help="comma list: overhead, reference, overload, goodput (fixed batchers, malformed)",
+    )
+    parser.add_argument(
+        "--before", help="a checkout whose batcher also runs, as target 'before' (reference phase)"
     )
     parser.add_argument("--max-batch", type=int, default=32, help="Turnout's and the reference's")
     parser.add_argument(

@@ -16,14 +16,20 @@ Rules, in the order the dispatch loop applies them:
    upstream and another slot is free, a batch smaller than ``max_batch_size``
    waits at most ``max_queue_delay_ms`` (measured from its oldest request's
    arrival) for company. With the upstream idle, nothing ever waits.
-3. A batch holds calls with one batch key, earliest deadline first, at most
-   ``max_batch_size`` rows (a single larger call goes alone). Its size is the
-   prefix of that order which the latency model (margin included) predicts
-   will answer the most calls before their deadlines, the larger on a tie:
-   with a short queue, everything that fits before the earliest deadline;
-   near capacity, a full batch even if its oldest call may end late, since
-   cutting a batch short to save a few milliseconds for one call costs a
-   whole call's overhead for everyone behind it.
+   Staging: when every slot is busy, one more batch is sent ``stage_ms``
+   before the earliest running batch is expected to end, so that it waits at
+   the model server (already received and parsed) instead of in the queue:
+   the device starts it as soon as it is free, and the HTTP and JSON work of
+   each call overlaps the previous call's compute instead of adding to it.
+   The latency model learns a staged call's cost from the previous answer to
+   its own. Nothing is staged before the model has measured a call.
+3. A batch holds calls with one batch key, earliest deadline first, as many
+   as fit in ``max_batch_size`` rows (a single larger call goes alone). It is
+   never cut short to help its oldest call's deadline: that saves the per-row
+   cost of the rows left out (a few milliseconds) but costs everyone behind
+   them a whole call's fixed overhead, and near capacity it turns one slow
+   call into a queue that only grows; rule 1 already sheds the calls that
+   cannot make it.
 4. If the upstream rejects a batch (400, 413, 422, 500) or answers something
    that cannot be split, the batch is split in halves and each half retried
    first, while deadlines allow; a single call gets the upstream's own answer.
@@ -157,6 +163,7 @@ class Dispatcher:
         metrics: BatcherMetrics,
         *,
         max_in_flight: int = 1,
+        stage_ms: float = 5.0,
         latency: LatencyModel | None = None,
         tracer: Tracer | None = None,
     ) -> None:
@@ -166,6 +173,8 @@ class Dispatcher:
         self.policy = policy
         self.metrics = metrics
         self.max_in_flight = max_in_flight
+        self.stage_s = stage_ms / 1000.0
+        self._last_answer = -math.inf  # when the latest upstream answer arrived
         self.latency = latency or LatencyModel()
         self.tracer = tracer
         self._groups: dict[Hashable, list[Pending]] = {}
@@ -279,9 +288,10 @@ class Dispatcher:
         return self._earliest_start(now) + queued + latency.expected(pending.call.rows)
 
     def _earliest_start(self, now: float) -> float:
+        """Return when a batch sent now would start: at once, or when a slot frees up."""
         if len(self._ends) < self.max_in_flight:
             return now
-        return max(now, min(self._ends))
+        return max(now, sorted(self._ends)[len(self._ends) - self.max_in_flight])
 
     def _drain_seconds(self) -> float:
         size = self.policy.max_batch_size
@@ -300,8 +310,11 @@ class Dispatcher:
             self._wake.clear()
             now = loop.time()
             wake_at = self._expire(now)
-            while self._depth and len(self._ends) < self.max_in_flight:
-                hold_until = self._hold_until(now)
+            while self._depth:
+                if len(self._ends) < self.max_in_flight:
+                    hold_until = self._hold_until(now)
+                else:
+                    hold_until = self._stage_at()
                 if hold_until > now:
                     wake_at = min(wake_at, hold_until)
                     break
@@ -351,6 +364,14 @@ class Dispatcher:
             )
         )
 
+    def _stage_at(self) -> float:
+        """Return when one more batch may be staged behind the running ones (inf: not now)."""
+        if self.stage_s <= 0 or len(self._ends) > self.max_in_flight:
+            return math.inf
+        if not self.latency.observations:  # no idea yet when the running batch ends
+            return math.inf
+        return min(self._ends) - self.stage_s
+
     def _hold_until(self, now: float) -> float:
         """Return when the next batch may go: now, unless a partial batch may wait for company."""
         if self._retries or not self._ends:
@@ -380,39 +401,28 @@ class Dispatcher:
         group = self._head_group()
         if group is None:
             return []
-        batch = group[: self._batch_length(group, now)]
+        batch = group[: self._batch_length(group)]
         del group[: len(batch)]
         if not group:
             del self._groups[batch[0].call.key]
         self._left_queue(len(batch))
         return batch
 
-    def _batch_length(self, group: list[Pending], now: float) -> int:
-        """Return how many calls from the head of ``group`` (EDF order) the next batch takes.
-
-        The prefix, within ``max_batch_size`` rows, that the latency model
-        predicts answers the most calls before their deadlines; the longer
-        one on a tie (rule 3).
-        """
+    def _batch_length(self, group: list[Pending]) -> int:
+        """Return how many calls from the head of ``group`` fit in one batch (rule 3)."""
         limit = self.policy.max_batch_size
-        deadlines: list[float] = []
         rows = 0
-        best, best_on_time = 1, -1
-        for length, pending in enumerate(group, start=1):
+        for length, pending in enumerate(group):
             rows += pending.call.rows
-            if length > 1 and rows > limit:
-                break
-            deadlines.append(pending.deadline)
-            end = now + self.latency.predict(rows)
-            # deadlines is sorted: the calls that miss are those before the first >= end.
-            on_time = length - bisect.bisect_left(deadlines, end)
-            if on_time >= best_on_time:
-                best, best_on_time = length, on_time
-        return best
+            if rows > limit:
+                return max(1, length)
+        return len(group)
 
     def _launch(self, batch: list[Pending], now: float) -> None:
         rows = sum(p.call.rows for p in batch)
-        self._ends.append(now + self.latency.expected(rows))
+        staged = len(self._ends) >= self.max_in_flight
+        end = self._earliest_start(now) + self.latency.expected(rows)
+        self._ends.append(end)
         self.metrics.in_flight.set(len(self._ends))
         for pending in batch:
             pending.state = State.SENT
@@ -420,25 +430,27 @@ class Dispatcher:
                 pending.queue_wait_s = now - pending.arrived
                 self.metrics.queue_wait.observe(pending.queue_wait_s)
         self.batches_sent += 1
-        task = asyncio.get_running_loop().create_task(self._execute(batch, rows, self._ends[-1]))
+        task = asyncio.get_running_loop().create_task(self._execute(batch, rows, end, staged))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # --- one upstream call ---------------------------------------------------------------
 
-    async def _execute(self, batch: list[Pending], rows: int, end_marker: float) -> None:
+    async def _execute(
+        self, batch: list[Pending], rows: int, end_marker: float, staged: bool
+    ) -> None:
         if self.tracer is None:
-            await self._call(batch, rows, end_marker, None)
+            await self._call(batch, rows, end_marker, staged, None)
             return
         members = [p.span for p in batch if p.span is not None]
         span = batch_span(self.tracer, members, rows)
         try:
-            await self._call(batch, rows, end_marker, span)
+            await self._call(batch, rows, end_marker, staged, span)
         finally:
             span.end()
 
     async def _call(
-        self, batch: list[Pending], rows: int, end_marker: float, span: Span | None
+        self, batch: list[Pending], rows: int, end_marker: float, staged: bool, span: Span | None
     ) -> None:
         """Send ``batch`` upstream as one call (traced by ``span``) and answer its requests."""
         loop = asyncio.get_running_loop()
@@ -468,13 +480,18 @@ class Dispatcher:
             for pending in batch:
                 pending.resolve(error_reply(503, "shutting_down", "the batcher is stopping"))
             raise
-        elapsed = loop.time() - started
+        answered = loop.time()
+        elapsed = answered - started
+        # A staged call waited at the server for the one before it: its cost is
+        # the time from that one's answer to its own.
+        cost = answered - max(started, self._last_answer) if staged else elapsed
+        self._last_answer = answered
         self._finish(end_marker)
         if span is not None:
             span.set_attribute("http.response.status_code", answer.status)
         self.metrics.upstream_time.observe(elapsed)
         if 200 <= answer.status < 300:
-            self.latency.observe(rows, elapsed)
+            self.latency.observe(rows, cost)
             self._deliver(batch, Message(answer.body, answer.framing()), answer.status)
         elif len(batch) > 1 and answer.status in _SPLITTABLE:
             self._split_and_retry(batch, f"upstream answered {answer.status}")

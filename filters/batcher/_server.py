@@ -47,6 +47,9 @@ class BatcherConfig:
     - ``policy_source``: polled every ``policy_interval_s`` seconds, if given.
     - ``max_in_flight``: batches upstream at once (the replica's batch
       concurrency; 1 suits one GPU that runs one batch at a time).
+    - ``stage_ms``: how long before a slot is expected to free up one more
+      batch is sent to wait at the model server (0: never; see the dispatch
+      rules).
     - ``model``/``version``: the model version served (``--model``,
       ``--model-version``): labels of the queue-depth metric ("" when unknown).
     - ``otlp_endpoint``: ``host:port`` of an OTLP/gRPC collector to send spans
@@ -61,6 +64,7 @@ class BatcherConfig:
     policy_source: PolicySource | None = None
     policy_interval_s: float = 0.5
     max_in_flight: int = 1
+    stage_ms: float = 5.0
     upstream_connections: int = 256
     otlp_endpoint: str | None = None
     trace_sampling: float = 1.0
@@ -79,6 +83,7 @@ class _Service:
             config.policy,
             self.metrics,
             max_in_flight=config.max_in_flight,
+            stage_ms=config.stage_ms,
             tracer=tracer,
         )
 
