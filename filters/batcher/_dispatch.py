@@ -2,15 +2,19 @@
 
 Rules, in the order the dispatch loop applies them:
 
-1. A request whose deadline can no longer be met leaves with 503 (reason
-   ``deadline``) as soon as that is known, instead of timing out later: on
-   arrival, when the batches already queued ahead of it (earlier deadlines,
-   ``max_batch_size`` rows each) and then its own call would end after its
-   deadline; in the queue, when even alone in the next upstream slot it
-   would. Both judge by the latency model's expected cost, without its
-   margin: a refusal is final, while a call that runs a little long may
-   still be in time (a margin here sheds, near capacity, requests that a
-   plain batcher serves within the SLO).
+1. A request that would not meet its deadline leaves with 503 (reason
+   ``deadline``) as soon as that is known, instead of timing out later.
+   On arrival it is refused when the running batches, the full batches
+   queued ahead of it (earlier deadlines, ``max_batch_size`` rows each) and
+   then the batch it will join are predicted to end after its deadline: the
+   running and queued batches at the latency model's expected cost, its own
+   batch with the model's margin, once for the whole chain. So under
+   overload the excess is refused at once, and what is admitted is served
+   in time. In the queue, a request is shed only when even alone in the next
+   upstream slot its expected cost (no margin) misses its deadline: a
+   refusal is final, while a call that runs a little long may still be in
+   time (a margin here, counted again for the running batch, shed near
+   capacity requests that a plain batcher serves within the SLO).
 2. Work conservation: while fewer than ``max_in_flight`` batches are upstream,
    the next batch is sent at once. The only hold: when a batch is already
    upstream and another slot is free, a batch smaller than ``max_batch_size``
@@ -278,14 +282,20 @@ class Dispatcher:
     # --- estimates -----------------------------------------------------------------------
 
     def _admission_end(self, pending: Pending, now: float) -> float:
-        """Return when ``pending`` would end at best: after the full batches queued ahead of it."""
+        """Return when ``pending`` is predicted to end, behind the batches queued ahead of it.
+
+        Requests ahead are counted, not their rows: with one row each (the
+        common case) that is exact; with more it errs towards admitting.
+        """
         ahead = 0
         for group in self._groups.values():
             ahead += bisect.bisect_right(group, pending.deadline, key=lambda p: p.deadline)
         latency = self.latency
-        batches = ahead // self.policy.max_batch_size
-        queued = batches * latency.expected(self.policy.max_batch_size) / self.max_in_flight
-        return self._earliest_start(now) + queued + latency.expected(pending.call.rows)
+        size = self.policy.max_batch_size
+        batches, joined = divmod(ahead, size)
+        queued = batches * latency.expected(size) / self.max_in_flight
+        own = latency.predict(min(size, joined + pending.call.rows))
+        return self._earliest_start(now) + queued + own
 
     def _earliest_start(self, now: float) -> float:
         """Return when a batch sent now would start: at once, or when a slot frees up."""
