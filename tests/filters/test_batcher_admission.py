@@ -30,8 +30,9 @@ async def test_noisy_latency_does_not_shed_a_queued_request_its_expected_cost_se
     # counted again for the running call (as before), the request could no
     # longer make it and was shed from the queue with 503; by the expected
     # cost it can, and it is served.
-    batcher = await make_batcher(BatchingPolicy(slo_ms=5_000), stage_ms=0.0)
+    batcher = await make_batcher(BatchingPolicy(slo_ms=5_000))
     dispatcher = batcher.dispatcher
+    dispatcher.stage_s = 0.0  # nothing goes upstream before the gate opens
     for rows in (1, 2, 1, 2):
         dispatcher.latency.observe(rows, 1.0)
     blocker = await hold_upstream(client, batcher, upstream)
