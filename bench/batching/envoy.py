@@ -45,6 +45,8 @@ def _cluster(name: str, port: int) -> dict[str, object]:
 
 def _listener(name: str, port: int, cluster: str, timeout_ms: float) -> dict[str, object]:
     route = {"cluster": cluster, "timeout": f"{timeout_ms / 1000:.3f}s"}
+    # When Envoy received the request: the batcher's deadline runs from then, as Envoy's does.
+    start = {"header": {"key": "x-request-start", "value": "%START_TIME(%s.%3f)%"}}
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
@@ -55,6 +57,7 @@ def _listener(name: str, port: int, cluster: str, timeout_ms: float) -> dict[str
                     "name": name,
                     "domains": ["*"],
                     "routes": [{"match": {"prefix": "/"}, "route": route}],
+                    "request_headers_to_add": [start],
                 }
             ]
         },
