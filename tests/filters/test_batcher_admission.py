@@ -8,6 +8,7 @@ server, held at its gate where a test needs a batch to stay in flight.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 
@@ -120,3 +121,23 @@ async def test_one_batch_is_staged_at_the_server_before_the_running_one_ends(
         assert status == 200
         expect_v2(answer, f"s{i}", [[float(i)]])
     assert all(status == 200 for status, _, _ in await asyncio.gather(*later))
+
+
+async def test_deadline_runs_from_when_the_proxy_received_the_request(
+    make_batcher: BatcherFactory, client: aiohttp.ClientSession
+) -> None:
+    # Calls take 1 s; the SLO is 10 s. A request the proxy received 9.5 s ago
+    # (x-request-start) has half a second left: refused. The same request
+    # without the header, or received just now, is served.
+    batcher = await make_batcher(BatchingPolicy(slo_ms=10_000), stage_ms=0.0)
+    batcher.dispatcher.latency.observe(1, 1.0)
+    old = {"x-request-start": f"{time.time() - 9.5:.3f}"}
+    status, answer, headers = await post(client, batcher, INFER, v2_body("old", [[1.0]]), old)
+    assert status == 503 and answer["error"] == "deadline"
+    assert headers["x-turnout-shed"] == "1"
+    fresh = {"x-request-start": f"t={time.time():.3f}"}
+    for request_headers in (None, fresh):
+        status, answer, _ = await post(
+            client, batcher, INFER, v2_body("new", [[1.0]]), request_headers
+        )
+        assert status == 200, answer
