@@ -262,10 +262,12 @@ async def measure_overhead(bench: Bench, reps: int) -> dict[str, Any]:
     """p50 at low load, interleaved: direct, Envoy alone, Envoy and the batcher, the reference."""
     setup = bench.setup
     targets = ["direct", "envoy", "turnout", "inprocess"]
+    targets += ["before"] if "before" in bench.urls else []
     print(f"\n[1] low-load p50: {setup.low_rate:g} req/s, {reps} x 4 s, interleaved {targets}")
     p50: dict[str, list[float]] = {t: [] for t in targets}
     for rep in range(reps):
-        for target in targets[rep % 4 :] + targets[: rep % 4]:
+        turn = rep % len(targets)
+        for target in targets[turn:] + targets[:turn]:
             window, _ = await bench.window(target, setup.low_rate, 4.0)
             p50[target].append(window.p50_ms)
     envoy_added = [e - d for e, d in zip(p50["envoy"], p50["direct"], strict=True)]
@@ -281,6 +283,12 @@ async def measure_overhead(bench: Bench, reps: int) -> dict[str, Any]:
     print(f"    added by Envoy alone       {fmt(overhead['envoy_added_p50_ms'], ' ms')}  <= 0.5")
     print(f"    added by the batcher       {fmt(overhead['batcher_added_p50_ms'], ' ms')}  <= 1")
     print(f"    Envoy and batcher - direct {fmt(overhead['turnout_added_p50_ms'], ' ms')}")
+    if "before" in p50:
+        before = [b - e for b, e in zip(p50["before"], p50["envoy"], strict=True)]
+        overhead["before_batcher_added_p50_ms"] = spread(before)
+        print(
+            f"    added by the batcher before {fmt(overhead['before_batcher_added_p50_ms'], ' ms')}"
+        )
     return overhead
 
 
@@ -471,8 +479,9 @@ async def measure(setup: Setup, args: argparse.Namespace, urls: dict[str, str]) 
     async with aiohttp.ClientSession(connector=connector) as session:
         bench = Bench(setup, session, urls)
         print("warm-up (discarded) ...", flush=True)
-        for target in ("direct", "envoy", "batcher", "turnout", "inprocess"):
-            await bench.window(target, setup.low_rate, 1.0)
+        for target in ("direct", "envoy", "batcher", "turnout", "inprocess", "before"):
+            if target in urls:
+                await bench.window(target, setup.low_rate, 1.0)
         if "goodput" in args.phases:
             await bench.window("fixed_16_5", setup.low_rate, 1.0)
         bench.windows.clear()
