@@ -14,7 +14,11 @@ Rules, in the order the dispatch loop applies them:
    upstream slot its expected cost (no margin) misses its deadline: a
    refusal is final, while a call that runs a little long may still be in
    time (a margin here, counted again for the running batch, shed near
-   capacity requests that a plain batcher serves within the SLO).
+   capacity requests that a plain batcher serves within the SLO). The one
+   exception: with the upstream idle, every ``PROBE_AFTER`` + 1-th request
+   refused on arrival is sent as a probe, since the model learns only from
+   calls it sends and would otherwise never recover from predicting more
+   than the SLO.
 2. Work conservation: while fewer than ``max_in_flight`` batches are upstream,
    the next batch is sent at once. The only hold: when a batch is already
    upstream and another slot is free, a batch smaller than ``max_batch_size``
@@ -93,6 +97,11 @@ BATCH_SIZE_HEADER = "x-turnout-batch-size"
 # so calls may run this long past their latest deadline; callers that stopped
 # waiting have left already.
 UPSTREAM_GRACE_S = 10.0
+
+# With the upstream idle, one request in this many plus one that the latency
+# model would refuse is sent anyway, so that a model stuck above the SLO
+# (after a stall) measures again (rule 1).
+PROBE_AFTER = 8
 
 BATCH_SIZE_HEADER = "x-turnout-batch-size"
 QUEUE_WAIT_HEADER = "x-turnout-queue-wait-us"
@@ -179,6 +188,7 @@ class Dispatcher:
         self.max_in_flight = max_in_flight
         self.stage_s = stage_ms / 1000.0
         self._last_answer = -math.inf  # when the latest upstream answer arrived
+        self._refused_idle = 0  # refusals on predicted cost while idle, since the last probe
         self.latency = latency or LatencyModel()
         self.tracer = tracer
         self._groups: dict[Hashable, list[Pending]] = {}
@@ -224,7 +234,8 @@ class Dispatcher:
                 "the batcher's queue is full",
                 **{"Retry-After": str(retry_after), SHED_HEADER: "1"},
             )
-        if self._admission_end(pending, now) > pending.deadline:
+        idle = not self._depth and not self._ends and self._loop_task is not None
+        if self._admission_end(pending, now) > pending.deadline and not self._probe(idle):
             self.metrics.rejections.labels(reason="deadline").inc()
             return error_reply(
                 503,
@@ -232,7 +243,7 @@ class Dispatcher:
                 "the request cannot complete before its deadline",
                 **{SHED_HEADER: "1"},
             )
-        if not self._depth and not self._ends and self._loop_task is not None:
+        if idle:
             # Idle upstream, empty queue: send now, without a turn of the dispatch loop.
             self._launch([pending], now)
             return None
@@ -280,6 +291,22 @@ class Dispatcher:
         self._retries.clear()
 
     # --- estimates -----------------------------------------------------------------------
+
+    def _probe(self, idle: bool) -> bool:
+        """Return whether a request refused on its predicted cost goes through as a probe.
+
+        The model learns only from calls it sends: once it predicts more than
+        the SLO for every call (after a stall), it would refuse everything and
+        never learn otherwise. So with the upstream idle, every
+        ``PROBE_AFTER``-th such request is sent anyway; it delays no one.
+        """
+        if not idle:
+            return False
+        self._refused_idle += 1
+        if self._refused_idle <= PROBE_AFTER:
+            return False
+        self._refused_idle = 0
+        return True
 
     def _admission_end(self, pending: Pending, now: float) -> float:
         """Return when ``pending`` is predicted to end, behind the batches queued ahead of it.

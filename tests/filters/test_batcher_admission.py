@@ -13,6 +13,7 @@ import time
 import aiohttp
 
 from filters.batcher import BatchingPolicy
+from filters.batcher._dispatch import PROBE_AFTER
 
 from .conftest import BatcherFactory, Upstream, v2_body, wait_until
 from .test_batcher import expect_v2, hold_upstream, post
@@ -141,3 +142,24 @@ async def test_deadline_runs_from_when_the_proxy_received_the_request(
             client, batcher, INFER, v2_body("new", [[1.0]]), request_headers
         )
         assert status == 200, answer
+
+
+async def test_a_model_stuck_above_the_slo_is_probed_while_the_upstream_is_idle(
+    make_batcher: BatcherFactory, upstream: Upstream, client: aiohttp.ClientSession
+) -> None:
+    # After a stall the model expects 10 s per call against a 1 s SLO: every
+    # request is refused on arrival, and nothing sent means nothing learned.
+    # With the upstream idle, the request after PROBE_AFTER refusals goes
+    # through and the model measures the real (fast) upstream again.
+    batcher = await make_batcher(BatchingPolicy(slo_ms=1_000), stage_ms=0.0)
+    latency = batcher.dispatcher.latency
+    for rows in (1, 2, 1, 2):
+        latency.observe(rows, 10.0)
+    for i in range(PROBE_AFTER):
+        status, answer, _ = await post(client, batcher, INFER, v2_body(f"r{i}", [[1.0]]))
+        assert status == 503 and answer["error"] == "deadline"
+    assert upstream.model.calls == 0
+    status, answer, _ = await post(client, batcher, INFER, v2_body("probe", [[1.0]]))
+    assert status == 200, answer
+    expect_v2(answer, "probe", [[1.0]])
+    assert upstream.model.calls == 1 and latency.observations == 5
