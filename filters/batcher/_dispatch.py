@@ -189,6 +189,7 @@ class Dispatcher:
         self.stage_s = stage_ms / 1000.0
         self._last_answer = -math.inf  # when the latest upstream answer arrived
         self._refused_idle = 0  # refusals on predicted cost while idle, since the last probe
+        self._staged_cost = 0.0  # the expected cost of the batch staged last
         self.latency = latency or LatencyModel()
         self.tracer = tracer
         self._groups: dict[Hashable, list[Pending]] = {}
@@ -328,7 +329,13 @@ class Dispatcher:
         """Return when a batch sent now would start: at once, or when a slot frees up."""
         if len(self._ends) < self.max_in_flight:
             return now
-        return max(now, sorted(self._ends)[len(self._ends) - self.max_in_flight])
+        start = max(now, sorted(self._ends)[len(self._ends) - self.max_in_flight])
+        if len(self._ends) > self.max_in_flight:
+            # A staged batch has not started while every slot is busy: whatever the
+            # running ones' predicted ends (past, when they run long), it ends no
+            # sooner than its own cost from now.
+            start = max(start, now + self._staged_cost)
+        return start
 
     def _drain_seconds(self) -> float:
         size = self.policy.max_batch_size
@@ -458,7 +465,10 @@ class Dispatcher:
     def _launch(self, batch: list[Pending], now: float) -> None:
         rows = sum(p.call.rows for p in batch)
         staged = len(self._ends) >= self.max_in_flight
-        end = self._earliest_start(now) + self.latency.expected(rows)
+        cost = self.latency.expected(rows)
+        end = self._earliest_start(now) + cost
+        if staged:
+            self._staged_cost = cost
         self._ends.append(end)
         self.metrics.in_flight.set(len(self._ends))
         for pending in batch:

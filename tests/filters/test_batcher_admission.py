@@ -163,3 +163,34 @@ async def test_a_model_stuck_above_the_slo_is_probed_while_the_upstream_is_idle(
     assert status == 200, answer
     expect_v2(answer, "probe", [[1.0]])
     assert upstream.model.calls == 1 and latency.observations == 5
+
+
+async def test_a_staged_batch_still_counts_when_the_running_one_runs_long(
+    make_batcher: BatcherFactory, upstream: Upstream, client: aiohttp.ClientSession
+) -> None:
+    # Calls are expected to take 50 ms. One call is held at the gate and one
+    # batch is staged behind it. Once both predicted ends have passed (the held
+    # call runs long), a new request with an 80 ms SLO still has the staged
+    # batch ahead of it: 50 ms, then its own call, 50 ms: past 80 ms, refused
+    # on arrival. Counting only the predicted ends, it looked free to start now.
+    batcher = await make_batcher(BatchingPolicy(slo_ms=1_000), stage_ms=0.0)
+    dispatcher = batcher.dispatcher
+    for rows in (1, 2, 1, 2):
+        dispatcher.latency.observe(rows, 0.05)
+    blocker = await hold_upstream(client, batcher, upstream)
+    staged = asyncio.create_task(post(client, batcher, INFER, v2_body("s", [[1.0]])))
+    await wait_until(lambda: dispatcher.depth == 1)
+    dispatcher.stage_s = 3600.0
+    dispatcher.set_policy(dispatcher.policy)  # wakes the dispatch loop: it stages
+    await wait_until(lambda: dispatcher.in_flight == 2)
+    loop = asyncio.get_running_loop()
+    await wait_until(lambda: loop.time() > max(dispatcher._ends))
+    dispatcher.set_policy(BatchingPolicy(slo_ms=80))
+    status, answer, headers = await post(client, batcher, INFER, v2_body("late", [[2.0]]))
+    assert status == 503 and answer["error"] == "deadline"
+    # Refused on arrival, not queued and shed later.
+    assert answer["detail"] == "the request cannot complete before its deadline"
+    assert headers["x-turnout-shed"] == "1"
+    upstream.model.gate.set()
+    assert (await blocker)[0] == 200
+    assert (await staged)[0] == 200
