@@ -98,8 +98,8 @@ BATCH_SIZE_HEADER = "x-turnout-batch-size"
 # waiting have left already.
 UPSTREAM_GRACE_S = 10.0
 
-# With the upstream idle, one request in this many plus one that the latency
-# model would refuse is sent anyway, so that a model stuck above the SLO
+# With the upstream idle, after this many refusals on the predicted cost the
+# next such request is sent anyway, so that a latency model stuck above the SLO
 # (after a stall) measures again (rule 1).
 PROBE_AFTER = 8
 
@@ -298,8 +298,8 @@ class Dispatcher:
 
         The model learns only from calls it sends: once it predicts more than
         the SLO for every call (after a stall), it would refuse everything and
-        never learn otherwise. So with the upstream idle, every
-        ``PROBE_AFTER``-th such request is sent anyway; it delays no one.
+        never learn otherwise. So with the upstream idle, after ``PROBE_AFTER``
+        such refusals the next one is sent anyway; it delays no one.
         """
         if not idle:
             return False
