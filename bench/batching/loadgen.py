@@ -65,16 +65,16 @@ async def open_loop(
     slo_ms: float,
     seed: int,
     timeout_s: float = 3.0,
-) -> tuple[Window, list[tuple[int, int, bool]]]:
+) -> tuple[Window, list[tuple[int, int, bool, float]]]:
     """Offer Poisson load at ``rate`` req/s for ``duration`` s; return the window and outcomes.
 
-    Each outcome is ``(index, status, result_checked_ok)``; a timeout or
-    connection error is status 0.
+    Each outcome is ``(index, status, result_checked_ok, latency_ms)``; a
+    timeout or connection error is status 0.
     """
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
     latencies: list[float] = []
-    outcomes: list[tuple[int, int, bool]] = []
+    outcomes: list[tuple[int, int, bool, float]] = []
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     headers = {"Content-Type": "application/json"}
 
@@ -87,8 +87,9 @@ async def open_loop(
                 good = status == 200 and check(index, payload)
         except (aiohttp.ClientError, TimeoutError):
             pass
-        latencies.append((loop.time() - scheduled) * 1000.0)
-        outcomes.append((index, status, good))
+        latency = (loop.time() - scheduled) * 1000.0
+        latencies.append(latency)
+        outcomes.append((index, status, good, latency))
 
     tasks = []
     cpu0 = time.process_time()
@@ -108,7 +109,7 @@ async def open_loop(
     await asyncio.gather(*tasks)
     elapsed = loop.time() - start
     cpu = time.process_time() - cpu0
-    errors = sum(1 for _, _, good in outcomes if not good)
+    errors = sum(1 for _, _, good, _ in outcomes if not good)
     window = Window(
         target=target,
         rate=rate,

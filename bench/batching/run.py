@@ -1,13 +1,24 @@
-"""Batching benchmark: goodput under open-loop Poisson load, three ways, in one run.
+"""Batching benchmark: goodput under open-loop Poisson load, in one run.
 
-(a) no batching (the model server called directly), (b) the best fixed-timeout
-batcher over max batch {8, 16, 32} x wait {1, 5, 10} ms, (c) Turnout's batcher
-with its default policy. Goodput is the highest offered rate whose p99 stays
-within the SLO with under 0.1% errors. Also: p50 overhead of the batcher at
-low load against calling the server directly, and the share of innocent
-requests failed when 1% of inputs are malformed.
+Phases (``--phases``, comma-separated; default ``overhead,reference,overload``):
 
-    python -m bench.batching [--server synthetic|minilm] [--quick]
+- ``overhead``: p50 at low load, interleaved: the model server called
+  directly, through Envoy alone (batching off), and through Envoy and
+  Turnout's batcher (batching on).
+- ``reference``: goodput of Turnout (through Envoy and its batcher) against
+  the in-process reference (``bench/batching/inprocess.py``: a batcher written
+  by hand inside the model server), interleaved at each rate; the ratio per
+  repetition.
+- ``overload``: twice Turnout's goodput offered: how fast refusals come back
+  and how much goodput is still served within the SLO.
+- ``goodput``: (a) no batching, (b) the best fixed-timeout batcher over max
+  batch {8, 16, 32} x wait {1, 5, 10} ms, (c) Turnout; then the share of
+  innocent requests failed when 1% of inputs are malformed.
+
+Goodput is the highest offered rate whose p99 stays within the SLO with under
+0.1% errors.
+
+    python -m bench.batching [--server synthetic|minilm] [--quick] [--max-batch 64]
 
 Writes bench/results/batching.json (one key per server).
 """
@@ -18,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -25,6 +37,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,9 +47,11 @@ from typing import Any
 
 import aiohttp
 
-from .loadgen import Check, Window, open_loop
+from .envoy import bootstrap, envoy_argv
+from .loadgen import Check, Window, open_loop, percentile
 
 ROOT = Path(__file__).resolve().parents[2]
+ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
 FIXED_GRID = [(b, w) for b in (8, 16, 32) for w in (1.0, 5.0, 10.0)]
 
 
@@ -51,6 +66,8 @@ class Setup:
     low_rate: float
     path: str
     cores: dict[str, str] = field(default_factory=dict)
+    # Rates for the reference comparison and the overload phase: near capacity only.
+    near_rates: list[float] = field(default_factory=list)
 
 
 SETUPS = {
@@ -61,7 +78,25 @@ SETUPS = {
         rates=[10, 20, 30, 40, 50, 75, 100, 150, 200, 300, 400, 500, 600, 700, 800, 900, 1000],
         low_rate=20.0,
         path="/v2/models/bench/infer",
-        cores={"loadgen": "0", "batchers": "1", "server": "1"},
+        cores={"loadgen": "0", "envoy": "0", "batchers": "1", "server": "1"},
+        near_rates=[
+            200,
+            300,
+            400,
+            500,
+            550,
+            600,
+            650,
+            700,
+            750,
+            800,
+            850,
+            900,
+            950,
+            1000,
+            1100,
+            1200,
+        ],
     ),
     "minilm": Setup(
         name="minilm",
@@ -70,7 +105,8 @@ SETUPS = {
         rates=[10, 20, 30, 40, 50, 60, 80, 100, 120, 140, 160, 180, 200, 240],
         low_rate=5.0,
         path="/v1/embeddings",
-        cores={"loadgen": "0", "batchers": "0", "server": "1"},
+        cores={"loadgen": "0", "envoy": "0", "batchers": "0", "server": "1"},
+        near_rates=[20, 30, 40, 50, 60, 70, 80, 90, 100, 120, 140, 160, 200],
     ),
 }
 
@@ -142,12 +178,12 @@ def pinned(core: str, argv: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def processes() -> Iterator[Callable[[list[str]], None]]:
+def processes() -> Iterator[Callable[..., None]]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def spawn(argv: list[str]) -> None:
+    def spawn(argv: list[str], cwd: Path = ROOT) -> None:
         started.append(
-            subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         )
 
     try:
@@ -174,15 +210,20 @@ async def wait_port(port: int, timeout: float = 120.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-async def settle(session: aiohttp.ClientSession, server: str, batcher: str) -> None:
-    """Wait until the server and Turnout's batcher have no work left (at most 30 s)."""
+async def settle(session: aiohttp.ClientSession, urls: dict[str, str]) -> None:
+    """Wait until the servers and Turnout's batcher have no work left (at most 30 s)."""
     end = time.monotonic() + 30
     while time.monotonic() < end:
-        async with session.get(server + "/stats") as resp:
-            active = (await resp.json())["active"]
-        async with session.get(batcher + "/turnout/batcher") as resp:
-            status = await resp.json()
-        if active == 0 and status["queue_depth"] == 0 and status["in_flight"] == 0:
+        active = 0
+        for name in ("server", "inprocess"):
+            async with session.get(urls[name] + "/stats") as resp:
+                active += (await resp.json())["active"]
+        for name in ("batcher", "before_batcher"):
+            if name in urls:
+                async with session.get(urls[name] + "/turnout/batcher") as resp:
+                    status = await resp.json()
+                active += status["queue_depth"] + status["in_flight"]
+        if active == 0:
             return
         await asyncio.sleep(0.05)
 
@@ -200,8 +241,8 @@ class Bench:
 
     async def window(
         self, target: str, rate: float, duration: float, malformed: str | None = None
-    ) -> tuple[Window, list[tuple[int, int, bool]]]:
-        await settle(self.session, self.urls["server"], self.urls["turnout"])
+    ) -> tuple[Window, list[tuple[int, int, bool, float]]]:
+        await settle(self.session, self.urls)
         self.seed += 1
         window, outcomes = await open_loop(
             self.session,
@@ -228,6 +269,9 @@ class Bench:
 
 
 def spread(values: list[float]) -> dict[str, float]:
+    """Min, median and max of ``values`` (NaN for each when there are none)."""
+    if not values:
+        return {"min": math.nan, "median": math.nan, "max": math.nan}
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
@@ -236,31 +280,103 @@ def fmt(s: dict[str, float], unit: str = "") -> str:
 
 
 async def measure_overhead(bench: Bench, reps: int) -> dict[str, Any]:
-    """p50 latency direct vs through Turnout's batcher at low load, interleaved."""
+    """p50 at low load, interleaved: direct, Envoy alone, Envoy and the batcher, the reference."""
     setup = bench.setup
-    print(f"\n[1] low-load overhead: {setup.low_rate:g} req/s, {reps} x 4 s, interleaved")
-    direct_p50, turnout_p50, diffs = [], [], []
-    for _ in range(reps):
-        d, _ = await bench.window("direct", setup.low_rate, 4.0)
-        t, _ = await bench.window("turnout", setup.low_rate, 4.0)
-        direct_p50.append(d.p50_ms)
-        turnout_p50.append(t.p50_ms)
-        diffs.append(t.p50_ms - d.p50_ms)
-    overhead = {
-        "direct_p50_ms": spread(direct_p50),
-        "turnout_p50_ms": spread(turnout_p50),
-        "overhead_p50_ms": spread(diffs),
-    }
-    print(f"    direct p50  {fmt(overhead['direct_p50_ms'], ' ms')}")
-    print(f"    turnout p50 {fmt(overhead['turnout_p50_ms'], ' ms')}")
-    print(f"    overhead    {fmt(overhead['overhead_p50_ms'], ' ms')}  target <= 1 ms")
-
+    targets = ["direct", "envoy", "turnout", "inprocess"]
+    targets += ["before"] if "before" in bench.urls else []
+    print(f"\n[1] low-load p50: {setup.low_rate:g} req/s, {reps} x 4 s, interleaved {targets}")
+    p50: dict[str, list[float]] = {t: [] for t in targets}
+    for rep in range(reps):
+        turn = rep % len(targets)
+        for target in targets[turn:] + targets[:turn]:
+            window, _ = await bench.window(target, setup.low_rate, 4.0)
+            p50[target].append(window.p50_ms)
+    envoy_added = [e - d for e, d in zip(p50["envoy"], p50["direct"], strict=True)]
+    batcher_added = [t - e for t, e in zip(p50["turnout"], p50["envoy"], strict=True)]
+    overhead = {f"{t}_p50_ms": spread(v) for t, v in p50.items()}
+    overhead["envoy_added_p50_ms"] = spread(envoy_added)
+    overhead["batcher_added_p50_ms"] = spread(batcher_added)
+    overhead["turnout_added_p50_ms"] = spread(
+        [t - d for t, d in zip(p50["turnout"], p50["direct"], strict=True)]
+    )
+    for target in targets:
+        print(f"    {target:<10} p50 {fmt(overhead[f'{target}_p50_ms'], ' ms')}")
+    print(f"    added by Envoy alone       {fmt(overhead['envoy_added_p50_ms'], ' ms')}  <= 0.5")
+    print(f"    added by the batcher       {fmt(overhead['batcher_added_p50_ms'], ' ms')}  <= 1")
+    print(f"    Envoy and batcher - direct {fmt(overhead['turnout_added_p50_ms'], ' ms')}")
+    if "before" in p50:
+        before = [b - e for b, e in zip(p50["before"], p50["envoy"], strict=True)]
+        overhead["before_batcher_added_p50_ms"] = spread(before)
+        print(
+            f"    added by the batcher before {fmt(overhead['before_batcher_added_p50_ms'], ' ms')}"
+        )
     return overhead
+
+
+async def reference_sweeps(bench: Bench, reps: int, window_s: float) -> dict[str, Any]:
+    """Goodput of Turnout against the in-process reference, interleaved; ratio per repetition."""
+    targets = ["inprocess", "turnout"] + (["before"] if "before" in bench.urls else [])
+    rates = bench.setup.near_rates
+    print(f"\n[2] goodput against the in-process reference: {reps} reps, {window_s:g} s windows")
+    print(f"    rates {rates}")
+    goodput, per_rate = await interleaved_sweeps(bench, targets, rates, reps, window_s)
+    ratios = [t / r for t, r in zip(goodput["turnout"], goodput["inprocess"], strict=True) if r > 0]
+    for target in targets:
+        print(f"    goodput {target:<10} {fmt(spread(goodput[target]))} req/s")
+    print(f"    ratio turnout / in-process {fmt(spread(ratios), 'x')} (per repetition)")
+    print(f"    per repetition: {[round(r, 2) for r in ratios]}")
+    extra = {}
+    if "before" in goodput:
+        before = [
+            b / r for b, r in zip(goodput["before"], goodput["inprocess"], strict=True) if r > 0
+        ]
+        extra["ratio_before_over_inprocess"] = spread(before)
+        print(f"    ratio before / in-process  {fmt(spread(before), 'x')} (per repetition)")
+    return extra | {
+        "rates": rates,
+        "goodput": {t: spread(v) for t, v in goodput.items()},
+        "goodput_runs": goodput,
+        "ratio_turnout_over_inprocess": spread(ratios),
+        "ratio_runs": ratios,
+        "p99_by_rate": {str(r): v for r, v in per_rate.items()},
+    }
+
+
+async def overload(bench: Bench, peak: float, reps: int) -> dict[str, Any]:
+    """Offer twice ``peak``; report refusal latency and the goodput still served."""
+    slo = bench.setup.slo_ms
+    rate = 2 * peak
+    duration = 3.0
+    print(f"\n[3] overload: {rate:g} req/s offered (2 x {peak:g}), {reps} x {duration:g} s")
+    served, refused_p99, refused_fast, refused_share = [], [], [], []
+    for _ in range(reps):
+        _, outcomes = await bench.window("turnout", rate, duration)
+        good = [o for o in outcomes if o[2] and o[3] <= slo]
+        refused = sorted(o[3] for o in outcomes if o[1] in (429, 503))
+        served.append(len(good) / duration)
+        refused_share.append(100 * len(refused) / max(1, len(outcomes)))
+        refused_p99.append(percentile(refused, 99) if refused else 0.0)
+        refused_fast.append(100 * sum(1 for v in refused if v <= 5.0) / max(1, len(refused)))
+    result = {
+        "offered_rps": rate,
+        "peak_goodput_rps": peak,
+        "served_within_slo_rps": spread(served),
+        "served_over_peak": spread([v / peak for v in served]),
+        "refused_percent": spread(refused_share),
+        "refusal_p99_ms": spread(refused_p99),
+        "refused_within_5ms_percent": spread(refused_fast),
+    }
+    print(f"    served within SLO {fmt(result['served_within_slo_rps'], ' req/s')}")
+    print(f"    served / peak     {fmt(result['served_over_peak'], 'x')}  target >= 0.9")
+    print(f"    refused           {fmt(result['refused_percent'], '%')} of requests")
+    print(f"    refusal p99       {fmt(result['refusal_p99_ms'], ' ms')}  target <= 5 ms")
+    print(f"    refused in 5 ms   {fmt(result['refused_within_5ms_percent'], '%')}")
+    return result
 
 
 async def screen_fixed(bench: Bench, window_s: float) -> tuple[dict[str, float], str]:
     """Sweep every fixed-timeout batcher once; return goodputs and the best one's name."""
-    print(f"\n[2] screening fixed-timeout batchers ({window_s:.1f} s windows, 1 sweep each)")
+    print(f"\n[4] screening fixed-timeout batchers ({window_s:.1f} s windows, 1 sweep each)")
     screening = {}
     for batch, wait in FIXED_GRID:
         name = f"fixed_{batch}_{wait:g}"
@@ -274,19 +390,27 @@ async def screen_fixed(bench: Bench, window_s: float) -> tuple[dict[str, float],
 async def goodput_sweeps(
     bench: Bench, targets: list[str], reps: int, window_s: float
 ) -> tuple[dict[str, list[float]], dict[float, dict[str, list[float]]]]:
-    """Climb the ladder with all targets interleaved at each rate, ``reps`` times.
+    """Sweep the setup's whole rate ladder with ``targets`` interleaved."""
+    print(f"\n[5] goodput sweeps: {reps} repetitions, {window_s:.1f} s windows, interleaved")
+    return await interleaved_sweeps(bench, targets, bench.setup.rates, reps, window_s)
+
+
+async def interleaved_sweeps(
+    bench: Bench, targets: list[str], rates: list[float], reps: int, window_s: float
+) -> tuple[dict[str, list[float]], dict[float, dict[str, list[float]]]]:
+    """Climb ``rates`` with all targets interleaved at each rate, ``reps`` times.
 
     A target drops out of a repetition after two failing windows; its goodput
     is the last rate it passed before its first failure.
     """
-    print(f"\n[3] goodput sweeps: {reps} repetitions, {window_s:.1f} s windows, interleaved")
     goodput: dict[str, list[float]] = {t: [] for t in targets}
     per_rate: dict[float, dict[str, list[float]]] = {}
     for rep in range(reps):
         failed = dict.fromkeys(targets, 0)
         best = dict.fromkeys(targets, 0.0)
-        for step, rate in enumerate(bench.setup.rates):
-            order = targets[step % 3 :] + targets[: step % 3]
+        for step, rate in enumerate(rates):
+            turn = step % len(targets)
+            order = targets[turn:] + targets[:turn]
             live = [t for t in order if failed[t] < 2]
             if not live:
                 break
@@ -351,7 +475,7 @@ def report_goodput(
 async def malformed_share(bench: Bench, rate: float, reps: int) -> dict[str, Any]:
     """Share of innocent requests failed with 1% malformed inputs, per kind of malformation."""
     kinds = ["structural", "poison"] if bench.setup.name == "synthetic" else ["structural"]
-    print(f"\n[4] 1% malformed inputs through turnout at {rate:g} req/s, {reps} x 4 s")
+    print(f"\n[6] 1% malformed inputs through turnout at {rate:g} req/s, {reps} x 4 s")
     result: dict[str, Any] = {}
     for kind in kinds:
         shares = []
@@ -374,13 +498,25 @@ async def measure(setup: Setup, args: argparse.Namespace, urls: dict[str, str]) 
     async with aiohttp.ClientSession(connector=connector) as session:
         bench = Bench(setup, session, urls)
         print("warm-up (discarded) ...", flush=True)
-        for target in ("direct", "turnout", "fixed_16_5"):
-            await bench.window(target, setup.low_rate, 1.0)
+        for target in ("direct", "envoy", "batcher", "turnout", "inprocess", "before"):
+            if target in urls:
+                await bench.window(target, setup.low_rate, 1.0)
+        if "goodput" in args.phases:
+            await bench.window("fixed_16_5", setup.low_rate, 1.0)
         bench.windows.clear()
         result: dict[str, Any] = {"server": setup.name, "slo_ms": setup.slo_ms}
-        result |= {"repetitions": reps, "window_s": window_s}
+        result |= {"repetitions": reps, "window_s": window_s, "max_batch": args.max_batch}
         if "overhead" in args.phases:
             result["overhead"] = await measure_overhead(bench, reps)
+            result["load_after_overhead"] = os.getloadavg()
+        peak = args.peak
+        if "reference" in args.phases:
+            result["reference"] = await reference_sweeps(bench, reps, window_s)
+            result["load_after_reference"] = os.getloadavg()
+            peak = statistics.median(result["reference"]["goodput_runs"]["turnout"])
+        if "overload" in args.phases and peak:
+            result["overload"] = await overload(bench, peak, reps)
+            result["load_after_overload"] = os.getloadavg()
         if "goodput" in args.phases:
             screening, best_fixed = await screen_fixed(bench, window_s * 0.6)
             result |= {"fixed_screening": screening, "best_fixed": best_fixed}
@@ -411,42 +547,66 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     setup = SETUPS[args.server]
     if args.quick:
         setup.rates = setup.rates[::2]
+        setup.near_rates = setup.near_rates[:3] + setup.near_rates[4::2]
     py = sys.executable
-    ports = {"server": free_port(), "turnout": free_port()}
-    urls = {"direct": f"http://127.0.0.1:{ports['server']}"}
-    urls["server"] = urls["direct"]
+    names = ["server", "batcher", "inprocess", "envoy", "turnout"]
+    ports = {name: free_port() for name in names}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    urls["direct"] = urls["server"]
     cores = setup.cores
     print("setup:")
     print(f"  server {setup.name}: {' '.join(setup.server_args)}; SLO {setup.slo_ms:g} ms")
-    print(f"  offered rates (req/s): {setup.rates}")
+    print(f"  max batch {args.max_batch} (Turnout and the in-process reference)")
+    print(f"  offered rates (req/s): {setup.rates}; near capacity: {setup.near_rates}")
     print(
         f"  repetitions: {args.reps}; cpus: {os.cpu_count()}; "
-        f"taskset: {bool(shutil.which('taskset'))}"
+        f"taskset: {bool(shutil.which('taskset'))}; load average {os.getloadavg()}"
     )
     print(
         f"  pinning ({'on' if PIN else 'off: --no-pin'}): loadgen core {cores['loadgen']}, "
-        f"batchers core {cores['batchers']}, server core {cores['server']}"
+        f"envoy core {cores['envoy']}, batchers core {cores['batchers']}, "
+        f"server and in-process reference core {cores['server']}"
     )
     print(f"  versions: {versions()}")
     if PIN:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {int(cores["loadgen"])})
-    with processes() as spawn:
+    with processes() as spawn, tempfile.TemporaryDirectory() as workdir:
         server_cmd = [py, "-m", "examples.model_server", "--version", "bench", *setup.server_args]
         spawn(pinned(cores["server"], [*server_cmd, "--port", str(ports["server"])]))
+        reference = [py, "-m", "bench.batching.inprocess", "--mode", setup.name]
+        reference += ["--max-batch", str(args.max_batch), "--wait-ms", "10"]
+        if setup.name == "minilm":
+            reference += ["--threads", "1"]
+        spawn(pinned(cores["server"], [*reference, "--port", str(ports["inprocess"])]))
         batcher_cmd = [py, "-m", "filters.batcher", "--upstream", urls["server"]]
+        batcher_cmd += ["--slo-ms", f"{setup.slo_ms:g}", "--max-batch-size", str(args.max_batch)]
         spawn(
-            pinned(cores["batchers"], [*batcher_cmd, "--listen", f"127.0.0.1:{ports['turnout']}"])
+            pinned(cores["batchers"], [*batcher_cmd, "--listen", f"127.0.0.1:{ports['batcher']}"])
         )
-        urls["turnout"] = f"http://127.0.0.1:{ports['turnout']}"
-        for batch, wait in FIXED_GRID:
-            port = free_port()
-            name = f"fixed_{batch}_{wait:g}"
-            ports[name] = port
-            urls[name] = f"http://127.0.0.1:{port}"
-            fixed = [py, "-m", "bench.batching.fixed", "--upstream", urls["server"]]
-            extra = ["--max-batch", str(batch), "--wait-ms", str(wait)]
-            spawn(pinned(cores["batchers"], [*fixed, "--listen", f"127.0.0.1:{port}", *extra]))
+        routes = {
+            "turnout": (ports["turnout"], ports["batcher"]),
+            "envoy": (ports["envoy"], ports["server"]),
+        }
+        if args.before:
+            # The same batcher command run from another checkout (e.g. main before a change).
+            for name in ("before_batcher", "before"):
+                ports[name] = free_port()
+                urls[name] = f"http://127.0.0.1:{ports[name]}"
+            listen = ["--listen", f"127.0.0.1:{ports['before_batcher']}"]
+            spawn(pinned(cores["batchers"], [*batcher_cmd, *listen]), cwd=Path(args.before))
+            routes["before"] = (ports["before"], ports["before_batcher"])
+        config = bootstrap(routes, setup.slo_ms)
+        spawn(pinned(cores["envoy"], envoy_argv(ENVOY, Path(workdir) / "envoy.json", config)))
+        if "goodput" in args.phases:
+            for batch, wait in FIXED_GRID:
+                port = free_port()
+                name = f"fixed_{batch}_{wait:g}"
+                ports[name] = port
+                urls[name] = f"http://127.0.0.1:{port}"
+                fixed = [py, "-m", "bench.batching.fixed", "--upstream", urls["server"]]
+                extra = ["--max-batch", str(batch), "--wait-ms", str(wait)]
+                spawn(pinned(cores["batchers"], [*fixed, "--listen", f"127.0.0.1:{port}", *extra]))
         for port in ports.values():
             await wait_port(port)
         started = time.monotonic()
@@ -456,6 +616,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     result["pinning"] = cores if PIN else "none"
     result["cpus"] = os.cpu_count()
     result["quick"] = args.quick
+    result["load_average_end"] = os.getloadavg()
+    result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return result
 
 
@@ -466,7 +628,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--no-pin", action="store_true", help="let the OS place processes")
     parser.add_argument(
-        "--phases", default="overhead,goodput", help="comma list: overhead, goodput (and the rest)"
+        "--phases",
+        default="overhead,reference,overload",
+        help="comma list: overhead, reference, overload, goodput (fixed batchers, malformed)",
+    )
+    parser.add_argument(
+        "--before", help="a checkout whose batcher also runs, as target 'before' (reference phase)"
+    )
+    parser.add_argument("--max-batch", type=int, default=32, help="Turnout's and the reference's")
+    parser.add_argument(
+        "--peak", type=float, default=0.0, help="overload without reference: the goodput to double"
     )
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "batching.json"))
     args = parser.parse_args(argv)
@@ -479,9 +650,10 @@ def main(argv: list[str] | None = None) -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     existing = json.loads(output.read_text()) if output.exists() else {}
-    existing[args.server] = result
+    key = args.server if args.max_batch == 32 else f"{args.server}_batch{args.max_batch}"
+    existing[key] = result
     output.write_text(json.dumps(existing, indent=1))
-    print(f"\nwrote {output} (key {args.server!r}) after {result['elapsed_s']:.0f} s")
+    print(f"\nwrote {output} (key {key!r}) after {result['elapsed_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,12 @@ def build_config(
     parser.add_argument("--upstream", required=True, help="model server base URL")
     parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 9101))
     parser.add_argument("--max-in-flight", type=int, default=1)
+    parser.add_argument(
+        "--stage-ms",
+        type=float,
+        default=5.0,
+        help="send one more batch this long before a slot frees up (0: never)",
+    )
     parser.add_argument("--disabled", action="store_true", help="start in pass-through mode")
     parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
     parser.add_argument("--max-queue-delay-ms", type=float, default=defaults.max_queue_delay_ms)
@@ -95,6 +101,7 @@ def build_config(
         policy=policy,
         policy_source=source,
         max_in_flight=args.max_in_flight,
+        stage_ms=args.stage_ms,
         otlp_endpoint=otlp_endpoint,
         trace_sampling=args.trace_sampling,
         model=args.model or "",

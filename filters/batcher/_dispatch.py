@@ -2,18 +2,42 @@
 
 Rules, in the order the dispatch loop applies them:
 
-1. A request whose deadline can no longer be met, even alone in the next
-   upstream slot, leaves the queue with 503 (reason ``deadline``) as soon as
-   that is known, instead of timing out later.
+1. A request that would not meet its deadline leaves with 503 (reason
+   ``deadline``) as soon as that is known, instead of timing out later.
+   On arrival it is refused when the running batches, the full batches
+   queued ahead of it (earlier deadlines, ``max_batch_size`` rows each) and
+   then the batch it will join are predicted to end after its deadline: the
+   running and queued batches at the latency model's expected cost, its own
+   batch with the model's margin, once for the whole chain. So under
+   overload the excess is refused at once, and what is admitted is served
+   in time. In the queue, a request is shed only when even alone in the next
+   upstream slot its expected cost (no margin) misses its deadline: a
+   refusal is final, while a call that runs a little long may still be in
+   time (a margin here, counted again for the running batch, shed near
+   capacity requests that a plain batcher serves within the SLO). The one
+   exception: with the upstream idle, every ``PROBE_AFTER`` + 1-th request
+   refused on arrival is sent as a probe, since the model learns only from
+   calls it sends and would otherwise never recover from predicting more
+   than the SLO.
 2. Work conservation: while fewer than ``max_in_flight`` batches are upstream,
    the next batch is sent at once. The only hold: when a batch is already
    upstream and another slot is free, a batch smaller than ``max_batch_size``
    waits at most ``max_queue_delay_ms`` (measured from its oldest request's
    arrival) for company. With the upstream idle, nothing ever waits.
-3. A batch holds calls with one batch key, earliest deadline first, at most
-   ``max_batch_size`` rows (a single larger call goes alone), and only as
-   many as the latency model predicts can finish before the earliest
-   deadline in it.
+   Staging: when every slot is busy, one more batch is sent ``stage_ms``
+   before the earliest running batch is expected to end, so that it waits at
+   the model server (already received and parsed) instead of in the queue:
+   the device starts it as soon as it is free, and the HTTP and JSON work of
+   each call overlaps the previous call's compute instead of adding to it.
+   The latency model learns a staged call's cost from the previous answer to
+   its own. Nothing is staged before the model has measured a call.
+3. A batch holds calls with one batch key, earliest deadline first, as many
+   as fit in ``max_batch_size`` rows (a single larger call goes alone). It is
+   never cut short to help its oldest call's deadline: that saves the per-row
+   cost of the rows left out (a few milliseconds) but costs everyone behind
+   them a whole call's fixed overhead, and near capacity it turns one slow
+   call into a queue that only grows; rule 1 already sheds the calls that
+   cannot make it.
 4. If the upstream rejects a batch (400, 413, 422, 500) or answers something
    that cannot be split, the batch is split in halves and each half retried
    first, while deadlines allow; a single call gets the upstream's own answer.
@@ -73,6 +97,11 @@ BATCH_SIZE_HEADER = "x-turnout-batch-size"
 # so calls may run this long past their latest deadline; callers that stopped
 # waiting have left already.
 UPSTREAM_GRACE_S = 10.0
+
+# With the upstream idle, after this many refusals on the predicted cost the
+# next such request is sent anyway, so that a latency model stuck above the SLO
+# (after a stall) measures again (rule 1).
+PROBE_AFTER = 8
 
 BATCH_SIZE_HEADER = "x-turnout-batch-size"
 QUEUE_WAIT_HEADER = "x-turnout-queue-wait-us"
@@ -147,6 +176,7 @@ class Dispatcher:
         metrics: BatcherMetrics,
         *,
         max_in_flight: int = 1,
+        stage_ms: float = 5.0,
         latency: LatencyModel | None = None,
         tracer: Tracer | None = None,
     ) -> None:
@@ -156,6 +186,10 @@ class Dispatcher:
         self.policy = policy
         self.metrics = metrics
         self.max_in_flight = max_in_flight
+        self.stage_s = stage_ms / 1000.0
+        self._last_answer = -math.inf  # when the latest upstream answer arrived
+        self._refused_idle = 0  # refusals on predicted cost while idle, since the last probe
+        self._staged_cost = 0.0  # the expected cost of the batch staged last
         self.latency = latency or LatencyModel()
         self.tracer = tracer
         self._groups: dict[Hashable, list[Pending]] = {}
@@ -201,7 +235,8 @@ class Dispatcher:
                 "the batcher's queue is full",
                 **{"Retry-After": str(retry_after), SHED_HEADER: "1"},
             )
-        if self._earliest_start(now) + self.latency.predict(pending.call.rows) > pending.deadline:
+        idle = not self._depth and not self._ends and self._loop_task is not None
+        if self._admission_end(pending, now) > pending.deadline and not self._probe(idle):
             self.metrics.rejections.labels(reason="deadline").inc()
             return error_reply(
                 503,
@@ -209,7 +244,7 @@ class Dispatcher:
                 "the request cannot complete before its deadline",
                 **{SHED_HEADER: "1"},
             )
-        if not self._depth and not self._ends and self._loop_task is not None:
+        if idle:
             # Idle upstream, empty queue: send now, without a turn of the dispatch loop.
             self._launch([pending], now)
             return None
@@ -258,10 +293,49 @@ class Dispatcher:
 
     # --- estimates -----------------------------------------------------------------------
 
+    def _probe(self, idle: bool) -> bool:
+        """Return whether a request refused on its predicted cost goes through as a probe.
+
+        The model learns only from calls it sends: once it predicts more than
+        the SLO for every call (after a stall), it would refuse everything and
+        never learn otherwise. So with the upstream idle, after ``PROBE_AFTER``
+        such refusals the next one is sent anyway; it delays no one.
+        """
+        if not idle:
+            return False
+        self._refused_idle += 1
+        if self._refused_idle <= PROBE_AFTER:
+            return False
+        self._refused_idle = 0
+        return True
+
+    def _admission_end(self, pending: Pending, now: float) -> float:
+        """Return when ``pending`` is predicted to end, behind the batches queued ahead of it.
+
+        Requests ahead are counted, not their rows: with one row each (the
+        common case) that is exact; with more it errs towards admitting.
+        """
+        ahead = 0
+        for group in self._groups.values():
+            ahead += bisect.bisect_right(group, pending.deadline, key=lambda p: p.deadline)
+        latency = self.latency
+        size = self.policy.max_batch_size
+        batches, joined = divmod(ahead, size)
+        queued = batches * latency.expected(size) / self.max_in_flight
+        own = latency.predict(min(size, joined + pending.call.rows))
+        return self._earliest_start(now) + queued + own
+
     def _earliest_start(self, now: float) -> float:
+        """Return when a batch sent now would start: at once, or when a slot frees up."""
         if len(self._ends) < self.max_in_flight:
             return now
-        return max(now, min(self._ends))
+        start = max(now, sorted(self._ends)[len(self._ends) - self.max_in_flight])
+        if len(self._ends) > self.max_in_flight:
+            # A staged batch has not started while every slot is busy: whatever the
+            # running ones' predicted ends (past, when they run long), it ends no
+            # sooner than its own cost from now.
+            start = max(start, now + self._staged_cost)
+        return start
 
     def _drain_seconds(self) -> float:
         size = self.policy.max_batch_size
@@ -280,8 +354,11 @@ class Dispatcher:
             self._wake.clear()
             now = loop.time()
             wake_at = self._expire(now)
-            while self._depth and len(self._ends) < self.max_in_flight:
-                hold_until = self._hold_until(now)
+            while self._depth:
+                if len(self._ends) < self.max_in_flight:
+                    hold_until = self._hold_until(now)
+                else:
+                    hold_until = self._stage_at()
                 if hold_until > now:
                     wake_at = min(wake_at, hold_until)
                     break
@@ -301,7 +378,7 @@ class Dispatcher:
             group = self._groups[key]
             while group:
                 head = group[0]
-                latest_start = head.deadline - self.latency.predict(head.call.rows)
+                latest_start = head.deadline - self.latency.expected(head.call.rows)
                 if start <= latest_start:
                     wake_at = min(wake_at, latest_start)
                     break
@@ -311,7 +388,7 @@ class Dispatcher:
                 del self._groups[key]
         for half in self._retries:
             for pending in [
-                p for p in half if start + self.latency.predict(p.call.rows) > p.deadline
+                p for p in half if start + self.latency.expected(p.call.rows) > p.deadline
             ]:
                 half.remove(pending)
                 self._reject_deadline(pending)
@@ -330,6 +407,14 @@ class Dispatcher:
                 **{SHED_HEADER: "1"},
             )
         )
+
+    def _stage_at(self) -> float:
+        """Return when one more batch may be staged behind the running ones (inf: not now)."""
+        if self.stage_s <= 0 or len(self._ends) > self.max_in_flight:
+            return math.inf
+        if not self.latency.observations:  # no idea yet when the running batch ends
+            return math.inf
+        return min(self._ends) - self.stage_s
 
     def _hold_until(self, now: float) -> float:
         """Return when the next batch may go: now, unless a partial batch may wait for company."""
@@ -360,25 +445,31 @@ class Dispatcher:
         group = self._head_group()
         if group is None:
             return []
-        batch = [group[0]]
-        rows = group[0].call.rows
-        deadline = group[0].deadline
-        limit = self.policy.max_batch_size
-        for pending in group[1:]:
-            more = rows + pending.call.rows
-            if more > limit or now + self.latency.predict(more) > deadline:
-                break
-            batch.append(pending)
-            rows = more
+        batch = group[: self._batch_length(group)]
         del group[: len(batch)]
         if not group:
             del self._groups[batch[0].call.key]
         self._left_queue(len(batch))
         return batch
 
+    def _batch_length(self, group: list[Pending]) -> int:
+        """Return how many calls from the head of ``group`` fit in one batch (rule 3)."""
+        limit = self.policy.max_batch_size
+        rows = 0
+        for length, pending in enumerate(group):
+            rows += pending.call.rows
+            if rows > limit:
+                return max(1, length)
+        return len(group)
+
     def _launch(self, batch: list[Pending], now: float) -> None:
         rows = sum(p.call.rows for p in batch)
-        self._ends.append(now + self.latency.predict(rows))
+        staged = len(self._ends) >= self.max_in_flight
+        cost = self.latency.expected(rows)
+        end = self._earliest_start(now) + cost
+        if staged:
+            self._staged_cost = cost
+        self._ends.append(end)
         self.metrics.in_flight.set(len(self._ends))
         for pending in batch:
             pending.state = State.SENT
@@ -386,25 +477,27 @@ class Dispatcher:
                 pending.queue_wait_s = now - pending.arrived
                 self.metrics.queue_wait.observe(pending.queue_wait_s)
         self.batches_sent += 1
-        task = asyncio.get_running_loop().create_task(self._execute(batch, rows, self._ends[-1]))
+        task = asyncio.get_running_loop().create_task(self._execute(batch, rows, end, staged))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # --- one upstream call ---------------------------------------------------------------
 
-    async def _execute(self, batch: list[Pending], rows: int, end_marker: float) -> None:
+    async def _execute(
+        self, batch: list[Pending], rows: int, end_marker: float, staged: bool
+    ) -> None:
         if self.tracer is None:
-            await self._call(batch, rows, end_marker, None)
+            await self._call(batch, rows, end_marker, staged, None)
             return
         members = [p.span for p in batch if p.span is not None]
         span = batch_span(self.tracer, members, rows)
         try:
-            await self._call(batch, rows, end_marker, span)
+            await self._call(batch, rows, end_marker, staged, span)
         finally:
             span.end()
 
     async def _call(
-        self, batch: list[Pending], rows: int, end_marker: float, span: Span | None
+        self, batch: list[Pending], rows: int, end_marker: float, staged: bool, span: Span | None
     ) -> None:
         """Send ``batch`` upstream as one call (traced by ``span``) and answer its requests."""
         loop = asyncio.get_running_loop()
@@ -434,13 +527,18 @@ class Dispatcher:
             for pending in batch:
                 pending.resolve(error_reply(503, "shutting_down", "the batcher is stopping"))
             raise
-        elapsed = loop.time() - started
+        answered = loop.time()
+        elapsed = answered - started
+        # A staged call waited at the server for the one before it: its cost is
+        # the time from that one's answer to its own.
+        cost = answered - max(started, self._last_answer) if staged else elapsed
+        self._last_answer = answered
         self._finish(end_marker)
         if span is not None:
             span.set_attribute("http.response.status_code", answer.status)
         self.metrics.upstream_time.observe(elapsed)
         if 200 <= answer.status < 300:
-            self.latency.observe(rows, elapsed)
+            self.latency.observe(rows, cost)
             self._deliver(batch, Message(answer.body, answer.framing()), answer.status)
         elif len(batch) > 1 and answer.status in _SPLITTABLE:
             self._split_and_retry(batch, f"upstream answered {answer.status}")

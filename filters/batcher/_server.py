@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -35,6 +36,11 @@ __all__ = ["BatcherConfig", "RunningBatcher", "run_batcher", "start_batcher"]
 log = logging.getLogger("turnout.batcher")
 
 _DEADLINE_HEADER = "x-envoy-expected-rq-timeout-ms"
+# When the proxy received the request, in seconds since the epoch (Envoy:
+# ``x-request-start: %START_TIME(%s.%3f)%``). Envoy's timeout runs from then,
+# so the deadline does too: under load, the time a request spends in the
+# batcher's socket and event loop before its handler runs is part of it.
+_START_HEADER = "x-request-start"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +53,9 @@ class BatcherConfig:
     - ``policy_source``: polled every ``policy_interval_s`` seconds, if given.
     - ``max_in_flight``: batches upstream at once (the replica's batch
       concurrency; 1 suits one GPU that runs one batch at a time).
+    - ``stage_ms``: how long before a slot is expected to free up one more
+      batch is sent to wait at the model server (0: never; see the dispatch
+      rules).
     - ``model``/``version``: the model version served (``--model``,
       ``--model-version``): labels of the queue-depth metric ("" when unknown).
     - ``otlp_endpoint``: ``host:port`` of an OTLP/gRPC collector to send spans
@@ -61,6 +70,7 @@ class BatcherConfig:
     policy_source: PolicySource | None = None
     policy_interval_s: float = 0.5
     max_in_flight: int = 1
+    stage_ms: float = 5.0
     upstream_connections: int = 256
     otlp_endpoint: str | None = None
     trace_sampling: float = 1.0
@@ -79,6 +89,7 @@ class _Service:
             config.policy,
             self.metrics,
             max_in_flight=config.max_in_flight,
+            stage_ms=config.stage_ms,
             tracer=tracer,
         )
 
@@ -151,6 +162,7 @@ class _Service:
         self.metrics.requests.labels(mode="batched").inc()
         loop = asyncio.get_running_loop()
         now = loop.time()
+        arrived = now - _waited_seconds(request, policy)
         headers = {}
         if "authorization" in request.headers:
             headers["Authorization"] = request.headers["authorization"]
@@ -164,8 +176,8 @@ class _Service:
             call=call,
             target=request.path_qs,
             headers=headers,
-            arrived=now,
-            deadline=now + _budget_seconds(request, policy),
+            arrived=arrived,
+            deadline=arrived + _budget_seconds(request, policy),
             future=loop.create_future(),
             span=span,
         )
@@ -220,6 +232,22 @@ class _Service:
                 log.info("policy changed", extra={"policy": json.dumps(describe(policy))})
                 self.dispatcher.set_policy(policy)
             await asyncio.sleep(self.config.policy_interval_s)
+
+
+def _waited_seconds(request: web.Request, policy: BatchingPolicy) -> float:
+    """Return how long ago the proxy received ``request`` (0 without the start header).
+
+    Clamped to [0, SLO]: a clock step or a foreign value never makes a request
+    look older than its whole budget, nor younger than now.
+    """
+    raw = request.headers.get(_START_HEADER)
+    if raw is None:
+        return 0.0
+    try:
+        started = float(raw.removeprefix("t="))
+    except ValueError:
+        return 0.0
+    return min(max(0.0, time.time() - started), policy.slo_ms / 1000.0)
 
 
 def _budget_seconds(request: web.Request, policy: BatchingPolicy) -> float:
