@@ -19,6 +19,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -54,6 +55,17 @@ class Snapshot:
     resource_versions: Mapping[str, Mapping[str, str]]
     # The names of each type, made on first use and kept as long as the snapshot.
     _names: dict[str, frozenset[str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    # Serialized once, on first use, and shared by every stream sent this snapshot:
+    # all of a type's resources as DiscoveryResponse.resources, and each resource
+    # as one DeltaDiscoveryResponse.resources entry (controlplane.xds.wire).
+    _encoded: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _delta_entries: dict[str, dict[str, bytes]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    # Differences from other snapshots' versions (the few that streams still hold).
+    _differences: dict[tuple[str, int], tuple[Mapping[str, str], Differences]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -121,6 +133,58 @@ class Snapshot:
             return list(by_name.values())
         return [by_name[name] for name in sorted(names) if name in by_name]
 
+    def encoded(self, type_url: str, names: frozenset[str]) -> bytes:
+        """Return :meth:`select`'s resources serialized as the ``resources`` field of a
+        DiscoveryResponse. All of a type (an empty ``names`` or every name) is one
+        bytes object per snapshot, which every stream sending it shares."""
+        every = self.names(type_url)
+        if names and not (names is every or every <= names):
+            selected = self.select(type_url, names)
+            subset: bytes = discovery_pb2.DiscoveryResponse(resources=selected).SerializeToString()
+            return subset
+        encoded = self._encoded.get(type_url)
+        if encoded is None:
+            encoded = self._encoded[type_url] = discovery_pb2.DiscoveryResponse(
+                resources=self.resources[type_url].values()
+            ).SerializeToString()
+        return encoded
+
+    def differences(self, type_url: str, base: Mapping[str, str]) -> Differences:
+        """Return (names whose version here differs from ``base``'s or that ``base``
+        lacks, names ``base`` has and this snapshot does not). Computed once per
+        ``base`` (another snapshot's ``resource_versions``) and shared by every stream
+        that holds it."""
+        versions = self.resource_versions[type_url]
+        if base is versions:
+            return _NO_DIFFERENCES
+        key = (type_url, id(base))
+        known = self._differences.get(key)
+        if known is not None and known[0] is base:
+            return known[1]
+        changed = frozenset(n for n, v in versions.items() if base.get(n) != v)
+        removed = frozenset(n for n in base if n not in versions)
+        if len(self._differences) >= _DIFFERENCES_KEPT:
+            self._differences.pop(next(iter(self._differences)))
+        self._differences[key] = (base, (changed, removed))
+        return changed, removed
+
+    def delta_entry(self, type_url: str, name: str) -> bytes:
+        """Return resource ``name`` serialized as one entry of a DeltaDiscoveryResponse's
+        ``resources`` (name, version and resource): one bytes object per snapshot and
+        resource, shared by every delta stream that sends it."""
+        entries = self._delta_entries.setdefault(type_url, {})
+        entry = entries.get(name)
+        if entry is None:
+            resource = discovery_pb2.Resource(
+                name=name,
+                version=self.resource_versions[type_url][name],
+                resource=self.resources[type_url][name],
+            )
+            entry = entries[name] = discovery_pb2.DeltaDiscoveryResponse(
+                resources=[resource]
+            ).SerializeToString()
+        return entry
+
     def inconsistencies(self) -> list[str]:
         """Return every dangling reference: an empty list means consistent.
 
@@ -165,6 +229,9 @@ class Snapshot:
 
 
 PackedResource = tuple[any_pb2.Any, str]
+Differences = tuple[frozenset[str], frozenset[str]]
+_NO_DIFFERENCES: Differences = (frozenset(), frozenset())
+_DIFFERENCES_KEPT = 8
 
 
 def pack_resource(message: Message) -> PackedResource:
