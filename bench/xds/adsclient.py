@@ -195,7 +195,7 @@ class AdsClient:
             resources = list(response.resources)
             # Only clusters and listeners are read in full (their names drive requests),
             # once per version in this process.
-            names: list[str] = []
+            names = []
             if response.type_url in (CLUSTER, LISTENER):
                 key = (response.type_url, response.version_info)
                 known = _NAMES.get(key)

@@ -170,7 +170,11 @@ class Fleet:
 
 
 async def _versions(api: httpx.AsyncClient) -> tuple[int, dict[str, str]]:
-    body = (await api.get("/readyz")).json()
+    """The revision and versions served, from /readyz (asked again while it answers
+    503, as when a busy control plane's database check times out)."""
+    while (response := await api.get("/readyz")).status_code != 200:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    body = response.json()
     by_short = body["xds_versions"]
     return int(body["revision"]), {t: by_short[SHORT_NAMES[t]] for t in TYPES}
 
