@@ -22,7 +22,13 @@ from controlplane.xds.wire import SendBudget, serialize
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT", bound=XdsResponse)
 
-__all__ = ["SEND_BUDGET_BYTES", "AggregatedDiscoveryService", "XdsServer", "ads_handler"]
+__all__ = [
+    "SEND_BUDGET_BYTES",
+    "SEND_PATIENCE_S",
+    "AggregatedDiscoveryService",
+    "XdsServer",
+    "ads_handler",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,9 @@ log = logging.getLogger(__name__)
 # 2,000 proxies reconnect at once, each wanting a few megabytes, the rest wait
 # their turn instead of each holding a copy of its full push.
 SEND_BUDGET_BYTES = 64 * 1024 * 1024
+# How long a response waits for the budget before it goes anyway (a few proxies that
+# stopped reading hold theirs until their streams end).
+SEND_PATIENCE_S = 5.0
 _ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
@@ -70,7 +79,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         try:
             async for response in stream_class(self._cache, connection).responses(requests):
                 size = len(response)
-                await budget.acquire(size)
+                await budget.take(size, SEND_PATIENCE_S)
                 try:
                     # gRPC asks for the next response once this one is written.
                     yield response

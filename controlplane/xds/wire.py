@@ -107,6 +107,16 @@ class SendBudget:
         self.in_flight += size
         self._wake()  # there may be room for the next one too
 
+    async def take(self, size: int, patience_s: float) -> None:
+        """:meth:`acquire`, but go ahead anyway after ``patience_s``: a proxy that stops
+        reading holds its bytes until its stream ends, and a few of them must not
+        stall every other stream (memory is bounded again once they go)."""
+        try:
+            async with asyncio.timeout(patience_s):
+                await self.acquire(size)
+        except TimeoutError:
+            self.in_flight += size
+
     def release(self, size: int) -> None:
         """``size`` bytes are sent (or will not be)."""
         self.in_flight -= size

@@ -64,3 +64,15 @@ async def test_waiters_are_served_in_order_as_room_appears() -> None:
     budget.release(40)
     await asyncio.wait_for(tasks[2], TIMEOUT_S)
     assert order == [0, 1, 2]
+
+
+async def test_a_holder_that_never_releases_stalls_others_only_for_their_patience() -> None:
+    budget = SendBudget(100)
+    await budget.acquire(100)  # a proxy that stopped reading: never released
+    await asyncio.wait_for(budget.take(50, patience_s=0.05), TIMEOUT_S)
+    assert budget.in_flight == 150
+    budget.release(50)
+    budget.release(100)
+    assert budget.in_flight == 0
+    await asyncio.wait_for(budget.take(60, patience_s=0.05), TIMEOUT_S)
+    assert budget.in_flight == 60
