@@ -22,7 +22,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -30,6 +30,9 @@ from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 __all__ = ["AdsClient", "Received"]
 
 _STOP = object()
+# Names by (type URL, version): every client of a fleet is sent the same versions, so
+# each is read once per process, and the name sets are shared by every client.
+_NAMES: dict[tuple[str, str], tuple[list[str], frozenset[str], set[str]]] = {}
 
 
 @dataclass
@@ -63,7 +66,7 @@ class AdsClient:
     """One ADS stream from a pretend Envoy ``node_id``."""
 
     def __init__(self, channel: grpc.aio.Channel, node_id: str, *, delta: bool = False) -> None:
-        self._stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        self._channel = channel
         self.node_id = node_id
         self.delta = delta
         self.received = {t: Received() for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
@@ -72,12 +75,32 @@ class AdsClient:
         self._task: asyncio.Task[None] | None = None
         self._node_sent = False
         self._deps: dict[str, set[str]] = {ENDPOINT: set(), ROUTE: set()}
+        self._routes: set[str] = set()
 
     def start(self) -> None:
         """Open the stream and ask for clusters and listeners."""
         for type_url in (CLUSTER, LISTENER):
             self._request(type_url)
         self._task = asyncio.create_task(self._run(), name=f"ads-{self.node_id}")
+
+    def restart(self, channel: grpc.aio.Channel) -> None:
+        """Open a new stream on ``channel`` as a proxy does after losing its control
+        plane: from scratch (the old stream must have ended)."""
+        self._channel = channel
+        self.received = {t: Received() for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
+        self._outbox = asyncio.Queue()
+        self._node_sent = False
+        self._deps = {ENDPOINT: set(), ROUTE: set()}
+        self.start()
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream has ended (closed, or the control plane went away)."""
+        return self._task is not None and self._task.done()
+
+    def current(self, versions: dict[str, str]) -> bool:
+        """Whether every type has arrived at ``versions`` (type URL -> version)."""
+        return all(self.received[t].version == v for t, v in versions.items())
 
     async def stop(self) -> None:
         """Close the stream."""
@@ -131,12 +154,21 @@ class AdsClient:
             yield item
 
     async def _run(self) -> None:
-        if self.delta:
-            call = self._stub.DeltaAggregatedResources(self._requests())
-        else:
-            call = self._stub.StreamAggregatedResources(self._requests())
-        async for response in call:
-            self._on_response(response)
+        message = (
+            discovery_pb2.DeltaDiscoveryResponse if self.delta else discovery_pb2.DiscoveryResponse
+        )
+        method = "DeltaAggregatedResources" if self.delta else "StreamAggregatedResources"
+        call = self._channel.stream_stream(
+            f"/envoy.service.discovery.v3.AggregatedDiscoveryService/{method}",
+            request_serializer=lambda request: request.SerializeToString(),
+            response_deserializer=None,
+        )(self._requests())
+        try:
+            async for raw in call:
+                self._on_response(message.FromString(raw))
+                del raw
+        except grpc.aio.AioRpcError:
+            return  # the control plane went away: the stream has ended (``ended``)
 
     def _on_response(
         self, response: discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse
@@ -144,8 +176,9 @@ class AdsClient:
         now = time.time()
         received = self.received[response.type_url]
         received.responses += 1
-        received.bytes += response.ByteSize()
-        received.last_bytes = response.ByteSize()
+        size = response.ByteSize()
+        received.bytes += size
+        received.last_bytes = size
         received.last_at = now
         if self.delta:
             assert isinstance(response, discovery_pb2.DeltaDiscoveryResponse)
@@ -160,15 +193,21 @@ class AdsClient:
         else:
             assert isinstance(response, discovery_pb2.DiscoveryResponse)
             resources = list(response.resources)
-            # Only clusters and listeners are read in full (their names drive requests).
-            names = (
-                [_name(response.type_url, r) for r in resources]
-                if response.type_url in (CLUSTER, LISTENER)
-                else []
-            )
-            received.version = response.version_info
+            # Only clusters and listeners are read in full (their names drive requests),
+            # once per version in this process.
+            names = []
             if response.type_url in (CLUSTER, LISTENER):
-                received.names = set(names)
+                key = (response.type_url, response.version_info)
+                known = _NAMES.get(key)
+                if known is None:
+                    read = [_name(response.type_url, r) for r in resources]
+                    routes = _route_names(resources) if response.type_url == LISTENER else set()
+                    known = _NAMES[key] = (read, frozenset(read), routes)
+                names = known[0]
+                received.names = known[1]  # type: ignore[assignment]
+                if response.type_url == LISTENER:
+                    self._routes = known[2]
+            received.version = response.version_info
             # Ask for the dependent names before ACKing, as Envoy does while it warms.
             self._follow(response.type_url, resources, names, subscribe_new=False)
             wanted = None
@@ -192,9 +231,12 @@ class AdsClient:
     ) -> None:
         """After clusters or listeners, ask for their endpoints or routes."""
         if type_url == CLUSTER:
-            dependent, wanted = ENDPOINT, set(self.received[CLUSTER].names)
+            # Shared by every sotw client (the same version's names); delta's are its own.
+            held = self.received[CLUSTER].names
+            dependent, wanted = ENDPOINT, set(held) if self.delta else held
         elif type_url == LISTENER:
-            dependent, wanted = ROUTE, _route_names(resources)
+            dependent = ROUTE
+            wanted = self._routes if not self.delta else _route_names(resources)
             if not self.delta:
                 wanted = wanted or self._deps[ROUTE]
         else:

@@ -250,11 +250,22 @@ async def seed_database(database_url: str, models: int, versions: int, endpoints
 class ControlPlaneProcess:
     """``turnout serve`` on a fresh migrated SQLite database, in its own process."""
 
-    def __init__(self, workdir: Path, *, listener_port: int, poll_interval_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        listener_port: int,
+        poll_interval_s: float = 2.0,
+        source: Path | None = None,
+        ports: tuple[int, int] | None = None,
+    ) -> None:
+        """``source``: a checkout whose ``controlplane`` to run instead of this one's
+        (another git revision, for before/after); ``ports``: (API, xDS) to bind, as a
+        restarted control plane does."""
         self.workdir = workdir
         self.database_url = f"sqlite+aiosqlite:///{workdir / 'turnout.db'}"
-        self.api_port = free_port()
-        self.xds_port = free_port()
+        self.api_port, self.xds_port = ports if ports is not None else (free_port(), free_port())
+        self.source = source
         self.listener_port = listener_port
         self.poll_interval_s = poll_interval_s
         self.api_url = f"http://127.0.0.1:{self.api_port}"
@@ -290,6 +301,8 @@ class ControlPlaneProcess:
             "TURNOUT_LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.source is not None:
+            env["PYTHONPATH"] = str(self.source)
         log = self.log_path.open("ab")
         try:
             self._process = await asyncio.create_subprocess_exec(

@@ -230,14 +230,16 @@ async def _one_change(
     return row
 
 
-async def run(sizes: list[int], changes: int, poll_s: float) -> dict[str, Any]:
+async def run(
+    sizes: list[int], changes: int, poll_s: float, source: Path | None = None
+) -> dict[str, Any]:
     """One control plane, each fleet size in turn."""
     servers = {v: ModelServer(version=v) for v in ("v1", "v2")}
     runners = {v: await serve(s, "127.0.0.1", 0) for v, s in servers.items()}
     results: dict[str, Any] = {}
     with temp_workdir("turnout-bench-propagation-") as tmp:
         workdir = Path(tmp)
-        plane = ControlPlaneProcess(workdir, listener_port=free_port())
+        plane = ControlPlaneProcess(workdir, listener_port=free_port(), source=source)
         await seed_database(plane.database_url, 0, 0, 0)
         await plane.start()
         try:
@@ -273,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--changes", type=int, default=50, help="timed changes per size")
     parser.add_argument("--poll-ms", type=float, default=5.0, help="admin poll interval")
     parser.add_argument("--quick", action="store_true", help="sizes 1 3, 10 changes")
+    parser.add_argument("--source", type=Path, default=None, help="run this checkout's code")
+    parser.add_argument("--label", default="", help="suffix of the result file")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.changes = [1, 3], 10
@@ -289,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         "N=1 also timed through the listener",
     }
     print_setup("xDS propagation", setup, host)
-    results = asyncio.run(run(args.sizes, args.changes, args.poll_ms / 1000))
+    results = asyncio.run(run(args.sizes, args.changes, args.poll_ms / 1000, args.source))
     p99 = [results[str(n)]["ms"]["admin_all_ms"]["p99"] for n in args.sizes]
     growth = {
         "admin_all_p99": ratios(p99),
@@ -311,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"   target: {target}")
     path = write_result(
-        "propagation",
+        "propagation" + (f"-{args.label}" if args.label else ""),
         {
             "benchmark": "xds.propagation",
             "command": ".venv/bin/python -m bench.xds.propagation"

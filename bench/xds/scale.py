@@ -46,6 +46,8 @@ from controlplane.domain.keys import Role
 from controlplane.domain.state import DesiredState
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
+from controlplane.xds import snapshot as snapshot_module
+from controlplane.xds import translate as translate_module
 from controlplane.xds.packed import PackedTranslator
 from controlplane.xds.resources import ENDPOINT, PUSH_ORDER, SHORT_NAMES
 from controlplane.xds.snapshot import Snapshot
@@ -93,6 +95,7 @@ def measure_translation(sizes: list[int], reps: int) -> dict[int, dict[str, Any]
             # The sync loop's path: its translator, then the snapshot and its check.
             # Cold: a new translator, nothing memoised, as in a fresh process.
             translator = PackedTranslator()
+            _forget_process_memos()
             gc.collect()
             t_ms, resources = _timed(lambda n=n, t=translator: t.translate(states[n]))  # type: ignore[misc]
             s_ms, snapshot = _timed(lambda r=resources: Snapshot.from_packed(1, r))  # type: ignore[misc]
@@ -315,10 +318,22 @@ async def measure_push(n: int, reps: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+def _forget_process_memos() -> None:
+    """Clear what a process remembers beyond a translator (where this tree has it):
+    parsed addresses and resources' references, so that "cold" is a fresh process."""
+    host_names = getattr(translate_module, "_is_host_name", None)
+    if host_names is not None:
+        host_names.cache_clear()
+    references = getattr(snapshot_module, "_REFERENCES", None)
+    if references is not None:
+        references.clear()
+
+
 def profile_translation(n: int) -> list[dict[str, Any]]:
     """cProfile one full translate + snapshot + check of ``n`` models; top functions."""
     state = generate_state(n, VERSIONS, ENDPOINTS)
     profiler = cProfile.Profile()
+    _forget_process_memos()
     profiler.enable()
     translator = PackedTranslator()
     Snapshot.from_packed(1, translator.translate(state)).check_consistent()

@@ -13,25 +13,44 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.delta import DeltaStream
-from controlplane.xds.sotw import SotwStream
+from controlplane.xds.delta import DeltaResponse, DeltaStream
+from controlplane.xds.sotw import SotwResponse, SotwStream
 from controlplane.xds.status import ProxyRegistry
 from controlplane.xds.stream import StreamLoop, XdsResponse
+from controlplane.xds.wire import SendBudget, serialize
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT", bound=XdsResponse)
 
-__all__ = ["AggregatedDiscoveryService", "XdsServer"]
+__all__ = [
+    "SEND_BUDGET_BYTES",
+    "SEND_PATIENCE_S",
+    "AggregatedDiscoveryService",
+    "XdsServer",
+    "ads_handler",
+]
 
 log = logging.getLogger(__name__)
+
+# Bytes of responses handed to gRPC and not yet written, over every stream: when
+# 2,000 proxies reconnect at once, each wanting a few megabytes, the rest wait
+# their turn instead of each holding a copy of its full push.
+SEND_BUDGET_BYTES = 64 * 1024 * 1024
+# How long a response waits for the budget before it goes anyway (a few proxies that
+# stopped reading hold theirs until their streams end).
+SEND_PATIENCE_S = 5.0
+_ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
 class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """ADS over one gRPC service: state-of-the-world and incremental (delta) streams."""
 
-    def __init__(self, cache: SnapshotCache, registry: ProxyRegistry) -> None:
+    def __init__(
+        self, cache: SnapshotCache, registry: ProxyRegistry, budget: SendBudget | None = None
+    ) -> None:
         self._cache = cache
         self._registry = registry
+        self._budget = budget if budget is not None else SendBudget(SEND_BUDGET_BYTES)
 
     async def StreamAggregatedResources(
         self,
@@ -39,7 +58,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         context: grpc.aio.ServicerContext[
             discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse
         ],
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+    ) -> AsyncIterator[SotwResponse]:
         async for response in self._serve(SotwStream, request_iterator, context, "sotw"):
             yield response
             del response  # not kept while the stream waits for its next change
@@ -56,9 +75,16 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             "xds.stream_open",
             extra={"stream": connection.stream_id, "variant": variant, "peer": context.peer()},
         )
+        budget = self._budget
         try:
             async for response in stream_class(self._cache, connection).responses(requests):
-                yield response
+                size = len(response)
+                await budget.take(size, SEND_PATIENCE_S)
+                try:
+                    # gRPC asks for the next response once this one is written.
+                    yield response
+                finally:
+                    budget.release(size)
                 del response  # not kept while the stream waits for its next change
         finally:
             self._registry.disconnect(connection)
@@ -73,10 +99,30 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         context: grpc.aio.ServicerContext[
             discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse
         ],
-    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+    ) -> AsyncIterator[DeltaResponse]:
         async for response in self._serve(DeltaStream, request_iterator, context, "delta"):
             yield response
             del response  # not kept while the stream waits for its next change
+
+
+def ads_handler(service: AggregatedDiscoveryService) -> grpc.GenericRpcHandler:
+    """ADS's two methods, whose responses are serialized by the streams already
+    (``controlplane.xds.wire``): the generated servicer would serialize protobufs."""
+    return grpc.method_handlers_generic_handler(
+        _ADS_SERVICE,
+        {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                service.StreamAggregatedResources,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=serialize,
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                service.DeltaAggregatedResources,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=serialize,
+            ),
+        },
+    )
 
 
 class XdsServer:
@@ -103,11 +149,9 @@ class XdsServer:
                 ("grpc.http2.bdp_probe", 0),
             ]
         )
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            AggregatedDiscoveryService(cache, registry), self._server
+        self._server.add_generic_rpc_handlers(
+            (ads_handler(AggregatedDiscoveryService(cache, registry)), *handlers)
         )
-        if handlers:
-            self._server.add_generic_rpc_handlers(tuple(handlers))
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:

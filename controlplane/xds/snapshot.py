@@ -9,9 +9,10 @@ untouched leaves its version (and so its stream) alone.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -19,6 +20,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -56,6 +58,17 @@ class Snapshot:
     _names: dict[str, frozenset[str]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # Serialized once, on first use, and shared by every stream sent this snapshot:
+    # all of a type's resources as DiscoveryResponse.resources, and each resource
+    # as one DeltaDiscoveryResponse.resources entry (controlplane.xds.wire).
+    _encoded: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _delta_entries: dict[str, dict[str, bytes]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    # Differences from other snapshots' versions (the few that streams still hold).
+    _differences: dict[tuple[str, int], tuple[Mapping[str, str], Differences]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_resources(
@@ -84,11 +97,10 @@ class Snapshot:
         for type_url in PUSH_ORDER:
             entries = dict(sorted(resources.get(type_url, {}).items()))
             by_name = {name: entry[0] for name, entry in entries.items()}
+            hashes = {name: entry[1] for name, entry in entries.items()}
             packed[type_url] = MappingProxyType(by_name)
-            versions[type_url] = _version(by_name)
-            resource_versions[type_url] = MappingProxyType(
-                {name: entry[1] for name, entry in entries.items()}
-            )
+            versions[type_url] = _version(hashes)
+            resource_versions[type_url] = MappingProxyType(hashes)
         return cls(
             revision,
             MappingProxyType(packed),
@@ -121,6 +133,58 @@ class Snapshot:
             return list(by_name.values())
         return [by_name[name] for name in sorted(names) if name in by_name]
 
+    def encoded(self, type_url: str, names: frozenset[str]) -> bytes:
+        """Return :meth:`select`'s resources serialized as the ``resources`` field of a
+        DiscoveryResponse. All of a type (an empty ``names`` or every name) is one
+        bytes object per snapshot, which every stream sending it shares."""
+        every = self.names(type_url)
+        if names and not (names is every or every <= names):
+            selected = self.select(type_url, names)
+            subset: bytes = discovery_pb2.DiscoveryResponse(resources=selected).SerializeToString()
+            return subset
+        encoded = self._encoded.get(type_url)
+        if encoded is None:
+            encoded = self._encoded[type_url] = discovery_pb2.DiscoveryResponse(
+                resources=self.resources[type_url].values()
+            ).SerializeToString()
+        return encoded
+
+    def differences(self, type_url: str, base: Mapping[str, str]) -> Differences:
+        """Return (names whose version here differs from ``base``'s or that ``base``
+        lacks, names ``base`` has and this snapshot does not). Computed once per
+        ``base`` (another snapshot's ``resource_versions``) and shared by every stream
+        that holds it."""
+        versions = self.resource_versions[type_url]
+        if base is versions:
+            return _NO_DIFFERENCES
+        key = (type_url, id(base))
+        known = self._differences.get(key)
+        if known is not None and known[0] is base:
+            return known[1]
+        changed = frozenset(n for n, v in versions.items() if base.get(n) != v)
+        removed = frozenset(n for n in base if n not in versions)
+        if len(self._differences) >= _DIFFERENCES_KEPT:
+            self._differences.pop(next(iter(self._differences)))
+        self._differences[key] = (base, (changed, removed))
+        return changed, removed
+
+    def delta_entry(self, type_url: str, name: str) -> bytes:
+        """Return resource ``name`` serialized as one entry of a DeltaDiscoveryResponse's
+        ``resources`` (name, version and resource): one bytes object per snapshot and
+        resource, shared by every delta stream that sends it."""
+        entries = self._delta_entries.setdefault(type_url, {})
+        entry = entries.get(name)
+        if entry is None:
+            resource = discovery_pb2.Resource(
+                name=name,
+                version=self.resource_versions[type_url][name],
+                resource=self.resources[type_url][name],
+            )
+            entry = entries[name] = discovery_pb2.DeltaDiscoveryResponse(
+                resources=[resource]
+            ).SerializeToString()
+        return entry
+
     def inconsistencies(self) -> list[str]:
         """Return every dangling reference: an empty list means consistent.
 
@@ -130,21 +194,23 @@ class Snapshot:
         """
         problems: list[str] = []
         assignments = self.resources[ENDPOINT]
+        versions = self.resource_versions
         for name, packed in self.resources[CLUSTER].items():
-            cluster = cluster_pb2.Cluster()
-            packed.Unpack(cluster)
-            if cluster.type == cluster_pb2.Cluster.EDS:
-                service = cluster.eds_cluster_config.service_name or name
-                if service not in assignments:
-                    problems.append(f"cluster {name!r} has no ClusterLoadAssignment {service!r}")
+            service = _references(CLUSTER, versions[CLUSTER][name], packed, _eds_service)
+            if service is not None and (service or name) not in assignments:
+                problems.append(
+                    f"cluster {name!r} has no ClusterLoadAssignment {service or name!r}"
+                )
+        clusters = self.resources[CLUSTER]
         for name, packed in self.resources[ROUTE].items():
-            for cluster_ref in sorted(_route_clusters(packed) - set(self.resources[CLUSTER])):
+            referenced = _references(ROUTE, versions[ROUTE][name], packed, _route_clusters)
+            for cluster_ref in sorted(c for c in referenced if c not in clusters):
                 problems.append(
                     f"RouteConfiguration {name!r} sends to unknown cluster {cluster_ref!r}"
                 )
         routes = self.resources[ROUTE]
         for name, packed in self.resources[LISTENER].items():
-            for route_name in _rds_names(packed):
+            for route_name in _references(LISTENER, versions[LISTENER][name], packed, _rds_names):
                 if route_name not in routes:
                     problems.append(f"listener {name!r} needs RouteConfiguration {route_name!r}")
         return problems
@@ -165,6 +231,9 @@ class Snapshot:
 
 
 PackedResource = tuple[any_pb2.Any, str]
+Differences = tuple[frozenset[str], frozenset[str]]
+_NO_DIFFERENCES: Differences = (frozenset(), frozenset())
+_DIFFERENCES_KEPT = 8
 
 
 def pack_resource(message: Message) -> PackedResource:
@@ -174,14 +243,42 @@ def pack_resource(message: Message) -> PackedResource:
     return packed, hashlib.sha256(packed.value).hexdigest()[:16]
 
 
-def _version(by_name: Mapping[str, any_pb2.Any]) -> str:
+def _version(hashes: Mapping[str, str]) -> str:
+    """A type's version: a hash of its names and their resources' content hashes (each
+    a SHA-256 of the packed bytes), not of the megabytes themselves again."""
     digest = hashlib.sha256()
-    for name, packed in by_name.items():
-        digest.update(name.encode())
-        digest.update(b"\0")
-        digest.update(packed.value)
-        digest.update(b"\0")
+    digest.update("\0".join(f"{name}\0{hashed}" for name, hashed in hashes.items()).encode())
     return digest.hexdigest()[:16]
+
+
+# What each resource refers to, by its content hash (its resource version): read once,
+# not on every publish (unpacking 3,000 clusters and the routes took about 45 ms a
+# snapshot at 1,000 models). Cleared when it grows past the bound.
+_REFERENCES: dict[tuple[str, str], Any] = {}
+_REFERENCES_KEPT = 200_000
+_T = TypeVar("_T")
+
+
+def _references(
+    type_url: str, version: str, packed: any_pb2.Any, read: Callable[[any_pb2.Any], _T]
+) -> _T:
+    key = (type_url, version)
+    try:
+        found: _T = _REFERENCES[key]
+    except KeyError:
+        if len(_REFERENCES) >= _REFERENCES_KEPT:
+            _REFERENCES.clear()
+        found = _REFERENCES[key] = read(packed)
+    return found
+
+
+def _eds_service(packed_cluster: any_pb2.Any) -> str | None:
+    """The EDS service name of a cluster ("" for its own name); None: not EDS."""
+    cluster = cluster_pb2.Cluster()
+    packed_cluster.Unpack(cluster)
+    if cluster.type != cluster_pb2.Cluster.EDS:
+        return None
+    return str(cluster.eds_cluster_config.service_name)
 
 
 def _rds_names(packed_listener: any_pb2.Any) -> list[str]:
@@ -198,7 +295,7 @@ def _rds_names(packed_listener: any_pb2.Any) -> list[str]:
     return names
 
 
-def _route_clusters(packed_routes: any_pb2.Any) -> set[str]:
+def _route_clusters(packed_routes: any_pb2.Any) -> frozenset[str]:
     routes = route_pb2.RouteConfiguration()
     packed_routes.Unpack(routes)
     names: set[str] = set()
@@ -211,4 +308,4 @@ def _route_clusters(packed_routes: any_pb2.Any) -> set[str]:
                 names.add(action.cluster)
             names.update(c.name for c in action.weighted_clusters.clusters)
             names.update(m.cluster for m in action.request_mirror_policies if m.cluster)
-    return names
+    return frozenset(names)

@@ -32,6 +32,7 @@ from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, 
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.status import TypeState
 from controlplane.xds.stream import StreamLoop
+from controlplane.xds.wire import EncodedResponse
 
 __all__ = ["DEPENDS_ON", "SotwStream", "plan_types"]
 
@@ -85,10 +86,13 @@ def plan_types(types: dict[str, TypeState], snapshot: Snapshot | None) -> list[s
     return plan
 
 
-class SotwStream(StreamLoop[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]):
+SotwResponse = EncodedResponse[discovery_pb2.DiscoveryResponse]
+
+
+class SotwStream(StreamLoop[discovery_pb2.DiscoveryRequest, SotwResponse]):
     """Serves one state-of-the-world ADS stream from a snapshot cache."""
 
-    def _respond(self, snapshot: Snapshot) -> list[discovery_pb2.DiscoveryResponse]:
+    def _respond(self, snapshot: Snapshot) -> list[SotwResponse]:
         return [
             self._response(type_url, snapshot)
             for type_url in plan_types(self._connection.types, snapshot)
@@ -124,10 +128,10 @@ class SotwStream(StreamLoop[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
         current = self._cache.snapshot_for(connection.zone)
         state.names = current.shared(request.type_url, names) if current else names
 
-    def _response(self, type_url: str, snapshot: Snapshot) -> discovery_pb2.DiscoveryResponse:
+    def _response(self, type_url: str, snapshot: Snapshot) -> SotwResponse:
         state = self._connection.types[type_url]
         nonce = self._next_nonce()
-        resources = snapshot.select(type_url, state.names)
+        resources = snapshot.encoded(type_url, state.names)
         state.sent_version = snapshot.version(type_url)
         state.sent_nonce = nonce
         state.sent_names = state.names if state.names else snapshot.names(type_url)
@@ -143,9 +147,13 @@ class SotwStream(StreamLoop[discovery_pb2.DiscoveryRequest, discovery_pb2.Discov
             # after clusters go out, the endpoints are due again.
             # https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#xds-protocol-resource-warming
             self._connection.types[ENDPOINT].sent_names = frozenset()
-        return discovery_pb2.DiscoveryResponse(
-            version_info=state.sent_version,
-            resources=resources,
-            type_url=type_url,
-            nonce=nonce,
+        header = discovery_pb2.DiscoveryResponse(
+            version_info=state.sent_version, type_url=type_url, nonce=nonce
+        ).SerializeToString()
+        return EncodedResponse(
+            discovery_pb2.DiscoveryResponse,
+            type_url,
+            state.sent_version,
+            nonce,
+            (header, resources),
         )

@@ -31,10 +31,12 @@ __all__ = ["StreamLoop", "XdsResponse"]
 
 
 class XdsResponse(Protocol):
-    """What both variants' responses have: the type they carry."""
+    """What both variants' responses have: the type they carry, and their size."""
 
     @property
     def type_url(self) -> str: ...
+
+    def __len__(self) -> int: ...
 
 
 RequestT = TypeVar("RequestT")

@@ -200,3 +200,62 @@ async def test_a_first_subscription_is_answered_even_when_empty() -> None:
     assert [r.name for r in listeners.resources] == ["turnout_http"]
     harness.send(_request(LISTENER, nonce=listeners.nonce))
     assert await harness.finish() == []
+
+
+async def test_streams_share_each_serialized_resource_and_the_versions_they_hold() -> None:
+    cache = SnapshotCache()
+    await cache.publish(BASE)
+    first, second = _delta_stream(cache), _delta_stream(cache)
+    try:
+        for opened in (first, second):
+            await _sync(opened)
+        for opened in (first, second):
+            await opened.until(lambda o=opened: not o.connection.types[ROUTE].pending)
+        [one] = [r for r in first.encoded if r.type_url == CLUSTER]
+        [other] = [r for r in second.encoded if r.type_url == CLUSTER]
+        # After each stream's own header, one bytes object per resource, shared.
+        assert len(one.parts) == 3
+        assert all(a is b for a, b in zip(one.parts[1:], other.parts[1:], strict=True))
+        for opened in (first, second):
+            tracked = opened.stream._tracked  # type: ignore[attr-defined]
+            for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
+                # No per-stream copy of names and versions: the snapshot's own mapping.
+                assert tracked[type_url].has.base is BASE.resource_versions[type_url]
+                assert tracked[type_url].has.diff == {}
+    finally:
+        for opened in (first, second):
+            opened.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opened.task
+
+
+async def test_a_change_after_sharing_sends_only_the_difference_and_shares_again(
+    harness: Stream,
+) -> None:
+    await _sync(harness)
+    await harness.until(lambda: not harness.connection.types[ROUTE].pending)
+    moved = _snapshot(2, {"v1": 7777, "v2": 8002}, {"v1": 100})
+    await harness.cache.publish(moved)
+    response = await harness.next(ENDPOINT)
+    assert [(r.name, r.version) for r in response.resources] == [
+        ("m/v1", moved.resource_versions[ENDPOINT]["m/v1"])
+    ]
+    harness.send(_request(ENDPOINT, nonce=response.nonce))
+    await harness.until(lambda: not harness.connection.types[ENDPOINT].pending)
+    has = harness.stream._tracked[ENDPOINT].has  # type: ignore[attr-defined]
+    assert has.base is moved.resource_versions[ENDPOINT]
+    assert has.diff == {}
+
+
+async def test_a_reconnect_with_current_versions_is_sent_nothing_and_shares_them(
+    harness: Stream,
+) -> None:
+    harness.send(_request(CLUSTER, initial=dict(BASE.resource_versions[CLUSTER])))
+    await harness.until(lambda: harness.connection.types[CLUSTER].subscribed)
+    await harness.until(
+        lambda: (
+            harness.stream._tracked[CLUSTER].has.base  # type: ignore[attr-defined]
+            is BASE.resource_versions[CLUSTER]
+        )
+    )
+    assert await harness.finish() == []

@@ -26,6 +26,7 @@ from controlplane.xds.sotw import SotwStream, plan_types
 from controlplane.xds.status import ProxyConnection, SyncStatus, TypeState
 from controlplane.xds.stream import StreamLoop
 from controlplane.xds.translate import ROUTE_CONFIG_NAME, translate
+from controlplane.xds.wire import EncodedResponse
 
 TIMEOUT_S = 5.0
 
@@ -127,13 +128,15 @@ class Stream:
         self.connection = ProxyConnection(stream_id=1, variant=variant)
         self.requests = FakeRequests()
         self.responses: asyncio.Queue[Any] = asyncio.Queue()
+        self.encoded: list[EncodedResponse[Any]] = []  # as handed to gRPC, in order
         self._stream_class = stream_class
         self.task = asyncio.create_task(self._pump())
 
     async def _pump(self) -> None:
-        stream = self._stream_class(self.cache, self.connection)
+        stream = self.stream = self._stream_class(self.cache, self.connection)
         async for response in stream.responses(self.requests):
-            await self.responses.put(response)
+            self.encoded.append(response)
+            await self.responses.put(response.decode())
 
     def send(self, *requests: discovery_pb2.DiscoveryRequest) -> None:
         for request in requests:
@@ -583,3 +586,25 @@ def test_plan_changes_nothing() -> None:
     plan_types(types, SNAPSHOT)
 
     assert types == before
+
+
+async def test_streams_share_the_serialized_resources_of_a_snapshot() -> None:
+    cache = SnapshotCache()
+    snapshot = _snapshot(1, TWO_VERSIONS)
+    await cache.publish(snapshot)
+    first, second = Stream(cache), Stream(cache)
+    try:
+        for opened in (first, second):
+            await _sync_all(opened, snapshot)
+        for type_url in PUSH_ORDER:
+            [one] = [r for r in first.encoded if r.type_url == type_url]
+            [other] = [r for r in second.encoded if r.type_url == type_url]
+            # The same bytes object: serialized once, not copied per stream.
+            assert one.parts[-1] is other.parts[-1]
+            assert one.decode().resources == other.decode().resources
+            assert list(one.decode().resources) == snapshot.select(type_url, frozenset())
+    finally:
+        for opened in (first, second):
+            opened.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opened.task

@@ -37,9 +37,9 @@ async def test_endpoints_are_resent_after_a_cluster_update() -> None:
     stream = SotwStream(cache, ProxyConnection(stream_id=1)).responses(incoming())
     node = base_pb2.Node(id="envoy-1")
     await requests.put(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=node))
-    clusters = await anext(stream)
+    clusters = (await anext(stream)).decode()
     await requests.put(discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=["m/v1"]))
-    endpoints = await anext(stream)
+    endpoints = (await anext(stream)).decode()
     assert endpoints.type_url == ENDPOINT
     for response in (clusters, endpoints):
         await requests.put(
@@ -55,8 +55,8 @@ async def test_endpoints_are_resent_after_a_cluster_update() -> None:
     second = _snapshot(2, VersionPolicy(circuit_breakers=CircuitBreakers(max_requests=5)))
     assert second.version(ENDPOINT) == first.version(ENDPOINT)
     await cache.publish(second)
-    updated = await asyncio.wait_for(anext(stream), 5)
-    again = await asyncio.wait_for(anext(stream), 5)
+    updated = (await asyncio.wait_for(anext(stream), 5)).decode()
+    again = (await asyncio.wait_for(anext(stream), 5)).decode()
     assert (updated.type_url, updated.version_info) == (CLUSTER, second.version(CLUSTER))
     assert (again.type_url, again.version_info) == (ENDPOINT, first.version(ENDPOINT))
     assert len(again.resources) == 1

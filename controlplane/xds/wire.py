@@ -1,0 +1,130 @@
+"""Responses serialized once and shared: what the streams hand to gRPC.
+
+A discovery response is a few small fields (version, type, nonce) and the
+resources, which are the same bytes for every proxy of a snapshot. Protocol
+Buffers allows fields in any order and concatenates repeated fields, so a
+response on the wire is its own small header followed by the snapshot's
+resource bytes: a response is built per stream as a list of parts, where the
+resource parts are bytes objects owned by the snapshot (one per resource
+version, or one for all of a type) and shared by every stream. Nothing is
+copied until gRPC asks for the bytes, and what it asks for is freed once sent.
+https://protobuf.dev/programming-guides/encoding/#last-one-wins
+
+Sending is bounded too (:class:`SendBudget`): when 2,000 proxies reconnect at
+once, each wants megabytes; only so many bytes are handed to gRPC at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+from google.protobuf.message import Message
+
+__all__ = ["EncodedResponse", "SendBudget", "serialize"]
+
+MessageT = TypeVar("MessageT", bound=Message)
+
+
+class EncodedResponse(Generic[MessageT]):
+    """One response as parts of its serialized form; the resource parts are shared."""
+
+    __slots__ = ("_message_class", "nonce", "parts", "type_url", "version")
+
+    def __init__(
+        self,
+        message_class: type[MessageT],
+        type_url: str,
+        version: str,
+        nonce: str,
+        parts: Sequence[bytes],
+    ) -> None:
+        self._message_class = message_class
+        self.type_url = type_url
+        self.version = version
+        self.nonce = nonce
+        self.parts = tuple(parts)
+
+    def __len__(self) -> int:
+        """The size on the wire, in bytes."""
+        return sum(len(part) for part in self.parts)
+
+    def SerializeToString(self) -> bytes:
+        """The response's bytes: its parts joined (the one copy, made as it is sent)."""
+        return b"".join(self.parts)
+
+    def decode(self) -> MessageT:
+        """The response as a protobuf message (tests, debugging)."""
+        message = self._message_class()
+        message.ParseFromString(self.SerializeToString())
+        return message
+
+
+def serialize(response: EncodedResponse[Message] | Message) -> bytes:
+    """gRPC's response serializer for both encoded responses and plain messages."""
+    return response.SerializeToString()
+
+
+class SendBudget:
+    """Bytes handed to gRPC and not yet sent, shared by every stream of a server.
+
+    A stream acquires a response's size before handing it over and releases it
+    once gRPC asks for the next one (the previous one is written). A response
+    larger than the budget still goes out, alone. Waiters are served in order.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.in_flight = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.in_flight == 0 or self.in_flight + size <= self.limit_bytes
+
+    async def acquire(self, size: int) -> None:
+        """Wait until ``size`` more bytes fit (or nothing is in flight), and take them."""
+        if not self._waiters and self._fits(size):
+            self.in_flight += size
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            while True:
+                await waiter
+                if self._fits(size):
+                    break
+                waiter = loop.create_future()
+                self._waiters.appendleft(waiter)  # keep its place at the head
+        except BaseException:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            else:
+                self._wake()  # it was woken: pass the turn on
+            raise
+        self.in_flight += size
+        self._wake()  # there may be room for the next one too
+
+    async def take(self, size: int, patience_s: float) -> None:
+        """:meth:`acquire`, but go ahead anyway after ``patience_s``: a proxy that stops
+        reading holds its bytes until its stream ends, and a few of them must not
+        stall every other stream (memory is bounded again once they go)."""
+        try:
+            async with asyncio.timeout(patience_s):
+                await self.acquire(size)
+        except TimeoutError:
+            self.in_flight += size
+
+    def release(self, size: int) -> None:
+        """``size`` bytes are sent (or will not be)."""
+        self.in_flight -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
