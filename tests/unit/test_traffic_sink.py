@@ -138,13 +138,9 @@ async def test_unreadable_message_ends_only_its_stream() -> None:
     folder = Folder(window)
     bad: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    async def from_queue(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
-        while (data := await queue.get()) is not None:
-            yield data
-
     good: asyncio.Queue[bytes | None] = asyncio.Queue()
-    good_stream = asyncio.create_task(fold_stream(folder, from_queue(good), "good"))
-    bad_stream = asyncio.create_task(fold_stream(folder, from_queue(bad), "bad"))
+    good_stream = asyncio.create_task(fold_stream(folder, _messages(good), "good"))
+    bad_stream = asyncio.create_task(fold_stream(folder, _messages(bad), "bad"))
     # An identifier whose node runs past its end: not a message wire.read can read.
     await bad.put(b"\x0a\x03\x0a\x05x")
     await good.put(_flush(v1_ok=3))
@@ -158,6 +154,12 @@ async def test_unreadable_message_ends_only_its_stream() -> None:
     assert window.model_figures(MODEL, 60).requests == 3
 
 
+async def _messages(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+    """A stream's messages, as they are put in ``queue``, until None."""
+    while (data := await queue.get()) is not None:
+        yield data
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():  # noqa: ASYNC110 - the condition is the window's own count
         await asyncio.sleep(0.001)
@@ -168,11 +170,7 @@ async def test_a_stream_that_is_behind_reads_only_in_its_turn() -> None:
     folder = Folder(window)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    async def from_queue() -> AsyncIterator[bytes]:
-        while (data := await queue.get()) is not None:
-            yield data
-
-    stream = asyncio.create_task(fold_stream(folder, from_queue(), "s"))
+    stream = asyncio.create_task(fold_stream(folder, _messages(queue), "s"))
     try:
         async with folder.turn:  # a fold in progress
             for n in (1, 2, 3):
@@ -202,11 +200,7 @@ async def test_messages_are_read_off_the_event_loop(monkeypatch: pytest.MonkeyPa
     folder = Folder(window)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    async def from_queue() -> AsyncIterator[bytes]:
-        while (data := await queue.get()) is not None:
-            yield data
-
-    stream = asyncio.create_task(fold_stream(folder, from_queue(), "s"))
+    stream = asyncio.create_task(fold_stream(folder, _messages(queue), "s"))
     try:
         await queue.put(_flush(v1_ok=2))
         await asyncio.wait_for(_until(lambda: window.reports == 1), timeout=30)
