@@ -176,6 +176,12 @@ def plane_settings(database_url: str, **overrides: Any) -> Settings:
         "envoy_admin_port": free_port(),
         "poll_interval_s": 0.5,
     }
+    if database_url.startswith("postgresql"):
+        # The shared test server's disk stalls for seconds while a checkpoint syncs
+        # the files of every test database (Postgres logged 10 s for 11,048 files
+        # when a control plane's first read hit the 5 s default): tests that time
+        # statements out say so.
+        base["database_statement_timeout_s"] = 30.0
     return Settings(database_url=database_url, **(base | overrides))
 
 
