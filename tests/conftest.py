@@ -240,6 +240,21 @@ async def seed_key(control_plane: ControlPlane, role: str, name: str | None = No
     return key
 
 
+# A whole run shares two cores with Postgres, whose checkpoints can stall a read for
+# seconds; a test's client waits longer than httpx's 5 s default before it gives up.
+API_TIMEOUT_S = 10.0
+
+
+def api_client(control_plane: ControlPlane, key: str | None = None) -> httpx.AsyncClient:
+    """An HTTP client for a running control plane's admin API, with ``key`` if given."""
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{control_plane.api_port}",
+        timeout=API_TIMEOUT_S,
+        headers=headers,
+    )
+
+
 @pytest.fixture
 async def admin_key(control_plane: ControlPlane) -> str:
     """An admin API key, named ``test-admin``."""
@@ -249,20 +264,14 @@ async def admin_key(control_plane: ControlPlane) -> str:
 @pytest.fixture
 async def api(control_plane: ControlPlane, admin_key: str) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the running admin API, authenticated as an admin."""
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{control_plane.api_port}",
-        timeout=10,
-        headers={"authorization": f"Bearer {admin_key}"},
-    ) as client:
+    async with api_client(control_plane, admin_key) as client:
         yield client
 
 
 @pytest.fixture
 async def anonymous_api(control_plane: ControlPlane) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the running admin API, without a key."""
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{control_plane.api_port}", timeout=10
-    ) as client:
+    async with api_client(control_plane) as client:
         yield client
 
 

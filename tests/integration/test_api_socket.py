@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import socket
 
-import httpx
-
 from controlplane.runtime import ControlPlane
+from tests.conftest import api_client
 
 
 async def test_api_connections_have_nodelay(control_plane: ControlPlane) -> None:
     server = control_plane._api_server
     assert server is not None
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{control_plane.api_port}") as client:
+    async with api_client(control_plane) as client:
         response = await client.get("/readyz")
         assert response.status_code == 200
         # The client keeps its connection open: look at the server's end of it.

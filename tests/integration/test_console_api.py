@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from controlplane.runtime import ControlPlane
-from tests.conftest import seed_key
+from tests.conftest import api_client, seed_key
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSOLE = ROOT / "controlplane" / "console"
@@ -31,10 +31,7 @@ async def test_whoami_tells_the_key_its_role_and_permissions(
     control_plane: ControlPlane, role: str, permissions: list[str]
 ) -> None:
     key = await seed_key(control_plane, role, name=f"who-{role}")
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{control_plane.api_port}",
-        headers={"authorization": f"Bearer {key}"},
-    ) as client:
+    async with api_client(control_plane, key) as client:
         answer = await client.get("/v1/whoami")
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"name": f"who-{role}", "role": role, "permissions": permissions}

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from controlplane.runtime import ControlPlane
-from tests.conftest import seed_key
+from tests.conftest import api_client, seed_key
 
 EP = {"address": "127.0.0.1", "port": 9001}
 # Open like a health check: Prometheus scrapes /metrics without a key.
@@ -32,13 +32,6 @@ def allowed_roles(method: str, path: str) -> set[str]:
     if method == "GET":
         return set(ROLES)
     return {"operator", "admin"}
-
-
-def _client(control_plane: ControlPlane, key: str | None) -> httpx.AsyncClient:
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    return httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{control_plane.api_port}", timeout=10, headers=headers
-    )
 
 
 async def _events(api: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
@@ -71,20 +64,20 @@ async def test_role_by_endpoint_matrix_from_the_openapi_spec(
         url = path.replace("{model}", "m").replace("{version}", "v9").replace("{key_id}", "999")
         if (method, path) in OPEN:
             assert "security" not in op, path
-            async with _client(control_plane, None) as client:
+            async with api_client(control_plane, None) as client:
                 assert (await client.request(method, url)).status_code in (200, 503)
             continue
         assert op.get("security") == [{"ApiKey": []}], (method, path)
         body = {} if method in ("POST", "PUT", "PATCH") else None
         altered = keys["viewer"][:-1] + ("x" if keys["viewer"][-1] != "x" else "y")
         for key in (None, "tk_not-a-valid-key", altered):
-            async with _client(control_plane, key) as client:
+            async with api_client(control_plane, key) as client:
                 response = await client.request(method, url, json=body)
             assert response.status_code == 401, (method, path, key, response.text)
             assert response.json()["error"] == "unauthenticated"
             assert response.headers["www-authenticate"] == "Bearer"
         for role in ROLES:
-            async with _client(control_plane, keys[role]) as client:
+            async with api_client(control_plane, keys[role]) as client:
                 response = await client.request(method, url, json=body)
             if role in allowed_roles(method, path):
                 assert response.status_code not in (401, 403), (role, method, path, response.text)
@@ -106,7 +99,7 @@ async def test_keys_are_shown_once_and_revocable(
     async with control_plane.sessionmaker() as session:
         stored = (await session.execute(text("SELECT key_hash FROM api_keys"))).scalars().all()
     assert key not in stored and all(len(h) == 64 for h in stored)
-    async with _client(control_plane, key) as operator:
+    async with api_client(control_plane, key) as operator:
         assert (await operator.get("/v1/models")).status_code == 200
         assert (await operator.get("/v1/keys")).status_code == 403
         assert (await api.delete(f"/v1/keys/{body['id']}")).status_code == 204
@@ -142,7 +135,7 @@ async def test_every_mutating_request_is_audited_exactly_once(
     await _model(api, "v1")
     key = await seed_key(control_plane, who, f"k-{who}") if who else None
     before = await _events(api)
-    async with _client(control_plane, key) as client:
+    async with api_client(control_plane, key) as client:
         response = await client.request(
             method, path, json=body, headers={"x-request-id": "req-1", "user-agent": "probe/1"}
         )
