@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from controlplane.metrics import ControlPlaneMetrics
+from controlplane.tasks import cancel_and_wait
 
 __all__ = ["CHANNEL", "Notifier", "PostgresListener"]
 
@@ -173,11 +174,8 @@ class PostgresListener:
 
     async def stop(self) -> None:
         """Stop listening and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._connection.close(), self._connect_timeout_s)

@@ -32,6 +32,7 @@ from controlplane.services.rollout_driver import RolloutDriver
 from controlplane.services.shadow import ShadowRecorder
 from controlplane.settings import Settings
 from controlplane.sync import StateSync
+from controlplane.tasks import cancel_and_wait
 from controlplane.telemetry.cache import WindowCache
 from controlplane.telemetry.exposition import DataPlaneExposition
 from controlplane.telemetry.shadow import ShadowPairs, shadow_report_handler
@@ -246,27 +247,18 @@ class ControlPlane:
         await self.data_plane.close()
         if self.discovery is not None:
             await self.discovery.stop()
-        if self._tasks.sync is not None:
-            self._tasks.sync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tasks.sync
-            self._tasks.sync = None
+        await cancel_and_wait(self._tasks.sync)
+        self._tasks.sync = None
         if self._tasks.rollouts is not None:
-            self._tasks.rollouts.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tasks.rollouts
+            await cancel_and_wait(self._tasks.rollouts)
             self._tasks.rollouts = None
             await self.rollouts.stop()
         if self._tasks.checkpoints is not None:
-            self._tasks.checkpoints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tasks.checkpoints
+            await cancel_and_wait(self._tasks.checkpoints)
             self._tasks.checkpoints = None
             await self.audit_checkpoints.final()
         if self._tasks.shadow is not None:
-            self._tasks.shadow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tasks.shadow
+            await cancel_and_wait(self._tasks.shadow)
             self._tasks.shadow = None
             with contextlib.suppress(Exception):
                 await self.shadow.flush()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ from controlplane.processes import (
 )
 from controlplane.runtime import ControlPlane, SchemaNotReady
 from controlplane.settings import Settings
+from controlplane.tasks import cancel_and_wait
 
 __all__ = ["RUN_DIR", "log_to_file", "run_control_plane", "run_mesh"]
 
@@ -292,10 +292,7 @@ async def _wait_until_stopped(stop: asyncio.Event, children: list[ChildProcess])
     try:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for waiter in waiters:
-            waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiter
+        await cancel_and_wait(*waiters)
 
 
 async def _start_envoy(settings: Settings, xds_port: int) -> ChildProcess:

@@ -25,7 +25,6 @@ module reads the responses itself, as they come.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -37,6 +36,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
 from controlplane.domain.discovery import DiscoveredEndpoint, ServiceKey, endpoints_of_slices
+from controlplane.tasks import cancel_and_wait
 
 __all__ = ["KubernetesUnavailable", "SliceWatch", "Watches", "api_client"]
 
@@ -324,9 +324,5 @@ class Watches:
         tasks = list(self._tasks.values())
         self._tasks.clear()
         self.watches.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
         await self._api.close()

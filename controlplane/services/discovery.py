@@ -35,6 +35,7 @@ from controlplane.discovery.watch import Watches
 from controlplane.domain.clock import utcnow
 from controlplane.domain.discovery import DiscoveredEndpoint, ServiceKey, referenced_services
 from controlplane.domain.state import DesiredState
+from controlplane.tasks import cancel_and_wait
 
 __all__ = ["LEASE", "DiscoveryLeader"]
 
@@ -161,11 +162,8 @@ class DiscoveryLeader:
 
     async def stop(self) -> None:
         """Stop watching and give the lease up, so that another replica takes over."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self.watches is not None:
             watches, self.watches = self.watches, None
             await watches.stop()

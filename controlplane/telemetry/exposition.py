@@ -17,7 +17,6 @@ first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -27,6 +26,7 @@ from controlplane.domain.statistics import (
     LATENCY_BUCKETS_MS,
     QUEUE_WAIT_BUCKETS_US,
 )
+from controlplane.tasks import cancel_and_wait
 from controlplane.telemetry.window import TrafficWindow
 
 __all__ = ["DataPlaneExposition", "render"]
@@ -268,8 +268,5 @@ class DataPlaneExposition:
             await self._renew()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from controlplane.tasks import cancel_and_wait
 from controlplane.telemetry.protocol import (
     METHOD,
     SERVICE,
@@ -173,11 +174,8 @@ class Folder:
             await asyncio.sleep(0)  # let the API and the other streams run
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._reader.shutdown(wait=False, cancel_futures=True)
 
 

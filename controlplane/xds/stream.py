@@ -15,7 +15,6 @@ the one place where both variants send, so pushes are counted once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Generic, Protocol, TypeVar
 
 from envoy.config.core.v3 import base_pb2
 
+from controlplane.tasks import cancel_and_wait
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.status import ProxyConnection
@@ -100,11 +100,7 @@ class StreamLoop(ABC, Generic[RequestT, ResponseT]):
                     self._connection.held_revision = snapshot.revision
                     self._cache.report_accepted(snapshot)
         finally:
-            for task in (reader, watcher):
-                task.cancel()
-            for task in (reader, watcher):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(reader, watcher)
 
     def _identify(self, node: base_pb2.Node) -> None:
         """Record the proxy's identity from the first request that carries it."""
