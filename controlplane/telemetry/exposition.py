@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 from controlplane.domain.statistics import (
@@ -195,25 +195,31 @@ class _Writer:
         return "\n".join(out).encode()
 
 
-def render(window: TrafficWindow) -> bytes:
-    """The window's series in the text format, written at once."""
-    writer = _Writer()
-    for key in window.series_keys():
-        writer.version(window, key)
-    writer.rest(window)
-    return writer.text()
-
-
-async def _render_stepwise(window: TrafficWindow) -> bytes:
-    """What :func:`render` returns, yielding to the event loop every few
-    hundred series (each series' figures are its own at the time it is written)."""
-    writer = _Writer()
+def _write(window: TrafficWindow, writer: _Writer) -> Iterator[None]:
+    """Write every series into ``writer``, pausing (a ``yield``) every few hundred;
+    a series gone by the time its turn comes is skipped."""
     for n, key in enumerate(window.series_keys(), 1):
         if window.has_series(key):
             writer.version(window, key)
         if n % _SERIES_PER_STEP == 0:
-            await asyncio.sleep(0)
+            yield
     writer.rest(window)
+
+
+def render(window: TrafficWindow) -> bytes:
+    """The window's series in the text format, written at once."""
+    writer = _Writer()
+    for _ in _write(window, writer):
+        pass
+    return writer.text()
+
+
+async def _render_stepwise(window: TrafficWindow) -> bytes:
+    """What :func:`render` returns, yielding to the event loop at each pause
+    (each series' figures are its own at the time it is written)."""
+    writer = _Writer()
+    for _ in _write(window, writer):
+        await asyncio.sleep(0)
     return writer.text()
 
 
