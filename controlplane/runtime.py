@@ -111,6 +111,7 @@ class ControlPlane:
             poll_interval_s=settings.poll_interval_s,
             metrics=self.metrics,
             tracing=self.tracing,
+            verify_handoff=settings.sync_verify_handoff,
         )
         # Envoy's statistics, streamed by every proxy's stat sink to the xDS port.
         self.traffic = TrafficWindow(

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         default=2.0, gt=0, description="re-read the state this often even without a notification"
     )
+    sync_verify_handoff: bool = Field(
+        default=False,
+        description="compare every state the sync loop builds from a commit in this process "
+        "with a read of the tables (a check for tests; one full read per change)",
+    )
     max_request_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="admin API requests with a larger body get 413"
     )

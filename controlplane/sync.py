@@ -1,9 +1,21 @@
 """Keeps the snapshot cache in step with the database.
 
-The loop reads the config revision; when it moved, it loads the whole desired
-state in one transaction, translates it and publishes the snapshot. It runs
-on a wake-up (a commit in this process, or Postgres NOTIFY from another
-replica) and on a timer, so a lost wake-up delays a push but never loses it.
+The loop reads the config revision; when it moved, it loads the desired state
+in one transaction (the models the revisions in between changed, or all of
+it), translates it and publishes the snapshot. It runs on a wake-up (a commit
+in this process, or Postgres NOTIFY from another replica) and on a timer, so a
+lost wake-up delays a push but never loses it.
+
+A commit in this process hands the loop what it changed (:meth:`StateSync.offer`,
+``controlplane.domain.state.CommittedChange``: the specs its writer read inside
+the committed transaction), so the loop need not read back what was just
+written: when the changes handed over follow on from the revision it holds,
+it applies them and publishes without a database read. Anything else (a
+revision from another replica, a gap, the first load, a full read that is
+due) goes through the database as above. With ``verify_handoff`` (the test
+suite's setting) every state built from a handoff is compared with a read of
+the tables at that revision; a difference is logged (``sync.handoff_mismatch``),
+counted, and the read wins.
 
 What it publishes is the desired state with every model that Envoy rejected
 held at its last accepted config (``controlplane.xds.containment``): the loop
@@ -39,7 +51,7 @@ from controlplane.db.revisions import RevisionRepository
 from controlplane.db.state import load_access, load_models, load_state
 from controlplane.domain.clock import utcnow
 from controlplane.domain.discovery import Discovery, referenced_services, with_discovered
-from controlplane.domain.state import DesiredState
+from controlplane.domain.state import CommittedChange, DesiredState
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.notify import Notifier
 from controlplane.tracing import Tracing
@@ -72,6 +84,7 @@ class StateSync:
         poll_interval_s: float,
         metrics: ControlPlaneMetrics | None = None,
         tracing: Tracing | None = None,
+        verify_handoff: bool = False,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._metrics = metrics if metrics is not None else ControlPlaneMetrics()
@@ -93,7 +106,18 @@ class StateSync:
         # The newest revision learnt while running and its commit time, until its
         # first push: what turnout_xds_commit_to_push_seconds measures.
         self._awaiting_push: tuple[int, datetime] | None = None
+        # Committed changes handed over by this process's writers, by revision.
+        self._offered: dict[int, CommittedChange] = {}
+        self._verify_handoff = verify_handoff
+        self.handoff_mismatches = 0
         cache.observe(self)
+
+    def offer(self, changes: Sequence[CommittedChange]) -> None:
+        """Take what a transaction of this process committed, and wake the loop;
+        call it only after the commit."""
+        for change in changes:
+            self._offered[change.revision] = change
+        self._notifier.notify()
 
     def holds(self) -> list[Hold]:
         """Return the models held at their last accepted config, and why."""
@@ -113,17 +137,21 @@ class StateSync:
         return published
 
     async def _sync(self) -> bool:
+        began = time.time_ns()
+        started = time.perf_counter()
+        if await self._publish_handed_over(began, started, at_least=0):
+            return True
         async with self._sessionmaker() as session:
             current, committed_at = await RevisionRepository(session).head()
         started = time.perf_counter()
         if current != self.revision:
             began = time.time_ns()
+            # A commit of this process may have been handed over during that read (on
+            # Postgres its own NOTIFY can wake the loop before its writer hands it over).
+            if await self._publish_handed_over(began, started, at_least=current):
+                return True
             state = await self._load()
-            self._discovery = await self._discovered(state)
-            push = self._tracing.start_push(self.revision, state.revision, began)
-            with trace.use_span(push, end_on_exit=True):
-                await self._publish(state, started, current, committed_at)
-                push.set_attribute("turnout.models", len(state.models))
+            await self._publish_new(state, began, started, current, committed_at, read="database")
             return True
         if self.state is None:
             return False
@@ -149,6 +177,86 @@ class StateSync:
             return True
         return False
 
+    async def _publish_new(
+        self,
+        state: DesiredState,
+        began: int,
+        started: float,
+        current: int,
+        committed_at: datetime | None,
+        *,
+        read: str,
+    ) -> None:
+        """Publish ``state``, a revision this loop has not published yet, which it
+        ``read`` from the database or took from a handoff."""
+        self._discovery = await self._discovered(state)
+        push = self._tracing.start_push(self.revision, state.revision, began)
+        with trace.use_span(push, end_on_exit=True):
+            await self._publish(state, started, current, committed_at, read=read)
+            push.set_attribute("turnout.models", len(state.models))
+
+    async def _publish_handed_over(self, began: int, started: float, *, at_least: int) -> bool:
+        """Publish the state the changes handed over reach, when they follow on from
+        the one published and reach revision ``at_least``; return whether it did."""
+        handed = self._handed_over()
+        if handed is None or handed[0].revision < at_least:
+            return False
+        state, committed_at = handed
+        await self._publish_new(state, began, started, state.revision, committed_at, read="handoff")
+        if self._verify_handoff:
+            await self._verify(state)
+        return True
+
+    def _handed_over(self) -> tuple[DesiredState, datetime] | None:
+        """The state at the newest revision that the changes handed over reach from
+        the one published, and when that revision committed; None when they do not
+        follow on from it, or a full read is due."""
+        state = self.state
+        if state is None:
+            return None
+        for revision in [r for r in self._offered if r <= state.revision]:
+            del self._offered[revision]
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._full_read_at >= FULL_READ_INTERVAL_S:
+            return None
+        change = self._offered.pop(state.revision + 1, None)
+        if change is None:
+            return None
+        while change is not None:
+            state = change.apply(state)
+            committed_at = change.committed_at
+            change = self._offered.pop(state.revision + 1, None)
+        return state, committed_at
+
+    async def _verify(self, handed: DesiredState) -> None:
+        """Compare ``handed`` with the tables at its revision; on a difference,
+        log it and publish what the tables say."""
+        async with self._sessionmaker() as session:
+            connection = await session.connection()
+            if connection.dialect.name == "postgresql":
+                await connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            current, committed_at = await RevisionRepository(session).head()
+            if current != handed.revision:
+                return  # moved on since: the next handoff is compared instead
+            stored = await load_state(session)
+        if stored == handed:
+            return
+        self.handoff_mismatches += 1
+        theirs = {model.name: model for model in stored.models}
+        ours = {model.name: model for model in handed.models}
+        log.error(
+            "sync.handoff_mismatch",
+            extra={
+                "revision": handed.revision,
+                "models": sorted(
+                    n for n in theirs.keys() | ours.keys() if theirs.get(n) != ours.get(n)
+                ),
+                "access": (stored.tenants, stored.jwks) != (handed.tenants, handed.jwks),
+            },
+        )
+        self._full_read_at = asyncio.get_running_loop().time()
+        await self._publish(stored, time.perf_counter(), current, committed_at, read="database")
+
     async def _discovered(self, state: DesiredState) -> Discovery:
         """Read the discovered endpoints of the Services ``state`` names (no read
         when it names none)."""
@@ -159,10 +267,17 @@ class StateSync:
             return await DiscoveryRepository(session).of(services)
 
     async def _publish(
-        self, state: DesiredState, started: float, current: int, committed_at: datetime | None
+        self,
+        state: DesiredState,
+        started: float,
+        current: int,
+        committed_at: datetime | None,
+        *,
+        read: str = "held",
     ) -> None:
         """Translate ``state`` with the holds applied and publish it; ``current`` is
-        the database's revision, committed at ``committed_at``."""
+        the database's revision, committed at ``committed_at``; ``read`` says where
+        the state came from (``held``: the state this loop already had)."""
         translating = time.perf_counter()
         # Discovered endpoints (observed state) join the desired state first: what
         # Envoy holds and rejects is the state with them.
@@ -200,6 +315,7 @@ class StateSync:
                 "revision": state.revision,
                 "models": len(state.models),
                 "held": len(self._containment.holds()),
+                "read": read,
                 "ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )

@@ -175,6 +175,8 @@ def plane_settings(database_url: str, **overrides: Any) -> Settings:
         "listener_port": free_port(),
         "envoy_admin_port": free_port(),
         "poll_interval_s": 0.5,
+        # Every state the sync loop builds from a commit is checked against the tables.
+        "sync_verify_handoff": True,
     }
     if database_url.startswith("postgresql"):
         # The shared test server's disk stalls for seconds while a checkpoint syncs
@@ -221,6 +223,8 @@ async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
         yield plane
     finally:
         await plane.stop()
+    # What the API's commits handed the sync loop was what the tables said.
+    assert plane.sync.handoff_mismatches == 0
 
 
 async def seed_key(control_plane: ControlPlane, role: str, name: str | None = None) -> str:

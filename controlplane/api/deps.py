@@ -14,7 +14,7 @@ from controlplane.api.unit_of_work import UnitOfWork
 from controlplane.domain.audit import ActionContext
 from controlplane.domain.errors import PermissionDenied, Unauthenticated
 from controlplane.domain.keys import Permission, Principal
-from controlplane.services.changes import committed_revision
+from controlplane.services.changes import committed_changes, committed_revision
 from controlplane.services.keys import KeyService, authenticate
 from controlplane.services.models import ModelService
 from controlplane.services.tenants import TenantService
@@ -58,7 +58,7 @@ async def get_session(request: Request, runtime: RuntimeDep) -> AsyncIterator[As
         async with session.begin():
             yield session
         if committed_revision(session) is not None:
-            runtime.notifier.notify()
+            runtime.sync.offer(committed_changes(session))
 
 
 # scope="function": commit when the handler returns, before the response goes out,

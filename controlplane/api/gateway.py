@@ -65,7 +65,7 @@ from controlplane.domain.audit import ActionContext, AuditEntry, Outcome
 from controlplane.domain.clock import utcnow
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.keys import Principal
-from controlplane.services.changes import committed_revision
+from controlplane.services.changes import committed_changes, committed_revision
 from controlplane.services.keys import authenticate
 from controlplane.services.revisions import whole_diff
 
@@ -237,7 +237,7 @@ class AdminGateway:
                         span = trace.get_current_span()
                         span.set_attribute("turnout.revision", revision)
                         self.runtime.tracing.remember(revision, span)
-                        self.runtime.notifier.notify()
+                        self.runtime.sync.offer(committed_changes(session))
         except DatabaseBusy:
             raise
         except Exception as exc:

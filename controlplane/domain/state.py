@@ -6,11 +6,14 @@ translator stays a pure function of it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from controlplane.domain.policy import ModelPolicy, VersionPolicy
 
 __all__ = [
+    "CommittedChange",
     "DesiredState",
     "EndpointSpec",
     "KubernetesRef",
@@ -152,3 +155,31 @@ class DesiredState:
     def traffic(self) -> DesiredState:
         """Return the traffic half of this state (models only, no access state)."""
         return DesiredState(revision=self.revision, models=self.models)
+
+
+@dataclass(frozen=True)
+class CommittedChange:
+    """What one revision changed, as its writer read it inside the transaction that
+    committed it: the specs of the models it touched (None: deleted) and, when it
+    touched the access state, the tenants and JWKS it left. Applied to the state
+    at ``revision - 1`` it gives the state at ``revision``, the same state a read
+    of the tables at ``revision`` gives (``controlplane.sync`` relies on this).
+    """
+
+    revision: int
+    models: Mapping[str, ModelSpec | None]
+    access: tuple[tuple[TenantSpec, ...], str | None] | None
+    committed_at: datetime
+
+    def apply(self, state: DesiredState) -> DesiredState:
+        """Return ``state`` (at ``revision - 1``) moved to this revision."""
+        if state.revision != self.revision - 1:
+            raise ValueError(
+                f"revision {self.revision} applies to revision {self.revision - 1}, "
+                f"not {state.revision}"
+            )
+        moved = state.with_models(self.revision, dict(self.models))
+        if self.access is not None:
+            tenants, jwks = self.access
+            moved = replace(moved, tenants=tenants, jwks=jwks)
+        return moved

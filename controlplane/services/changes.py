@@ -6,16 +6,28 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from controlplane.db.audit_repository import AuditRepository
 from controlplane.db.revisions import RevisionRepository
 from controlplane.db.state import load_access, load_models
 from controlplane.domain.audit import ActionContext
+from controlplane.domain.clock import utcnow
+from controlplane.domain.state import CommittedChange
 
-__all__ = ["committed_revision", "record_change"]
+__all__ = ["committed_changes", "committed_revision", "record_change"]
 
 REVISION_KEY = "turnout.revision"
+CHANGES_KEY = "turnout.changes"
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_rolled_back(session: Session) -> None:
+    """A rolled-back transaction changed nothing: forget what it recorded."""
+    session.info.pop(REVISION_KEY, None)
+    session.info.pop(CHANGES_KEY, None)
 
 
 async def record_change(
@@ -42,12 +54,14 @@ async def record_change(
     """
     touched = set(models) | ({model} if model is not None else set())
     specs = {spec.name: spec for spec in await load_models(session, touched)}
+    changed = {name: specs.get(name) for name in touched}
+    access_state = await load_access(session) if access else None
     revision = await RevisionRepository(session).bump(
         actor=context.actor,
         action=action,
         request_id=context.request_id,
-        models={name: specs.get(name) for name in touched},
-        access=await load_access(session) if access else None,
+        models=changed,
+        access=access_state,
     )
     await AuditRepository(session).append(
         context.entry(
@@ -62,6 +76,11 @@ async def record_change(
         )
     )
     session.info[REVISION_KEY] = revision
+    # Handed to this replica's sync loop once the transaction commits (and only
+    # then): it need not read back what this writer has just read.
+    session.info.setdefault(CHANGES_KEY, []).append(
+        CommittedChange(revision, changed, access_state, utcnow())
+    )
     return revision
 
 
@@ -69,3 +88,9 @@ def committed_revision(session: AsyncSession) -> int | None:
     """Return the revision this session's transaction bumped to, if any."""
     value = session.info.get(REVISION_KEY)
     return int(value) if value is not None else None
+
+
+def committed_changes(session: AsyncSession) -> list[CommittedChange]:
+    """Return what this session's transaction changed, revision by revision; call
+    it only once the transaction has committed."""
+    return list(session.info.get(CHANGES_KEY, ()))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 
 from controlplane.runtime import ControlPlane
-from tests.support import eventually, sample, scrape
+from tests.support import Samples, eventually, sample, scrape
 
 REQUESTS = "turnout_api_requests_total"
 DURATIONS = "turnout_api_request_duration_seconds_count"
@@ -55,11 +55,17 @@ async def test_a_change_moves_the_revision_sync_translation_and_database_series(
     assert created.status_code == 201, created.text
     revision = int(created.headers["x-turnout-revision"])
 
-    async def served() -> bool:
-        return control_plane.sync.revision == revision
+    async def passed() -> Samples | None:
+        # Until the pass that published the revision has ended (and been timed).
+        now = await scrape(anonymous_api)
+        published = ("turnout_sync_seconds_count", frozenset({("result", "published")}))
+        if control_plane.sync.revision == revision and now.get(published, 0) > before.get(
+            published, 0
+        ):
+            return now
+        return None
 
-    await eventually(served)
-    after = await scrape(anonymous_api)
+    after = await eventually(passed)
 
     def moved(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)
