@@ -106,7 +106,9 @@ SETUPS = {
         low_rate=5.0,
         path="/v1/embeddings",
         cores={"loadgen": "0", "envoy": "0", "batchers": "0", "server": "1"},
-        near_rates=[20, 30, 40, 50, 60, 70, 80, 90, 100, 120, 140, 160, 200],
+        # The reference passed 200 req/s (the old top rung) in 2 of 5 repetitions on
+        # 2026-12-03 (run I): the ladder goes past it, in 20 req/s steps near capacity.
+        near_rates=[20, 60, 100, 120, 140, 160, 180, 200, 220, 240, 260, 300],
     ),
 }
 
@@ -349,15 +351,20 @@ async def overload(bench: Bench, peak: float, reps: int) -> dict[str, Any]:
     duration = 3.0
     print(f"\n[3] overload: {rate:g} req/s offered (2 x {peak:g}), {reps} x {duration:g} s")
     served, refused_p99, refused_fast, refused_share = [], [], [], []
+    statuses: dict[str, int] = {}
     for _ in range(reps):
         _, outcomes = await bench.window("turnout", rate, duration)
+        for o in outcomes:
+            # 0: no answer within the load generator's timeout; 200 late: past the SLO.
+            key = "200 late" if o[1] == 200 and o[3] > slo else str(o[1])
+            statuses[key] = statuses.get(key, 0) + 1
         good = [o for o in outcomes if o[2] and o[3] <= slo]
         refused = sorted(o[3] for o in outcomes if o[1] in (429, 503))
         served.append(len(good) / duration)
         refused_share.append(100 * len(refused) / max(1, len(outcomes)))
         refused_p99.append(percentile(refused, 99) if refused else 0.0)
         refused_fast.append(100 * sum(1 for v in refused if v <= 5.0) / max(1, len(refused)))
-    result = {
+    result: dict[str, Any] = {
         "offered_rps": rate,
         "peak_goodput_rps": peak,
         "served_within_slo_rps": spread(served),
@@ -365,12 +372,14 @@ async def overload(bench: Bench, peak: float, reps: int) -> dict[str, Any]:
         "refused_percent": spread(refused_share),
         "refusal_p99_ms": spread(refused_p99),
         "refused_within_5ms_percent": spread(refused_fast),
+        "statuses": statuses,
     }
     print(f"    served within SLO {fmt(result['served_within_slo_rps'], ' req/s')}")
     print(f"    served / peak     {fmt(result['served_over_peak'], 'x')}  target >= 0.9")
     print(f"    refused           {fmt(result['refused_percent'], '%')} of requests")
     print(f"    refusal p99       {fmt(result['refusal_p99_ms'], ' ms')}  target <= 5 ms")
     print(f"    refused in 5 ms   {fmt(result['refused_within_5ms_percent'], '%')}")
+    print(f"    answers, all reps {dict(sorted(statuses.items()))}")
     return result
 
 
