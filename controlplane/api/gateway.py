@@ -65,6 +65,7 @@ from controlplane.domain.audit import ActionContext, AuditEntry, Outcome
 from controlplane.domain.clock import utcnow
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.keys import Principal
+from controlplane.domain.state import CommittedChange
 from controlplane.services.changes import committed_changes, committed_revision
 from controlplane.services.keys import authenticate
 from controlplane.services.revisions import whole_diff
@@ -199,6 +200,7 @@ class AdminGateway:
             return
         captured = _Captured()
         outcome = Outcome.SUCCESS
+        handed: list[CommittedChange] = []
         try:
             async with self.runtime.sessionmaker() as session:
                 try:
@@ -237,7 +239,7 @@ class AdminGateway:
                         span = trace.get_current_span()
                         span.set_attribute("turnout.revision", revision)
                         self.runtime.tracing.remember(revision, span)
-                        self.runtime.sync.offer(committed_changes(session))
+                        handed = committed_changes(session)
         except DatabaseBusy:
             raise
         except Exception as exc:
@@ -253,20 +255,26 @@ class AdminGateway:
             return
         finally:
             state.pop("unit_of_work", None)
-        _trace_outcome(
-            route,
-            captured.status,
-            outcome if captured.status < 400 else Outcome.for_status(captured.status),
-        )
-        if captured.status == 503 and captured.header(b"retry-after") is not None:
-            _log_unaudited(scope, route, principal)  # the route found the database unavailable
-        elif captured.status >= 400:
-            await self._audit_failure(scope, headers, route, principal, captured.status)
-        elif outcome == Outcome.DRY_RUN:
-            await self._audit_failure(
-                scope, headers, route, principal, captured.status, Outcome.DRY_RUN
+        try:
+            _trace_outcome(
+                route,
+                captured.status,
+                outcome if captured.status < 400 else Outcome.for_status(captured.status),
             )
-        await captured.send_to(send)
+            if captured.status == 503 and captured.header(b"retry-after") is not None:
+                _log_unaudited(scope, route, principal)  # the route found the database unavailable
+            elif captured.status >= 400:
+                await self._audit_failure(scope, headers, route, principal, captured.status)
+            elif outcome == Outcome.DRY_RUN:
+                await self._audit_failure(
+                    scope, headers, route, principal, captured.status, Outcome.DRY_RUN
+                )
+            await captured.send_to(send)
+        finally:
+            # Handed to the sync loop once the answer is written: its pass (translation
+            # and push) does not hold the answer back, and the commit is durable anyway.
+            if handed:
+                self.runtime.sync.offer(handed)
 
     @contextlib.asynccontextmanager
     async def _write_transaction(self, session: AsyncSession) -> AsyncIterator[None]:

@@ -290,14 +290,18 @@ async def test_a_locked_sqlite_database_gets_503_not_500(
     shutil.copyfile(sqlite_template, path)
     plane = await start_plane(f"sqlite+aiosqlite:///{path}", database_statement_timeout_s=0.3)
     key = await seed_key(plane, "admin")
-    holder = sqlite3.connect(path, isolation_level=None)
+    # Another process holding the write lock. Its calls run on a thread of their own:
+    # waiting on this thread would stop the control plane's event loop, and with it
+    # any write of the plane's that holds the lock just then (a deadlock until the
+    # busy timeout, a flaky failure).
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        holder.execute("BEGIN EXCLUSIVE")  # another process holding the write lock
+        await asyncio.to_thread(holder.execute, "BEGIN EXCLUSIVE")
         async with _client(plane, key) as api:
             _assert_unavailable(
                 await api.post("/v1/models", json={"name": "m", "protocol": "http"})
             )
-            holder.execute("ROLLBACK")
+            await asyncio.to_thread(holder.execute, "ROLLBACK")
             created = await api.post("/v1/models", json={"name": "n", "protocol": "http"})
             assert created.status_code == 201, created.text
             assert await _model_names(api) == ["n"]

@@ -128,17 +128,25 @@ async def test_an_api_commit_hands_its_changes_to_the_running_loop(
     response = await api.post("/v1/models", json={"name": "m", "protocol": "http"})
     assert response.status_code == 201, response.text
     revision = int(response.headers["x-turnout-revision"])
-    assert offered == [revision]
 
     async def published() -> bool:
-        return control_plane.sync.revision == revision
+        # Handed over once the answer is written, so perhaps just after it arrives.
+        return offered == [revision] and control_plane.sync.revision == revision
 
     await eventually(published)
     assert control_plane.sync.state == await _tables(control_plane)
     # A dry run commits nothing, so it hands nothing over.
     dry = await api.post("/v1/models?dry_run=true", json={"name": "n", "protocol": "http"})
     assert dry.status_code == 200, dry.text
-    assert offered == [revision]
+    again = await api.post("/v1/models", json={"name": "o", "protocol": "http"})
+    assert again.status_code == 201, again.text
+    later = int(again.headers["x-turnout-revision"])
+    assert later == revision + 1  # the dry run made no revision
+
+    async def both() -> bool:
+        return offered == [revision, later]
+
+    await eventually(both)
 
 
 def test_a_change_applies_only_to_the_revision_before_it() -> None:
