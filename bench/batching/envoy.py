@@ -14,14 +14,18 @@ from pathlib import Path
 __all__ = ["bootstrap", "envoy_argv"]
 
 
-def _cluster(name: str, port: int) -> dict[str, object]:
+def _cluster(name: str, port: int, max_requests: int = 100000) -> dict[str, object]:
     return {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "circuit_breakers": {
             "thresholds": [
-                {"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}
+                {
+                    "max_connections": 100000,
+                    "max_pending_requests": 100000,
+                    "max_requests": max_requests,
+                }
             ]
         },
         "load_assignment": {
@@ -86,8 +90,16 @@ def _listener(name: str, port: int, cluster: str, timeout_ms: float) -> dict[str
     }
 
 
-def bootstrap(routes: dict[str, tuple[int, int]], timeout_ms: float) -> dict[str, object]:
-    """Return a static bootstrap: ``routes`` maps a name to (listen port, upstream port)."""
+def bootstrap(
+    routes: dict[str, tuple[int, int]],
+    timeout_ms: float,
+    max_requests: dict[str, int] | None = None,
+) -> dict[str, object]:
+    """Return a static bootstrap: ``routes`` maps a name to (listen port, upstream port);
+    ``max_requests`` caps a route's requests in flight upstream (the circuit breaker
+    of the model's policy, ``circuit_breakers.max_requests``: Envoy answers 503 at once
+    beyond it)."""
+    caps = max_requests or {}
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -96,7 +108,8 @@ def bootstrap(routes: dict[str, tuple[int, int]], timeout_ms: float) -> dict[str
                 for name, (listen, _) in routes.items()
             ],
             "clusters": [
-                _cluster(f"{name}_upstream", upstream) for name, (_, upstream) in routes.items()
+                _cluster(f"{name}_upstream", upstream, caps.get(name, 100000))
+                for name, (_, upstream) in routes.items()
             ],
         },
     }

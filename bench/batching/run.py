@@ -515,6 +515,7 @@ async def measure(setup: Setup, args: argparse.Namespace, urls: dict[str, str]) 
         bench.windows.clear()
         result: dict[str, Any] = {"server": setup.name, "slo_ms": setup.slo_ms}
         result |= {"repetitions": reps, "window_s": window_s, "max_batch": args.max_batch}
+        result["envoy_max_requests"] = args.max_requests or None
         if "overhead" in args.phases:
             result["overhead"] = await measure_overhead(bench, reps)
             result["load_after_overhead"] = os.getloadavg()
@@ -605,7 +606,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             listen = ["--listen", f"127.0.0.1:{ports['before_batcher']}"]
             spawn(pinned(cores["batchers"], [*batcher_cmd, *listen]), cwd=Path(args.before))
             routes["before"] = (ports["before"], ports["before_batcher"])
-        config = bootstrap(routes, setup.slo_ms)
+        caps = {"turnout": args.max_requests} if args.max_requests else None
+        config = bootstrap(routes, setup.slo_ms, caps)
         spawn(pinned(cores["envoy"], envoy_argv(ENVOY, Path(workdir) / "envoy.json", config)))
         if "goodput" in args.phases:
             for batch, wait in FIXED_GRID:
@@ -647,6 +649,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="Turnout's and the reference's")
     parser.add_argument(
         "--peak", type=float, default=0.0, help="overload without reference: the goodput to double"
+    )
+    parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=0,
+        help="cap Turnout's requests in flight in Envoy (circuit_breakers.max_requests), "
+        "e.g. goodput x SLO; 0: no cap",
     )
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "batching.json"))
     args = parser.parse_args(argv)
