@@ -1,0 +1,242 @@
+"""The bench's ADS client on raw HTTP/2 (the ``h2`` library on asyncio), holding
+almost nothing per stream.
+
+The grpcio client (:class:`bench.xds.adsclient.AdsClient`) holds 8 to 13 MiB per
+stream natively and keeps a 64 KiB receive window, so 2,000 of them do not fit
+in one machine and each takes an 8.6 MB RouteConfiguration in 64 KiB round
+trips. This one speaks gRPC over HTTP/2 itself: one TCP connection per proxy
+(as Envoy does), 16 MiB stream and connection windows, received data
+acknowledged at once, and responses read as they arrive by
+:class:`bench.xds.adsreader.ResponseReader`, which keeps only the top-level
+fields, delta resources' names, and the Anys of clusters and listeners (read
+once per version per process for their names, as the grpcio client does).
+Requests, ACKs and what each response changes are the same code as the grpcio
+client's (:class:`bench.xds.adsclient.AdsState`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+
+from controlplane.xds.resources import CLUSTER, LISTENER
+
+from .adsclient import _NAMES, AdsState
+from .adsreader import ReadResponse, ResponseReader
+
+__all__ = ["H2AdsClient"]
+
+_SERVICE = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
+WINDOW = 16 * 1024 * 1024  # stream and connection receive windows
+MAX_FRAME = 1024 * 1024  # the largest DATA frame the server may send (fewer frames to parse)
+_STREAM = 1  # the one HTTP/2 stream of a connection
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection carrying one ADS stream."""
+
+    def __init__(self, client: H2AdsClient) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.outbound = bytearray()  # gRPC-framed requests not yet within the send window
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        conn = self.h2
+        conn.initiate_connection()
+        # Applied (and the larger frames accepted) once the server acknowledges them,
+        # before it sends anything that depends on them.
+        conn.update_settings(
+            {
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            }
+        )
+        conn.increment_flow_control_window(WINDOW - 65535)
+        method = "DeltaAggregatedResources" if self.client.delta else "StreamAggregatedResources"
+        conn.send_headers(
+            _STREAM,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", _SERVICE + method),
+                (":authority", self.client.authority),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+        )
+        self._pump()
+
+    def send(self, message: bytes) -> None:
+        """One gRPC message on the stream (held until the connection is made)."""
+        if self.closed:
+            return
+        self.outbound += b"\x00" + len(message).to_bytes(4, "big") + message
+        if self.transport is not None:
+            self._pump()
+
+    def _pump(self) -> None:
+        conn = self.h2
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            while self.outbound:
+                window = conn.local_flow_control_window(_STREAM)
+                if window <= 0:
+                    break
+                size = min(window, conn.max_outbound_frame_size, len(self.outbound))
+                conn.send_data(_STREAM, bytes(self.outbound[:size]))
+                del self.outbound[:size]
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.h2
+        try:
+            events = conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._end()
+            return
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                if event.flow_controlled_length:
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if event.data:
+                    self.client._on_bytes(event.data)
+            elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+                if self.outbound:
+                    self._pump()
+            elif isinstance(
+                event,
+                h2.events.StreamEnded | h2.events.StreamReset | h2.events.ConnectionTerminated,
+            ):
+                self._end()
+            elif isinstance(event, h2.events.ResponseReceived):
+                headers = dict(event.headers)
+                if headers.get(b":status") != b"200":
+                    self._end()
+            elif isinstance(event, h2.events.TrailersReceived):
+                self.client.trailers = dict(event.headers)
+        self._flush()
+
+    def _end(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        self.client._ended = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.client._ended = True
+
+
+class H2AdsClient(AdsState):
+    """One ADS stream from a pretend Envoy ``node_id``, on its own HTTP/2 connection to
+    ``host:port``."""
+
+    def __init__(self, host: str, port: int, node_id: str, *, delta: bool = False) -> None:
+        super().__init__(node_id, delta=delta)
+        self.host = host
+        self.port = port
+        self.authority = f"{host}:{port}"
+        self.trailers: dict[Any, Any] = {}
+        self._connection: _Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ended = False
+        self._reader = self._new_reader()
+
+    def _new_reader(self) -> ResponseReader:
+        return ResponseReader(delta=self.delta, keep=self._keep)
+
+    def _keep(self, type_url: str | None, version: str | None) -> bool:
+        """Whether to keep a resource's Any as it arrives: sotw clusters and listeners of
+        a version this process has not read yet, delta listeners (their route names);
+        while the type or version is not read yet, keep."""
+        if type_url is None:
+            return True
+        if self.delta:
+            return type_url == LISTENER
+        if type_url not in (CLUSTER, LISTENER):
+            return False
+        return version is None or (type_url, version) not in _NAMES
+
+    def start(self) -> None:
+        """Connect, open the stream and ask for clusters and listeners."""
+        self._ended = False
+        self._reader = self._new_reader()
+        self._connection = _Connection(self)
+        for type_url in (CLUSTER, LISTENER):
+            self._request(type_url)
+        self._task = asyncio.create_task(self._connect(), name=f"ads-h2-{self.node_id}")
+
+    async def _connect(self) -> None:
+        connection = self._connection
+        assert connection is not None
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: connection, self.host, self.port)
+        except OSError:
+            self._ended = True
+
+    def restart(self, target: object = None) -> None:
+        """A new connection and stream, as a proxy does after losing its control plane:
+        from scratch (the old stream must have ended). ``target`` is ignored (the
+        grpcio client's channel)."""
+        self._reset()
+        self.start()
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream has ended (closed, or the control plane went away)."""
+        return self._ended
+
+    async def stop(self) -> None:
+        """Close the connection."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        connection = self._connection
+        if connection is not None and connection.transport is not None:
+            connection.closed = True
+            connection.transport.close()
+        self._ended = True
+
+    def _send(
+        self, request: discovery_pb2.DeltaDiscoveryRequest | discovery_pb2.DiscoveryRequest
+    ) -> None:
+        assert self._connection is not None
+        self._connection.send(request.SerializeToString())
+
+    def _on_bytes(self, data: bytes) -> None:
+        for response in self._reader.feed(data):
+            self._on_read(response)
+
+    def _on_read(self, response: ReadResponse) -> None:
+        kept = response.kept
+        self._handle(
+            response.type_url,
+            response.version,
+            response.nonce,
+            size=response.size,
+            count=response.resources,
+            resources=lambda: [any_pb2.Any.FromString(b) for b in kept],
+            names=response.names,
+            removed=response.removed,
+        )
