@@ -57,16 +57,19 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         conn = self.h2
-        conn.initiate_connection()
-        # Applied (and the larger frames accepted) once the server acknowledges them,
-        # before it sends anything that depends on them.
-        conn.update_settings(
-            {
+        # Sent in the first SETTINGS frame and taken as in force at once (h2 would apply
+        # them when the server acknowledges them, but gRPC sends larger frames and
+        # more data as soon as it has read them, before its acknowledgement).
+        conn.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
                 h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            }
+            },
         )
+        conn.max_inbound_frame_size = MAX_FRAME
+        conn.initiate_connection()
         conn.increment_flow_control_window(WINDOW - 65535)
         method = "DeltaAggregatedResources" if self.client.delta else "StreamAggregatedResources"
         conn.send_headers(
@@ -111,8 +114,8 @@ class _Connection(asyncio.Protocol):
         conn = self.h2
         try:
             events = conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            self._end()
+        except h2.exceptions.ProtocolError as error:
+            self._end(f"protocol error: {error!r}")
             return
         for event in events:
             if isinstance(event, h2.events.DataReceived):
@@ -127,22 +130,24 @@ class _Connection(asyncio.Protocol):
                 event,
                 h2.events.StreamEnded | h2.events.StreamReset | h2.events.ConnectionTerminated,
             ):
-                self._end()
+                self._end(repr(event))
             elif isinstance(event, h2.events.ResponseReceived):
                 headers = dict(event.headers)
                 if headers.get(b":status") != b"200":
-                    self._end()
+                    self._end(f"status {headers.get(b':status')!r}")
             elif isinstance(event, h2.events.TrailersReceived):
                 self.client.trailers = dict(event.headers)
         self._flush()
 
-    def _end(self) -> None:
+    def _end(self, why: str) -> None:
+        self.client.end_reason = self.client.end_reason or why
         self.closed = True
         if self.transport is not None:
             self.transport.close()
         self.client._ended = True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.client.end_reason = self.client.end_reason or f"connection lost: {exc!r}"
         self.closed = True
         self.client._ended = True
 
@@ -157,6 +162,7 @@ class H2AdsClient(AdsState):
         self.port = port
         self.authority = f"{host}:{port}"
         self.trailers: dict[Any, Any] = {}
+        self.end_reason = ""  # why the last stream ended (debugging)
         self._connection: _Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._ended = False
@@ -180,6 +186,7 @@ class H2AdsClient(AdsState):
     def start(self) -> None:
         """Connect, open the stream and ask for clusters and listeners."""
         self._ended = False
+        self.end_reason = ""
         self._reader = self._new_reader()
         self._connection = _Connection(self)
         for type_url in (CLUSTER, LISTENER):
@@ -192,7 +199,8 @@ class H2AdsClient(AdsState):
         loop = asyncio.get_running_loop()
         try:
             await loop.create_connection(lambda: connection, self.host, self.port)
-        except OSError:
+        except OSError as error:
+            self.end_reason = f"connect: {error!r}"
             self._ended = True
 
     def restart(self, target: object = None) -> None:

@@ -136,6 +136,15 @@ class ResponseReader:
                     if self._field_done():
                         done.append(self._finish())
                 continue
+            if state == _TAG and self._resource_left < 0 and view[pos] == 0x12:
+                # Resources whose bytes are all in this chunk, read in one loop (3,000
+                # of them in a response at 1,000 models): the common case, fast.
+                pos = self._skim(view, pos, end)
+                if self._message_left == 0:
+                    done.append(self._finish())
+                    continue
+                if pos >= end:
+                    break
             # A varint: a tag, a length or a value.
             value = self._varint
             shift = self._shift
@@ -165,6 +174,84 @@ class ResponseReader:
             elif self._field_done():  # _VARINT: a value skipped
                 done.append(self._finish())
         return done
+
+    def _skim(self, view: memoryview, pos: int, end: int) -> int:
+        """Read top-level ``resources`` fields that lie whole in ``view[pos:end]``; stop
+        at anything else (the general path reads it). Returns the position reached."""
+        response = self._response
+        left = self._message_left
+        count = 0
+        total = 0
+        keep = self.keep(self._type_url, self._version)
+        delta = self.delta
+        names = response.names
+        kept = response.kept
+        while pos < end and view[pos] == 0x12:
+            # The length (a varint) after the tag.
+            p = pos + 1
+            length = 0
+            shift = 0
+            while p < end:
+                byte = view[p]
+                p += 1
+                length |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    break
+                shift += 7
+            else:
+                break
+            if shift > 63:
+                break
+            field_end = p + length
+            if field_end > end or field_end - pos > left:
+                break
+            if delta:
+                # A Resource: its name and Any (other fields skipped), any order.
+                name = ""
+                packed: bytes | None = None
+                q = p
+                whole = True
+                while q < field_end:
+                    tag = view[q]
+                    if tag & 0x80 or tag & 7 != 2:
+                        whole = False  # a long tag or another wire type: the general path
+                        break
+                    q += 1
+                    size = 0
+                    shift = 0
+                    while q < field_end:
+                        byte = view[q]
+                        q += 1
+                        size |= (byte & 0x7F) << shift
+                        if byte < 0x80:
+                            break
+                        shift += 7
+                    else:
+                        whole = False
+                        break
+                    if q + size > field_end:
+                        whole = False
+                        break
+                    if tag == 0x1A:
+                        name = bytes(view[q : q + size]).decode()
+                    elif tag == 0x12 and keep:
+                        packed = bytes(view[q : q + size])
+                    q += size
+                if not whole or q != field_end:
+                    break
+                names.append(name)
+                if packed is not None:
+                    kept.append(packed)
+            elif keep:
+                kept.append(bytes(view[p:field_end]))
+            count += 1
+            total += length
+            left -= field_end - pos
+            pos = field_end
+        self._message_left = left
+        response.resources += count
+        response.resource_bytes += total
+        return pos
 
     # The parts of one message.
 
