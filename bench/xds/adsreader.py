@@ -19,11 +19,13 @@ Fields read (``envoy.service.discovery.v3``):
   type_url = 4, nonce = 5, removed_resources = 6.
 - ``Resource``: version = 1, resource = 2 (Any), name = 3.
 
-Everything else is skipped by its wire type.
+Everything else is skipped by its wire type. Names and type URLs are interned:
+2,000 delta streams each hold the same 6,000 names.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -233,7 +235,7 @@ class ResponseReader:
                         whole = False
                         break
                     if tag == 0x1A:
-                        name = bytes(view[q : q + size]).decode()
+                        name = sys.intern(bytes(view[q : q + size]).decode())
                     elif tag == 0x12 and keep:
                         packed = bytes(view[q : q + size])
                     q += size
@@ -345,15 +347,15 @@ class ResponseReader:
             else:
                 response.kept.append(value)
         elif purpose == _NAME:
-            self._resource_name = value.decode()
+            self._resource_name = sys.intern(value.decode())
         elif purpose == _VERSION:
             response.version = self._version = value.decode()
         elif purpose == _TYPE_URL:
-            response.type_url = self._type_url = value.decode()
+            response.type_url = self._type_url = sys.intern(value.decode())
         elif purpose == _NONCE:
             response.nonce = value.decode()
         elif purpose == _REMOVED:
-            response.removed.append(value.decode())
+            response.removed.append(sys.intern(value.decode()))
 
     def _field_done(self) -> bool:
         """A field is complete: back to reading tags; True when the message is too."""
