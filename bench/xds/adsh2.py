@@ -17,7 +17,9 @@ client's (:class:`bench.xds.adsclient.AdsState`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import random
 from typing import Any
 
 import h2.config
@@ -52,6 +54,7 @@ class _Connection(asyncio.Protocol):
         )
         self.outbound = bytearray()  # gRPC-framed requests not yet within the send window
         self.closed = False
+        self.received = False  # whether any response bytes arrived
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -122,6 +125,7 @@ class _Connection(asyncio.Protocol):
                 if event.flow_controlled_length:
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 if event.data:
+                    self.received = True
                     self.client._on_bytes(event.data)
             elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
                 if self.outbound:
@@ -130,9 +134,13 @@ class _Connection(asyncio.Protocol):
                 event,
                 h2.events.StreamEnded | h2.events.StreamReset | h2.events.ConnectionTerminated,
             ):
-                self._end(repr(event))
+                # Trailers (grpc-status, grpc-message) come before the stream's end.
+                trailers = {k.decode(): v.decode() for k, v in self.client.trailers.items()}
+                self._end(f"{type(event).__name__}: {trailers or event}")
             elif isinstance(event, h2.events.ResponseReceived):
                 headers = dict(event.headers)
+                if b"grpc-status" in headers:  # a trailers-only response: the call failed
+                    self.client.trailers = headers
                 if headers.get(b":status") != b"200":
                     self._end(f"status {headers.get(b':status')!r}")
             elif isinstance(event, h2.events.TrailersReceived):
@@ -140,16 +148,16 @@ class _Connection(asyncio.Protocol):
         self._flush()
 
     def _end(self, why: str) -> None:
-        self.client.end_reason = self.client.end_reason or why
-        self.closed = True
         if self.transport is not None:
             self.transport.close()
-        self.client._ended = True
+        if not self.closed:
+            self.closed = True
+            self.client._stream_ended(self, why)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.client.end_reason = self.client.end_reason or f"connection lost: {exc!r}"
-        self.closed = True
-        self.client._ended = True
+        if not self.closed:
+            self.closed = True
+            self.client._stream_ended(self, f"connection lost: {exc!r}")
 
 
 class H2AdsClient(AdsState):
@@ -163,6 +171,13 @@ class H2AdsClient(AdsState):
         self.authority = f"{host}:{port}"
         self.trailers: dict[Any, Any] = {}
         self.end_reason = ""  # why the last stream ended (debugging)
+        # Calls the server refused before any response (a trailers-only response), by
+        # grpc-status and message; each was retried after a jittered backoff, as Envoy
+        # retries its ADS stream (500 ms base, doubling, at most 30 s).
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self._attempts = 0
+        self._stopping = False
+        self._retry: asyncio.TimerHandle | None = None
         self._connection: _Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._ended = False
@@ -185,6 +200,7 @@ class H2AdsClient(AdsState):
 
     def start(self) -> None:
         """Connect, open the stream and ask for clusters and listeners."""
+        self._retry = None
         self._ended = False
         self.end_reason = ""
         self._reader = self._new_reader()
@@ -207,6 +223,27 @@ class H2AdsClient(AdsState):
         """A new connection and stream, as a proxy does after losing its control plane:
         from scratch (the old stream must have ended). ``target`` is ignored (the
         grpcio client's channel)."""
+        self._attempts = 0
+        self._reset()
+        self.start()
+
+    def _stream_ended(self, connection: _Connection, why: str) -> None:
+        if connection is not self._connection:
+            return
+        status = self.trailers.get(b"grpc-status", b"").decode()
+        if not connection.received and status not in ("", "0") and not self._stopping:
+            # Refused before anything arrived: retry, as Envoy does.
+            message = self.trailers.get(b"grpc-message", b"").decode()
+            self.rejected[f"grpc-status {status}: {message}"] += 1
+            self.trailers = {}
+            delay = random.uniform(0, min(30.0, 0.5 * 2**self._attempts))
+            self._attempts += 1
+            self._retry = asyncio.get_running_loop().call_later(delay, self._again)
+            return
+        self.end_reason = self.end_reason or why
+        self._ended = True
+
+    def _again(self) -> None:
         self._reset()
         self.start()
 
@@ -217,6 +254,9 @@ class H2AdsClient(AdsState):
 
     async def stop(self) -> None:
         """Close the connection."""
+        self._stopping = True
+        if self._retry is not None:
+            self._retry.cancel()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

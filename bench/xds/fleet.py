@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import resource
 import shutil
@@ -174,6 +175,13 @@ class Fleet:
                 client.restart()
         await asyncio.gather(*(channel.close() for channel in old))
 
+    def rejected(self) -> dict[str, int]:
+        """Calls the control plane refused (and the h2 clients retried), by status."""
+        total: collections.Counter[str] = collections.Counter()
+        for client in self.clients:
+            total.update(getattr(client, "rejected", {}))
+        return dict(total)
+
     def current(self, versions: dict[str, str]) -> int:
         """How many streams hold ``versions``; raises when a stream has ended (none
         should, between a connect and the control plane's restart)."""
@@ -297,6 +305,7 @@ async def run_variant(
             await asyncio.sleep(3.0)
             result["connect"] = {
                 "all_streams_current_s": round(connect_s, 2),
+                "calls_refused_and_retried": fleet.rejected(),
                 "server": counts,
                 **cores,
                 **await _rss(plane.pid),
@@ -336,6 +345,7 @@ async def run_variant(
             later = await _proxies(api, revision)
         result["restart"] = {
             "control_plane_ready_s": round(ready_s, 2),
+            "calls_refused_and_retried_in_all": fleet.rejected(),
             "all_streams_current_s": round(storm_s, 2),
             "all_synced_s": round(all_synced, 2) if all_synced is not None else None,
             "server": counts,
