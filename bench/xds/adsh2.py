@@ -171,9 +171,10 @@ class H2AdsClient(AdsState):
         self.authority = f"{host}:{port}"
         self.trailers: dict[Any, Any] = {}
         self.end_reason = ""  # why the last stream ended (debugging)
-        # Calls the server refused before any response (a trailers-only response), by
-        # grpc-status and message; each was retried after a jittered backoff, as Envoy
-        # retries its ADS stream (500 ms base, doubling, at most 30 s).
+        # Calls that ended before any response (refused by a trailers-only response, or
+        # the connection failed or was reset), by grpc-status or error; each was retried
+        # after a jittered backoff, as Envoy retries its ADS stream (500 ms base,
+        # doubling, at most 30 s).
         self.rejected: collections.Counter[str] = collections.Counter()
         self._attempts = 0
         self._stopping = False
@@ -216,8 +217,8 @@ class H2AdsClient(AdsState):
         try:
             await loop.create_connection(lambda: connection, self.host, self.port)
         except OSError as error:
-            self.end_reason = f"connect: {error!r}"
-            self._ended = True
+            connection.closed = True
+            self._stream_ended(connection, f"connect: {error!r}")
 
     def restart(self, target: object = None) -> None:
         """A new connection and stream, as a proxy does after losing its control plane:
@@ -230,11 +231,13 @@ class H2AdsClient(AdsState):
     def _stream_ended(self, connection: _Connection, why: str) -> None:
         if connection is not self._connection:
             return
-        status = self.trailers.get(b"grpc-status", b"").decode()
-        if not connection.received and status not in ("", "0") and not self._stopping:
-            # Refused before anything arrived: retry, as Envoy does.
-            message = self.trailers.get(b"grpc-message", b"").decode()
-            self.rejected[f"grpc-status {status}: {message}"] += 1
+        if not connection.received and not self._stopping:
+            # Refused or dropped before anything arrived: retry, as Envoy does.
+            status = self.trailers.get(b"grpc-status", b"").decode()
+            if status:
+                message = self.trailers.get(b"grpc-message", b"").decode()
+                why = f"grpc-status {status}: {message}"
+            self.rejected[why] += 1
             self.trailers = {}
             delay = random.uniform(0, min(30.0, 0.5 * 2**self._attempts))
             self._attempts += 1

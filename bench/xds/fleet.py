@@ -176,7 +176,8 @@ class Fleet:
         await asyncio.gather(*(channel.close() for channel in old))
 
     def rejected(self) -> dict[str, int]:
-        """Calls the control plane refused (and the h2 clients retried), by status."""
+        """Calls that ended before any response (refused by the control plane, or their
+        connection failed or was reset), by status or error; the h2 clients retried them."""
         total: collections.Counter[str] = collections.Counter()
         for client in self.clients:
             total.update(getattr(client, "rejected", {}))
