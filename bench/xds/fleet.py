@@ -9,7 +9,7 @@ with models x 3 versions x 10 endpoints; one process, so at most one core).
 The proxies are ADS streams in this process, one connection each, as Envoy
 does: clusters and listeners, then the endpoints of every cluster and the route
 every listener names, and an ACK for every response. ``--client h2`` (the
-default) is ``bench.xds.adsh2``: gRPC on raw HTTP/2, 16 MiB receive windows,
+default) is ``bench.xds.adsh2``: gRPC on raw HTTP/2, 1 MiB receive windows,
 responses read as they arrive and not held (a few tens of KiB per stream);
 ``--client grpc`` is ``bench.xds.adsclient`` on grpcio (8 to 13 MiB per stream
 natively, 64 KiB windows: 2,000 of them do not fit in 24 GiB). Per variant (a
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
         "control plane": "turnout serve subprocess, SQLite"
         + (f", code from {args.source}" if args.source else ", this tree"),
         "proxies": (
-            "ADS client streams (bench.xds.adsh2: raw HTTP/2, 16 MiB windows, responses "
+            "ADS client streams (bench.xds.adsh2: raw HTTP/2, 1 MiB windows, responses "
             "read as they arrive)"
             if args.client == "h2"
             else "ADS client streams (bench.xds.adsclient: grpcio)"
