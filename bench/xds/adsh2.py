@@ -38,11 +38,11 @@ from .adsreader import ReadResponse, ResponseReader
 __all__ = ["H2AdsClient"]
 
 _SERVICE = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
-# Stream and connection receive windows. Not 16 MiB: the control plane pings every
-# connection every 30 s and closes it when the ack takes over 20 s; at 2,000 streams
-# taking 8.6 MB each, a ping queued behind 16 MiB of a connection's data waited that
-# long (3 connections reset in a split). Acknowledged at once, 1 MiB still keeps the
-# push flowing; it bounds what is in flight per connection, so what a ping waits behind.
+# Stream and connection receive windows. Not 16 MiB: with those, 2,000 streams taking
+# 8.6 MB each in a split had 3 connections reset by the control plane, most likely its
+# keepalive (a ping every 30 s, dropped when unacknowledged for 20 s) queued behind up
+# to 16 MiB of a connection's data (bench/README.md). Acknowledged at once, 1 MiB still
+# keeps the push flowing, and bounds what is in flight per connection.
 WINDOW = 1024 * 1024
 MAX_FRAME = 256 * 1024  # the largest DATA frame the server may send (fewer frames to parse)
 _STREAM = 1  # the one HTTP/2 stream of a connection
