@@ -11,7 +11,7 @@ import pytest
 
 from bench.xds.adsclient import AdsClient, AdsState
 from bench.xds.adsh2 import H2AdsClient
-from bench.xds.common import generate_state
+from bench.xds.common import free_port, generate_state
 from controlplane.domain.state import DesiredState
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -125,5 +125,31 @@ async def test_h2_client_syncs_and_follows_a_change_as_the_grpc_client_does(delt
 async def _until_ended(clients: list[H2AdsClient]) -> None:
     while True:
         if all(c.ended for c in clients):
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_h2_client_retries_a_stream_that_gets_no_response_as_envoy_does() -> None:
+    cache, registry = SnapshotCache(), ProxyRegistry()
+    snapshot = _snapshot(generate_state(2, 2, 2))
+    await cache.publish(snapshot)
+    port = free_port()
+    client = H2AdsClient("127.0.0.1", port, "early", delta=False)
+    client.start()  # nothing listens yet: refused, then retried with a backoff
+    server = XdsServer(cache, registry)
+    try:
+        await asyncio.wait_for(_until_refused(client), TIMEOUT_S)
+        assert not client.ended
+        await server.start("127.0.0.1", port)
+        await _current([client], snapshot)
+        assert client.synced()
+    finally:
+        await client.stop()
+        await server.stop(grace=0)
+
+
+async def _until_refused(client: H2AdsClient) -> None:
+    while True:
+        if client.rejected:
             return
         await asyncio.sleep(0.01)
