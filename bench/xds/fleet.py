@@ -1,14 +1,19 @@
 """Fleet: thousands of ADS streams on one control-plane process; changes; a restart.
 
     .venv/bin/python -m bench.xds.fleet [--streams 2000] [--variants sotw delta]
-                                        [--models 1000] [--source DIR] [--quick]
+                                        [--client h2|grpc] [--models 1000]
+                                        [--source DIR] [--quick]
 
 The control plane runs as ``turnout serve`` in its own process (SQLite seeded
 with models x 3 versions x 10 endpoints; one process, so at most one core).
-The proxies are ADS streams from ``bench.xds.adsclient`` in this process, one
-gRPC connection each, as Envoy does: clusters and listeners, then the
-endpoints of every cluster and the route every listener names, and an ACK for
-every response. Per variant (a fresh control plane each):
+The proxies are ADS streams in this process, one connection each, as Envoy
+does: clusters and listeners, then the endpoints of every cluster and the route
+every listener names, and an ACK for every response. ``--client h2`` (the
+default) is ``bench.xds.adsh2``: gRPC on raw HTTP/2, 1 MiB receive windows,
+responses read as they arrive and not held (a few tens of KiB per stream);
+``--client grpc`` is ``bench.xds.adsclient`` on grpcio (8 to 13 MiB per stream
+natively, 64 KiB windows: 2,000 of them do not fit in 24 GiB). Per variant (a
+fresh control plane each):
 
 1. connect: every stream opens at once; time until every stream has every
    type at the versions ``/readyz`` reports; then RSS (median of 5 samples
@@ -18,7 +23,7 @@ every response. Per variant (a fresh control plane each):
    stream has the new versions (client side), and until ``/v1/proxies``
    reports every proxy SYNCED at the new revision (server side, polled).
 3. restart: the control plane is stopped (SIGTERM) and a new one started on
-   the same ports; once it is ready every stream reconnects at once (new gRPC
+   the same ports; once it is ready every stream reconnects at once (new
    connections): time until every stream is current, then until
    ``/v1/proxies`` reports all SYNCED; the count of proxies left STALE 60 s
    later is the answer to "none left STALE". RSS again.
@@ -34,10 +39,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import resource
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +56,7 @@ from controlplane.memory import pin_mmap_threshold
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES
 
 from .adsclient import AdsClient
+from .adsh2 import H2AdsClient
 from .common import (
     ControlPlaneProcess,
     free_port,
@@ -121,14 +129,18 @@ async def _until(probe: Any, timeout: float, every_s: float = 0.01) -> float:
 
 
 class Fleet:
-    """``count`` ADS clients, one gRPC connection each."""
+    """``count`` ADS clients, one connection each (grpcio channels or raw HTTP/2)."""
 
-    def __init__(self, xds_port: int, count: int, variant: str) -> None:
+    def __init__(self, xds_port: int, count: int, variant: str, client: str = "h2") -> None:
         self.xds_port = xds_port
         self.variant = variant
+        self.kind = client
         self.channels: list[grpc.aio.Channel] = []
-        self.clients = [
-            AdsClient(self._channel(i), f"fleet-{variant}-{i:04d}", delta=variant == "delta")
+        delta = variant == "delta"
+        self.clients: list[AdsClient | H2AdsClient] = [
+            AdsClient(self._channel(i), f"fleet-{variant}-{i:04d}", delta=delta)
+            if client == "grpc"
+            else H2AdsClient("127.0.0.1", xds_port, f"fleet-{variant}-{i:04d}", delta=delta)
             for i in range(count)
         ]
 
@@ -157,10 +169,27 @@ class Fleet:
         """Every stream at once on a new connection, from scratch."""
         old = list(self.channels)
         for i, client in enumerate(self.clients):
-            client.restart(self._channel(i))
+            if isinstance(client, AdsClient):
+                client.restart(self._channel(i))
+            else:
+                client.restart()
         await asyncio.gather(*(channel.close() for channel in old))
 
+    def rejected(self) -> dict[str, int]:
+        """Calls that ended before any response (refused by the control plane, or their
+        connection failed or was reset), by status or error; the h2 clients retried them."""
+        total: collections.Counter[str] = collections.Counter()
+        for client in self.clients:
+            total.update(getattr(client, "rejected", {}))
+        return dict(total)
+
     def current(self, versions: dict[str, str]) -> int:
+        """How many streams hold ``versions``; raises when a stream has ended (none
+        should, between a connect and the control plane's restart)."""
+        ended = [client for client in self.clients if client.ended]
+        if ended:
+            why = getattr(ended[0], "end_reason", "") or "its call ended"
+            raise RuntimeError(f"{len(ended)} streams ended; {ended[0].node_id}: {why}")
         return sum(client.current(versions) for client in self.clients)
 
     async def stop(self) -> None:
@@ -245,20 +274,29 @@ async def _change(
 
 
 async def run_variant(
-    variant: str, streams: int, models: int, seeded: Path, workdir: Path, source: Path | None
+    variant: str,
+    streams: int,
+    models: int,
+    seeded: Path,
+    workdir: Path,
+    source: Path | None,
+    client: str = "h2",
 ) -> dict[str, Any]:
     database = workdir / "turnout.db"
     shutil.copyfile(seeded, database)
     plane = ControlPlaneProcess(workdir, listener_port=free_port(), source=source)
     await plane.start(timeout=300)
-    fleet = Fleet(plane.xds_port, streams, variant)
-    result: dict[str, Any] = {"variant": variant, "streams": streams}
+    fleet = Fleet(plane.xds_port, streams, variant, client)
+    result: dict[str, Any] = {"variant": variant, "streams": streams, "client": client}
     try:
         async with httpx.AsyncClient(
             base_url=plane.api_url, headers=plane.headers, timeout=60
         ) as api:
             await asyncio.sleep(2.0)
-            result["idle"] = await _rss(plane.pid)
+            result["idle"] = {
+                **await _rss(plane.pid),
+                "clients_rss_mib": round(rss_kb(os.getpid())["VmRSS"] / 1024, 1),
+            }
             revision, versions = await _versions(api)
             phase = _Phase(plane.pid)
             fleet.start()
@@ -268,6 +306,7 @@ async def run_variant(
             await asyncio.sleep(3.0)
             result["connect"] = {
                 "all_streams_current_s": round(connect_s, 2),
+                "calls_refused_and_retried": fleet.rejected(),
                 "server": counts,
                 **cores,
                 **await _rss(plane.pid),
@@ -307,6 +346,7 @@ async def run_variant(
             later = await _proxies(api, revision)
         result["restart"] = {
             "control_plane_ready_s": round(ready_s, 2),
+            "calls_refused_and_retried_in_all": fleet.rejected(),
             "all_streams_current_s": round(storm_s, 2),
             "all_synced_s": round(all_synced, 2) if all_synced is not None else None,
             "server": counts,
@@ -322,7 +362,7 @@ async def run_variant(
 
 
 async def run(
-    models: int, streams: int, variants: list[str], source: Path | None
+    models: int, streams: int, variants: list[str], source: Path | None, client: str = "h2"
 ) -> dict[str, Any]:
     with temp_workdir("turnout-bench-fleet-") as tmp:
         root = Path(tmp)
@@ -334,7 +374,9 @@ async def run(
         for variant in variants:
             workdir = root / variant
             workdir.mkdir()
-            results[variant] = await run_variant(variant, streams, models, seeded, workdir, source)
+            results[variant] = await run_variant(
+                variant, streams, models, seeded, workdir, source, client
+            )
     return results
 
 
@@ -362,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=int, default=1000)
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--variants", nargs="+", default=["sotw", "delta"])
+    parser.add_argument("--client", choices=["h2", "grpc"], default="h2", help="ADS client")
     parser.add_argument("--source", type=Path, default=None, help="run this checkout's code")
     parser.add_argument("--label", default="", help="suffix of the result file")
     parser.add_argument("--quick", action="store_true", help="100 models, 50 streams")
@@ -378,19 +421,25 @@ def main(argv: list[str] | None = None) -> None:
         "variants": args.variants,
         "control plane": "turnout serve subprocess, SQLite"
         + (f", code from {args.source}" if args.source else ", this tree"),
-        "proxies": "ADS client streams (bench.xds.adsclient) in this process, one gRPC "
-        "connection each, ACK every response",
+        "proxies": (
+            "ADS client streams (bench.xds.adsh2: raw HTTP/2, 1 MiB windows, responses "
+            "read as they arrive)"
+            if args.client == "h2"
+            else "ADS client streams (bench.xds.adsclient: grpcio)"
+        )
+        + " in this process, one connection each, ACK every response",
         "phases": "connect all at once; 4 changes (split, endpoint, x2); restart on the same "
         "ports and every stream reconnects at once",
     }
     print_setup("xDS fleet", setup, host)
-    results = asyncio.run(run(args.models, args.streams, args.variants, args.source))
+    results = asyncio.run(run(args.models, args.streams, args.variants, args.source, args.client))
     targets = {variant: _target(r, args.models) for variant, r in results.items()}
     for variant, target in targets.items():
         print(f"   {variant}: target {target}")
     host["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(f"   load average at the end: {host['loadavg_at_end']}")
-    command = ".venv/bin/python -m bench.xds.fleet" + (" --quick" if args.quick else "")
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join([".venv/bin/python -m bench.xds.fleet", *given])
     path = write_result(
         "fleet" + (f"-{args.label}" if args.label else ""),
         {
