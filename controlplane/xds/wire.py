@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
@@ -79,6 +80,7 @@ class SendBudget:
         self.limit_bytes = limit_bytes
         self.in_flight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._progress_at = time.monotonic()  # when bytes last left
 
     def _fits(self, size: int) -> bool:
         return self.in_flight == 0 or self.in_flight + size <= self.limit_bytes
@@ -108,18 +110,52 @@ class SendBudget:
         self._wake()  # there may be room for the next one too
 
     async def take(self, size: int, patience_s: float) -> None:
-        """:meth:`acquire`, but go ahead anyway after ``patience_s``: a proxy that stops
-        reading holds its bytes until its stream ends, and a few of them must not
-        stall every other stream (memory is bounded again once they go)."""
-        try:
-            async with asyncio.timeout(patience_s):
-                await self.acquire(size)
-        except TimeoutError:
+        """:meth:`acquire`, but go ahead anyway once the budget has made no progress
+        (nothing released) for ``patience_s``: a proxy that stops reading holds its
+        bytes until its stream ends, and a few of them must not stall every other
+        stream (memory is bounded again once they go). While bytes keep leaving, as
+        when every proxy reconnects at once, a response waits its turn however long
+        that is: going ahead on a timer there would put every waiting response in
+        gRPC's buffers at once."""
+        if not self._waiters and self._fits(size):
             self.in_flight += size
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        waiting_since = time.monotonic()
+        try:
+            while True:
+                # Stalled: nothing released since this response began to wait, or since
+                # patience_s ago, whichever is later.
+                progress = max(self._progress_at, waiting_since)
+                remaining = patience_s - (time.monotonic() - progress)
+                if remaining <= 0:  # stalled: go ahead, and let the next one try
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                    elif waiter.done():
+                        self._wake()
+                    break
+                done, _ = await asyncio.wait({waiter}, timeout=remaining)
+                if not done:
+                    continue  # look again: something may have been released meanwhile
+                if self._fits(size):
+                    self._wake()  # there may be room for the next one too
+                    break
+                waiter = loop.create_future()
+                self._waiters.appendleft(waiter)  # keep its place at the head
+        except BaseException:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            else:
+                self._wake()  # it was woken: pass the turn on
+            raise
+        self.in_flight += size
 
     def release(self, size: int) -> None:
         """``size`` bytes are sent (or will not be)."""
         self.in_flight -= size
+        self._progress_at = time.monotonic()
         self._wake()
 
     def _wake(self) -> None:

@@ -76,3 +76,39 @@ async def test_a_holder_that_never_releases_stalls_others_only_for_their_patienc
     assert budget.in_flight == 0
     await asyncio.wait_for(budget.take(60, patience_s=0.05), TIMEOUT_S)
     assert budget.in_flight == 60
+
+
+async def test_a_response_waits_its_turn_while_bytes_keep_leaving() -> None:
+    """A reconnect storm: the budget is full but keeps making progress, so a response
+    queued behind many others waits longer than its patience instead of going ahead
+    and putting every waiting response in gRPC's buffers at once."""
+    budget = SendBudget(100)
+    patience_s = 0.5
+    await budget.acquire(100)
+    chain = [asyncio.create_task(budget.take(100, patience_s)) for _ in range(20)]
+    last = asyncio.create_task(budget.take(50, patience_s))
+    await asyncio.sleep(0)  # every taker queued, in order
+    peak = budget.in_flight
+    for taker in chain:  # each full response leaves after 50 ms: 1 s in all
+        await asyncio.sleep(0.05)
+        budget.release(100)
+        await asyncio.wait_for(taker, TIMEOUT_S)
+        peak = max(peak, budget.in_flight)
+        assert not last.done()
+    await asyncio.sleep(0.05)
+    budget.release(100)
+    await asyncio.wait_for(last, TIMEOUT_S)
+    assert peak == 100 and budget.in_flight == 50
+
+
+async def test_an_idle_spell_is_not_taken_for_a_stall() -> None:
+    budget = SendBudget(100)
+    await budget.acquire(100)
+    # Nothing was released for a long while before this response began to wait.
+    budget._progress_at -= 60.0
+    waiting = asyncio.create_task(budget.take(50, patience_s=0.5))
+    done, _ = await asyncio.wait({waiting}, timeout=0.1)
+    assert not done and budget.in_flight == 100
+    budget.release(100)
+    await asyncio.wait_for(waiting, TIMEOUT_S)
+    assert budget.in_flight == 50
