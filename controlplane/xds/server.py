@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 # 2,000 proxies reconnect at once, each wanting a few megabytes, the rest wait
 # their turn instead of each holding a copy of its full push.
 SEND_BUDGET_BYTES = 64 * 1024 * 1024
-# How long a response waits for the budget before it goes anyway (a few proxies that
-# stopped reading hold theirs until their streams end).
+# How long the budget may make no progress (nothing written) before a waiting response
+# goes anyway (a few proxies that stopped reading hold theirs until their streams end).
 SEND_PATIENCE_S = 5.0
 _ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
