@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from collections.abc import Sequence
 from typing import Generic, TypeVar
@@ -87,27 +88,7 @@ class SendBudget:
 
     async def acquire(self, size: int) -> None:
         """Wait until ``size`` more bytes fit (or nothing is in flight), and take them."""
-        if not self._waiters and self._fits(size):
-            self.in_flight += size
-            return
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(waiter)
-        try:
-            while True:
-                await waiter
-                if self._fits(size):
-                    break
-                waiter = loop.create_future()
-                self._waiters.appendleft(waiter)  # keep its place at the head
-        except BaseException:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            else:
-                self._wake()  # it was woken: pass the turn on
-            raise
-        self.in_flight += size
-        self._wake()  # there may be room for the next one too
+        await self.take(size, math.inf)
 
     async def take(self, size: int, patience_s: float) -> None:
         """:meth:`acquire`, but go ahead anyway once the budget has made no progress
@@ -136,7 +117,8 @@ class SendBudget:
                     elif waiter.done():
                         self._wake()
                     break
-                done, _ = await asyncio.wait({waiter}, timeout=remaining)
+                timeout = None if math.isinf(remaining) else remaining
+                done, _ = await asyncio.wait({waiter}, timeout=timeout)
                 if not done:
                     continue  # look again: something may have been released meanwhile
                 if self._fits(size):
