@@ -232,9 +232,7 @@ class StateSync:
         """Compare ``handed`` with the tables at its revision; on a difference,
         log it and publish what the tables say."""
         async with self._sessionmaker() as session:
-            connection = await session.connection()
-            if connection.dialect.name == "postgresql":
-                await connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            await _one_snapshot(session)
             current, committed_at = await RevisionRepository(session).head()
             if current != handed.revision:
                 return  # moved on since: the next handoff is compared instead
@@ -373,9 +371,7 @@ class StateSync:
         revision in between says which, else (and now and then regardless) all."""
         loop = asyncio.get_running_loop()
         async with self._sessionmaker() as session:
-            connection = await session.connection()
-            if connection.dialect.name == "postgresql":
-                await connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            await _one_snapshot(session)
             previous = self.state
             fresh_enough = loop.time() - self._full_read_at < FULL_READ_INTERVAL_S
             if previous is not None and fresh_enough:
@@ -404,3 +400,11 @@ class StateSync:
                 # The database may be down: keep serving the last snapshot.
                 log.exception("xds.sync_failed")
             await self._notifier.wait(self._poll_interval_s)
+
+
+async def _one_snapshot(session: AsyncSession) -> None:
+    """Make the session's transaction read one snapshot of the database
+    (REPEATABLE READ on Postgres; a SQLite transaction already does)."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
