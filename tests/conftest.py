@@ -189,11 +189,13 @@ def plane_settings(database_url: str, **overrides: Any) -> Settings:
 
 def discovery_settings(database_url: str, fake: FakeKubernetes, tmp_path: Path) -> Settings:
     """Settings for a control plane that discovers endpoints from ``fake``, with a
-    short lease and backoff."""
+    short backoff. The lease (renewed every third of it) is long enough that a
+    loaded machine never lets it lapse while its holder lives: a takeover in these
+    tests follows a release, never an expiry."""
     return plane_settings(
         database_url,
         kubernetes=str(fake.kubeconfig(tmp_path / "kubeconfig")),
-        kubernetes_lease_s=1.0,
+        kubernetes_lease_s=6.0,
         kubernetes_max_backoff_s=0.2,
     )
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -28,7 +28,6 @@ from controlplane.services.rollout_driver import RolloutDriver
 from controlplane.services.rollouts import RolloutService
 from controlplane.settings import Settings
 from tests.conftest import plane_settings, seed_key
-from tests.support import eventually
 
 LATENCY_BUCKETS = len(LATENCY_BUCKETS_MS) + 1  # the last one is +Inf
 
@@ -62,9 +61,11 @@ async def quiet(control_plane: ControlPlane) -> ControlPlane:
     return control_plane
 
 
-def _driver(plane: ControlPlane, name: str, lease_s: float = 30.0) -> RolloutDriver:
+def _driver(
+    plane: ControlPlane, name: str, clock: Callable[[], datetime] = utcnow
+) -> RolloutDriver:
     return RolloutDriver(
-        plane.sessionmaker, plane.traffic, replica=name, lease_s=lease_s, interval_s=0.1
+        plane.sessionmaker, plane.traffic, replica=name, lease_s=30.0, interval_s=0.1, clock=clock
     )
 
 
@@ -284,7 +285,14 @@ async def test_a_failing_gate_rolls_back_at_once_with_the_reason(
 async def test_one_lease_holder_drives(api: httpx.AsyncClient, quiet: ControlPlane) -> None:
     await _model(api)
     rollout = await _start(api)
-    a, b = _driver(quiet, "a", lease_s=0.5), _driver(quiet, "b", lease_s=0.5)
+    # Both replicas read one clock that the test moves on: the lease's expiry is
+    # decided by the clock, never by how long a loaded machine takes between calls.
+    ahead = timedelta()
+
+    def clock() -> datetime:
+        return utcnow() + ahead
+
+    a, b = _driver(quiet, "a", clock=clock), _driver(quiet, "b", clock=clock)
     await _publish(quiet, "v2", 0, ago_s=30)
     await _publish(quiet, "v1", 0, ago_s=30)
     assert await a.take_lease()
@@ -296,7 +304,10 @@ async def test_one_lease_holder_drives(api: httpx.AsyncClient, quiet: ControlPla
         await _publish(quiet, "v1", total * 4)
         assert await asyncio.gather(a.tick(), b.tick()) == [1, 0]
     # a stops renewing: b takes over once the lease expired, never before.
-    assert await eventually(b.take_lease, timeout=5)
+    ahead = timedelta(seconds=a.lease_s / 2)
+    assert not await b.take_lease()
+    ahead = timedelta(seconds=a.lease_s + 1)
+    assert await b.take_lease()
     assert not await a.take_lease()
     audit = await _rollout_audit(api, rollout["id"])
     assert [e["after"]["weights"]["v2"] for e in audit] == [10, 50, 100]
