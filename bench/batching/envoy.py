@@ -94,14 +94,17 @@ def bootstrap(
     routes: dict[str, tuple[int, int]],
     timeout_ms: float,
     max_requests: dict[str, int] | None = None,
+    admin_port: int = 0,
 ) -> dict[str, object]:
     """Return a static bootstrap: ``routes`` maps a name to (listen port, upstream port);
     ``max_requests`` caps a route's requests in flight upstream (the circuit breaker
     of the model's policy, ``circuit_breakers.max_requests``: Envoy answers 503 at once
-    beyond it)."""
+    beyond it); ``admin_port`` is the admin interface's (0: any free port)."""
     caps = max_requests or {}
     return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
         "static_resources": {
             "listeners": [
                 _listener(name, listen, f"{name}_upstream", timeout_ms)

@@ -352,8 +352,13 @@ async def overload(bench: Bench, peak: float, reps: int) -> dict[str, Any]:
     print(f"\n[3] overload: {rate:g} req/s offered (2 x {peak:g}), {reps} x {duration:g} s")
     served, refused_p99, refused_fast, refused_share = [], [], [], []
     statuses: dict[str, int] = {}
+    where: dict[str, float] = {}
     for _ in range(reps):
+        before = await path_counters(bench)
         _, outcomes = await bench.window("turnout", rate, duration)
+        after = await path_counters(bench)
+        for name, value in after.items():
+            where[name] = where.get(name, 0.0) + value - before.get(name, 0.0)
         for o in outcomes:
             # 0: no answer within the load generator's timeout; 200 late: past the SLO.
             key = "200 late" if o[1] == 200 and o[3] > slo else str(o[1])
@@ -373,6 +378,7 @@ async def overload(bench: Bench, peak: float, reps: int) -> dict[str, Any]:
         "refusal_p99_ms": spread(refused_p99),
         "refused_within_5ms_percent": spread(refused_fast),
         "statuses": statuses,
+        "path_counters": where,
     }
     print(f"    served within SLO {fmt(result['served_within_slo_rps'], ' req/s')}")
     print(f"    served / peak     {fmt(result['served_over_peak'], 'x')}  target >= 0.9")
@@ -380,7 +386,44 @@ async def overload(bench: Bench, peak: float, reps: int) -> dict[str, Any]:
     print(f"    refusal p99       {fmt(result['refusal_p99_ms'], ' ms')}  target <= 5 ms")
     print(f"    refused in 5 ms   {fmt(result['refused_within_5ms_percent'], '%')}")
     print(f"    answers, all reps {dict(sorted(statuses.items()))}")
+    print("    where they went, all reps (the batcher's and Envoy's own counters):")
+    for name, value in sorted(where.items()):
+        print(f"      {name:<58} {value:g}")
     return result
+
+
+# Envoy's counters for the turnout route's upstream that tell a refusal from a
+# timeout and a connection's churn from its reuse.
+_ENVOY_COUNTERS = (
+    "upstream_rq_total",
+    "upstream_rq_timeout",
+    "upstream_rq_503",
+    "upstream_rq_504",
+    "upstream_rq_200",
+    "upstream_cx_total",
+    "upstream_cx_destroy_local_with_active_rq",
+    "upstream_rq_pending_overflow",
+)
+
+
+async def path_counters(bench: Bench) -> dict[str, float]:
+    """Return the batcher's request, batch and rejection counters and Envoy's
+    counters for the turnout route's upstream (``envoy.NAME``)."""
+    counters: dict[str, float] = {}
+    async with bench.session.get(bench.urls["batcher"] + "/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            name, _, value = line.rpartition(" ")
+            wanted = ("turnout_batcher_rejections_total", "turnout_batcher_requests_total")
+            if name.startswith(wanted) or name.startswith("turnout_batcher_batch_size_count"):
+                counters[name.replace("turnout_batcher_", "batcher.")] = float(value)
+    if "envoy_admin" in bench.urls:
+        async with bench.session.get(bench.urls["envoy_admin"] + "/stats") as resp:
+            for line in (await resp.text()).splitlines():
+                name, _, value = line.partition(": ")
+                prefix = "cluster.turnout_upstream."
+                if name.startswith(prefix) and name[len(prefix) :] in _ENVOY_COUNTERS:
+                    counters["envoy." + name[len(prefix) :]] = float(value)
+    return counters
 
 
 async def screen_fixed(bench: Bench, window_s: float) -> tuple[dict[str, float], str]:
@@ -607,7 +650,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             spawn(pinned(cores["batchers"], [*batcher_cmd, *listen]), cwd=Path(args.before))
             routes["before"] = (ports["before"], ports["before_batcher"])
         caps = {"turnout": args.max_requests} if args.max_requests else None
-        config = bootstrap(routes, setup.slo_ms, caps)
+        ports["envoy_admin"] = free_port()
+        urls["envoy_admin"] = f"http://127.0.0.1:{ports['envoy_admin']}"
+        config = bootstrap(routes, setup.slo_ms, caps, admin_port=ports["envoy_admin"])
         spawn(pinned(cores["envoy"], envoy_argv(ENVOY, Path(workdir) / "envoy.json", config)))
         if "goodput" in args.phases:
             for batch, wait in FIXED_GRID:
