@@ -170,6 +170,9 @@ class ControlPlane:
             )
         self._listener: PostgresListener | None = None
         self._api_server: uvicorn.Server | None = None
+        # Set when stop() begins: streams that would run until their reader leaves
+        # (the rollout events) end instead, so that the API server can stop.
+        self.stopping = asyncio.Event()
         self._tasks = _Tasks()
         self.api_port = 0
         self.xds_port = 0
@@ -220,7 +223,14 @@ class ControlPlane:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.settings.api_host, self.settings.api_port))
             self.api_port = sock.getsockname()[1]
-            config = uvicorn.Config(api(self), log_config=None, access_log=False, lifespan="off")
+            config = uvicorn.Config(
+                api(self),
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                # Without it, one request or connection that never ends holds stop() forever.
+                timeout_graceful_shutdown=self.settings.api_shutdown_grace_s,
+            )
             self._api_server = uvicorn.Server(config)
             self._tasks.api = asyncio.create_task(
                 self._api_server.serve(sockets=[sock]), name="turnout-api"
@@ -237,12 +247,25 @@ class ControlPlane:
 
     async def stop(self) -> None:
         """Stop serving and release every resource; safe to call twice."""
+        self.stopping.set()
         if self._api_server is not None:
             self._api_server.should_exit = True
         if self._tasks.api is not None:
             with contextlib.suppress(Exception):
                 await self._tasks.api
             self._tasks.api = None
+            assert self._api_server is not None
+            state = self._api_server.server_state
+            if state.connections or state.tasks:
+                # Past the grace: uvicorn cancelled what still ran and dropped the rest.
+                log.warning(
+                    "api.shutdown_forced",
+                    extra={
+                        "connections": len(state.connections),
+                        "requests": len(state.tasks),
+                        "grace_s": self.settings.api_shutdown_grace_s,
+                    },
+                )
         await self.xds.stop(grace=0.5)
         await self.folder.close()
         await self.data_plane.close()

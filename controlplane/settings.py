@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         description="a change that cannot have the database's write lock (SQLite) "
         "this long gets 503 database_unavailable",
     )
+    api_shutdown_grace_s: int = Field(
+        default=10,
+        ge=1,
+        description="on stop, admin API requests still running after this long are cancelled "
+        "and connections still open are dropped",
+    )
     log_level: str = "INFO"
     api_key: SecretStr | None = Field(
         default=None, description="key that `turnout` commands send to the admin API"

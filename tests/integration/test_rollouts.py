@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controlplane.api.app import create_app
 from controlplane.db.leases import LeaseRepository
 from controlplane.db.models import RolloutFigure
 from controlplane.db.rollout_repository import DRIVER_LEASE, RolloutRepository
@@ -27,7 +28,7 @@ from controlplane.runtime import ControlPlane
 from controlplane.services.rollout_driver import RolloutDriver
 from controlplane.services.rollouts import RolloutService
 from controlplane.settings import Settings
-from tests.conftest import plane_settings, seed_key
+from tests.conftest import api_client, plane_settings, seed_key
 
 LATENCY_BUCKETS = len(LATENCY_BUCKETS_MS) + 1  # the last one is +Inf
 
@@ -378,3 +379,26 @@ async def test_events_stream_resumes_from_last_event_id(
 async def _lines(response: httpx.Response) -> AsyncIterator[str]:
     async for line in response.aiter_lines():
         yield line
+
+
+async def test_an_open_events_stream_does_not_hold_the_control_plane_stopping(
+    settings: Settings,
+) -> None:
+    # A console watching /v1/events while its control plane stops: the stream
+    # ends with the server, it does not keep stop() waiting for the reader to
+    # leave. The grace for requests that do not end is set far beyond the wait.
+    plane = ControlPlane(
+        settings.model_copy(update={"api_port": 0, "xds_port": 0, "api_shutdown_grace_s": 3600})
+    )
+    await plane.start(api=create_app)
+    key = await seed_key(plane, "viewer")
+    try:
+        async with api_client(plane, key) as api, api.stream("GET", "/v1/events") as response:
+            assert response.status_code == 200
+            lines = _lines(response)
+            assert await asyncio.wait_for(anext(lines), 10) == ": turnout rollout events"
+            await asyncio.wait_for(plane.stop(), 30)
+            rest = [line async for line in lines]
+        assert all(line == "" or line.startswith(":") for line in rest)
+    finally:
+        await plane.stop()

@@ -8,6 +8,7 @@ that may change traffic). See docs/rollouts.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -252,7 +253,8 @@ async def events(
                 after = await RolloutRepository(session).last_event_id()
         yield ": turnout rollout events\n\n"
         idle = 0.0
-        while not await request.is_disconnected():
+        # Until the reader leaves or the control plane stops.
+        while not runtime.stopping.is_set() and not await request.is_disconnected():
             async with runtime.sessionmaker() as session:
                 found = await RolloutRepository(session).events_after(after, model)
             for event in found:
@@ -271,7 +273,8 @@ async def events(
             if found:
                 idle = 0.0
                 continue
-            await asyncio.sleep(POLL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runtime.stopping.wait(), POLL_S)
             idle += POLL_S
             if idle >= KEEPALIVE_S:
                 idle = 0.0
