@@ -201,7 +201,9 @@ def _attributes(target: Any, attributes: Mapping[str, Any] | None) -> None:
 def _span(span: ReadableSpan) -> Message:
     context = span.get_span_context()
     assert context is not None  # an SDK span always has one
-    out: Any = messages["Span"](
+    # The classes are built at run time: their fields are unknown to the type stubs.
+    span_class: Any = messages["Span"]
+    out: Any = span_class(
         trace_id=context.trace_id.to_bytes(16, "big"),
         span_id=context.span_id.to_bytes(8, "big"),
         name=span.name,
