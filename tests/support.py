@@ -89,6 +89,16 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def until(condition: Callable[[], T | None], *, timeout: float = 10.0) -> T:
+    """``eventually`` for a condition that needs no awaiting: call ``condition``
+    until it returns something other than None/False; return it."""
+
+    async def probe() -> T | None:
+        return condition()
+
+    return await eventually(probe, timeout=timeout)
+
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -16,7 +15,7 @@ from controlplane.api.app import create_app
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
 from tests.conftest import api_client
-from tests.support import eventually
+from tests.support import until
 
 
 async def test_api_connections_have_nodelay(control_plane: ControlPlane) -> None:
@@ -50,7 +49,7 @@ async def test_a_request_that_never_ends_is_dropped_after_the_grace(
         await writer.drain()
         server = plane._api_server
         assert server is not None
-        await eventually(_probe(lambda: len(server.server_state.tasks) == 1))
+        await until(lambda: len(server.server_state.tasks) == 1)
         with caplog.at_level(logging.WARNING, logger="controlplane.runtime"):
             await asyncio.wait_for(plane.stop(), 30)
         [forced] = [r for r in caplog.records if r.getMessage() == "api.shutdown_forced"]
@@ -58,10 +57,3 @@ async def test_a_request_that_never_ends_is_dropped_after_the_grace(
         writer.close()
     finally:
         await plane.stop()
-
-
-def _probe(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    async def probe() -> bool:
-        return condition()
-
-    return probe

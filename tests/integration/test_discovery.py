@@ -20,7 +20,7 @@ from controlplane.settings import Settings
 from controlplane.xds.resources import ENDPOINT
 from tests.conftest import discovery_settings
 from tests.kube_api import FakeKubernetes, slice_endpoint
-from tests.support import eventually
+from tests.support import until
 
 
 @pytest.fixture
@@ -46,11 +46,8 @@ def served(plane: ControlPlane, cluster: str = "sentiment/v1") -> list[tuple[str
     )
 
 
-async def _wait(predicate: Callable[[], Any], timeout: float = 15) -> Any:
-    async def probe() -> Any:
-        return predicate()
-
-    return await eventually(probe, timeout=timeout)
+async def _wait(predicate: Callable[[], Any]) -> Any:
+    return await until(predicate, timeout=15)
 
 
 async def _register(api: httpx.AsyncClient) -> None:

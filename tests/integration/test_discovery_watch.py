@@ -14,7 +14,7 @@ import pytest
 from controlplane.discovery.watch import KubernetesUnavailable, SliceWatch, api_client
 from controlplane.domain.discovery import DiscoveredEndpoint, ServiceKey
 from tests.kube_api import FakeKubernetes, slice_endpoint
-from tests.support import eventually
+from tests.support import until
 
 SERVICE = ("ml", "sentiment-v2")
 
@@ -54,11 +54,8 @@ async def watching(
         await api.close()
 
 
-async def _wait(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    async def probe() -> bool:
-        return predicate()
-
-    await eventually(probe, timeout=timeout)
+async def _wait(predicate: Callable[[], bool]) -> None:
+    await until(predicate)
 
 
 async def _until(reports: Reports, addresses: list[str]) -> None:
