@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from .envoy import bootstrap, envoy_argv
 from .loadgen import Check, Window, open_loop, percentile
@@ -406,16 +407,25 @@ _ENVOY_COUNTERS = (
 )
 
 
+# The batcher's samples that count requests, batches and refusals.
+_BATCHER_COUNTERS = (
+    "turnout_batcher_requests_total",
+    "turnout_batcher_rejections_total",
+    "turnout_batcher_batch_size_count",
+)
+
+
 async def path_counters(bench: Bench) -> dict[str, float]:
     """Return the batcher's request, batch and rejection counters and Envoy's
     counters for the turnout route's upstream (``envoy.NAME``)."""
     counters: dict[str, float] = {}
     async with bench.session.get(bench.urls["batcher"] + "/metrics") as resp:
-        for line in (await resp.text()).splitlines():
-            name, _, value = line.rpartition(" ")
-            wanted = ("turnout_batcher_rejections_total", "turnout_batcher_requests_total")
-            if name.startswith(wanted) or name.startswith("turnout_batcher_batch_size_count"):
-                counters[name.replace("turnout_batcher_", "batcher.")] = float(value)
+        for family in text_string_to_metric_families(await resp.text()):
+            for sample in family.samples:
+                if sample.name in _BATCHER_COUNTERS:
+                    labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                    name = sample.name.replace("turnout_batcher_", "batcher.")
+                    counters[f"{name}{{{labels}}}" if labels else name] = sample.value
     if "envoy_admin" in bench.urls:
         async with bench.session.get(bench.urls["envoy_admin"] + "/stats") as resp:
             for line in (await resp.text()).splitlines():
