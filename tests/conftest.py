@@ -34,7 +34,7 @@ from controlplane.domain.keys import Role, generate_key, hash_key, key_display_p
 from controlplane.runtime import ControlPlane
 from controlplane.settings import Settings
 from tests.kube_api import FakeKubernetes
-from tests.support import EnvoyProcess, free_port
+from tests.support import EnvoyProcess, free_port, writing
 
 DATA_TABLES = (
     "discovered_endpoints",
@@ -232,7 +232,7 @@ async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
 async def seed_key(control_plane: ControlPlane, role: str, name: str | None = None) -> str:
     """Insert an API key straight into the database (test setup, not audited); return it."""
     key = generate_key()
-    async with control_plane.sessionmaker() as session, session.begin():
+    async with writing(control_plane.sessionmaker) as session:
         await ApiKeyRepository(session).add(
             ApiKey(
                 name=name or f"test-{role}",

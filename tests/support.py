@@ -17,8 +17,10 @@ from typing import Any, TypeVar
 import httpx
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.bootstrap import XdsAddress, dump_bootstrap, render_bootstrap
+from controlplane.db.engine import write_transaction
 from controlplane.db.revisions import RevisionRepository
 from controlplane.processes import ChildProcess, envoy_binary, wait_for_port
 from controlplane.runtime import ControlPlane
@@ -27,9 +29,24 @@ from examples.synthetic import SyntheticServer
 
 T = TypeVar("T")
 
+# A test's own write waits this long for SQLite's write lock, as the API's would.
+WRITE_TIMEOUT_S = 10.0
+
 # Linux hands out local ports of outgoing connections from 32768 up; a port there
 # that is free now may be some connection's own port before `turnout up` binds it.
 _QUIET_PORTS = range(20000, 32768)
+
+
+@asynccontextmanager
+async def writing(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session in a write transaction, as the control plane's own writers open it.
+
+    On SQLite it holds the write lock from its start: a plain ``session.begin()``
+    that reads and then writes fails at once ("database is locked") when one of the
+    control plane's writers committed in between.
+    """
+    async with sessionmaker() as session, write_transaction(session, timeout_s=WRITE_TIMEOUT_S):
+        yield session
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from controlplane.runtime import ControlPlane
-from tests.support import EnvoyProcess, RunningModelServer, eventually
+from tests.support import EnvoyProcess, RunningModelServer, eventually, writing
 
 pytestmark = pytest.mark.envoy
 
@@ -80,7 +80,7 @@ async def test_a_rejected_resource_is_held_back_and_the_rest_moves_on(
         assert await eventually(lambda: _served(client, bad), timeout=15) == "v1"
 
         # The bad row, past the API: then a change to that model makes it current.
-        async with control_plane.sessionmaker() as session, session.begin():
+        async with writing(control_plane.sessionmaker) as session:
             await session.execute(
                 text("UPDATE endpoints SET address = :bad WHERE port = :port"),
                 {"bad": BAD_ADDRESS, "port": servers["bad/v1"].port},

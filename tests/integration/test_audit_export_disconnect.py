@@ -15,11 +15,12 @@ import pytest
 from controlplane.db.audit_repository import AuditRepository
 from controlplane.domain.audit import ActionContext
 from controlplane.runtime import ControlPlane
+from tests.support import writing
 
 
 async def _fill_audit_log(control_plane: ControlPlane, n: int) -> None:
     context = ActionContext(actor="tests", role="admin", status_code=422)
-    async with control_plane.sessionmaker() as session, session.begin():
+    async with writing(control_plane.sessionmaker) as session:
         audit = AuditRepository(session)
         for i in range(n):
             entry = context.entry(

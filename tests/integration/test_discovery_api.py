@@ -13,7 +13,7 @@ from controlplane.db.discovery import DiscoveryRepository
 from controlplane.domain.clock import utcnow
 from controlplane.domain.discovery import DiscoveredEndpoint
 from controlplane.runtime import ControlPlane
-from tests.support import config_state
+from tests.support import config_state, writing
 
 REF = {"namespace": "ml", "service": "sentiment-v2", "port": "http"}
 EP = {"address": "127.0.0.1", "port": 9001}
@@ -90,7 +90,7 @@ async def test_the_reference_is_versioned_audited_and_shown_with_what_is_discove
     assert "sentiment-v2" in diff.text
 
     # What the watcher stored shows, resolved to the version's port (read-only).
-    async with control_plane.sessionmaker() as session, session.begin():
+    async with writing(control_plane.sessionmaker) as session:
         found = (DiscoveredEndpoint("10.1.0.1", "a", (("http", 80),)),)
         await DiscoveryRepository(session).put(("ml", "sentiment-v2"), found, utcnow())
     version = (await api.get("/v1/models/m/versions/v2")).json()

@@ -10,6 +10,7 @@ from sqlalchemy import update
 
 from controlplane.db.models import ApiKey
 from controlplane.runtime import ControlPlane
+from tests.support import writing
 
 
 async def test_a_key_with_an_expiry_works_until_then(
@@ -27,7 +28,7 @@ async def test_a_key_with_an_expiry_works_until_then(
 
     headers = {"authorization": f"Bearer {body['key']}"}
     assert (await api.get("/v1/models", headers=headers)).status_code == 200
-    async with control_plane.sessionmaker() as session, session.begin():
+    async with writing(control_plane.sessionmaker) as session:
         await session.execute(
             update(ApiKey)
             .where(ApiKey.id == body["id"])

@@ -29,6 +29,7 @@ from controlplane.services.rollout_driver import RolloutDriver
 from controlplane.services.rollouts import RolloutService
 from controlplane.settings import Settings
 from tests.conftest import api_client, plane_settings, seed_key
+from tests.support import writing
 
 LATENCY_BUCKETS = len(LATENCY_BUCKETS_MS) + 1  # the last one is +Inf
 
@@ -55,7 +56,7 @@ async def quiet(control_plane: ControlPlane) -> ControlPlane:
     await control_plane.rollouts.stop()
     # A tick cancelled after its commit holds the lease without knowing it: hand
     # the lease back whatever the driver believes.
-    async with control_plane.sessionmaker() as session, session.begin():
+    async with writing(control_plane.sessionmaker) as session:
         await LeaseRepository(session).release(
             DRIVER_LEASE, control_plane.rollouts.replica, utcnow()
         )
@@ -100,7 +101,7 @@ async def _publish(
     """Write a replica's running totals of ``version`` as the publisher would."""
     latency = [0] * LATENCY_BUCKETS
     latency[3] = requests  # 5..10 ms
-    async with plane.sessionmaker() as session, session.begin():
+    async with writing(plane.sessionmaker) as session:
         await RolloutRepository(session).add_figures(
             [
                 RolloutFigure(
@@ -322,7 +323,7 @@ async def test_a_stale_move_does_not_repeat_or_skip_a_step(
     await _driver(quiet, "a").tick()
 
     async def advance() -> bool:
-        async with quiet.sessionmaker() as session, session.begin():
+        async with writing(quiet.sessionmaker) as session:
             row = await RolloutRepository(session).get(rollout["id"])
             assert row is not None
             rows.append(row)

@@ -21,7 +21,7 @@ from controlplane.runtime import ControlPlane
 from controlplane.services.shadow import ShadowRecorder, shadow_agreement
 from controlplane.telemetry.shadow import ShadowPairs
 from tests.conftest import seed_key
-from tests.support import eventually
+from tests.support import eventually, writing
 
 
 async def test_the_endpoint_refuses_bad_windows_and_unknown_models(
@@ -86,7 +86,7 @@ async def test_the_summary_covers_the_window_only(
         _row("old", ago_s=500, status=503),  # outside a 300 s window
     ]
     rows[1].primary_body, rows[1].shadow_body = b'{"a": 1}', b'{"a": 2}'  # kept bodies
-    async with control_plane.sessionmaker() as session, session.begin():
+    async with writing(control_plane.sessionmaker) as session:
         session.add_all(rows)
 
     async def with_policy() -> dict[str, Any] | None:
@@ -125,7 +125,7 @@ async def test_the_summary_covers_the_window_only(
 async def test_pruning_keeps_the_newest_within_retention(control_plane: ControlPlane) -> None:
     recorder = control_plane.shadow
     recorder.max_comparisons = 3
-    async with control_plane.sessionmaker() as session, session.begin():
+    async with writing(control_plane.sessionmaker) as session:
         session.add_all(
             [_row(f"r{i}", ago_s=10 - i) for i in range(6)]
             + [_row("expired", ago_s=recorder.retention_s + 60)]
@@ -203,7 +203,7 @@ async def test_halves_that_reach_different_replicas_pair_once(
 
 async def test_a_half_that_waits_too_long_is_dropped(control_plane: ControlPlane) -> None:
     replica = _replica(control_plane)
-    async with control_plane.sessionmaker() as session, session.begin():
+    async with writing(control_plane.sessionmaker) as session:
         session.add(
             ShadowHalf(
                 at=utcnow() - timedelta(seconds=61),
