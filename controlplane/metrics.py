@@ -230,12 +230,27 @@ class ControlPlaneMetrics:
         ``source``, called at every scrape."""
         self.registry.register(_XdsCollector(source))
 
-    def time_statements(self, engine: Engine) -> None:
+    def time_statements(self, engine: Engine) -> Callable[[], None]:
         """Time every statement ``engine`` runs into ``turnout_database_seconds``,
-        failed ones included (their time until they failed)."""
-        event.listen(engine, "before_cursor_execute", _before_statement)
-        event.listen(engine, "after_cursor_execute", self._after_statement)
-        event.listen(engine, "handle_error", self._failed_statement)
+        failed ones included (their time until they failed); return what stops it.
+
+        Stop it with the engine: ``handle_error`` is kept by the dialect, which
+        SQLAlchemy's statement caches keep for the life of the process, and through
+        this listener it would keep these metrics and whatever they report on."""
+        listeners: list[tuple[str, Callable[..., Any]]] = [
+            ("before_cursor_execute", _before_statement),
+            ("after_cursor_execute", self._after_statement),
+            ("handle_error", self._failed_statement),
+        ]
+        for name, listener in listeners:
+            event.listen(engine, name, listener)
+
+        def stop() -> None:
+            for name, listener in listeners:
+                if event.contains(engine, name, listener):
+                    event.remove(engine, name, listener)
+
+        return stop
 
     def request_label(self, method: str) -> str:
         """Return the ``method`` label for an HTTP method (unknown ones are "other")."""

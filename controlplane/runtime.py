@@ -73,7 +73,7 @@ class ControlPlane:
             connect_timeout_s=settings.database_connect_timeout_s,
             statement_timeout_s=settings.database_statement_timeout_s,
         )
-        self.metrics.time_statements(self.engine.sync_engine)
+        self._untime_statements = self.metrics.time_statements(self.engine.sync_engine)
         audit_secret = load_audit_secret(settings, create=True)
         self.sessionmaker: async_sessionmaker[AsyncSession] = create_sessionmaker(
             self.engine, info=audit_session_info(audit_secret)
@@ -289,6 +289,7 @@ class ControlPlane:
         if self._listener is not None:
             await self._listener.stop()
         await self.engine.dispose()
+        self._untime_statements()
         # In a thread: it waits for the last spans to reach the collector.
         await asyncio.to_thread(self.tracing.shutdown)
 

@@ -33,7 +33,9 @@ async def plane(settings: Settings) -> AsyncIterator[ControlPlane]:
     try:
         yield plane
     finally:
-        await plane.engine.dispose()
+        # Stopped although never started: its gRPC server exists from the start, and
+        # one never stopped keeps grpc's poller thread alive to the interpreter's exit.
+        await plane.stop()
 
 
 async def _create(plane: ControlPlane, name: str) -> list[CommittedChange]:
