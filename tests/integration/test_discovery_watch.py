@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -54,12 +54,8 @@ async def watching(
         await api.close()
 
 
-async def _wait(predicate: Callable[[], bool]) -> None:
-    await until(predicate)
-
-
 async def _until(reports: Reports, addresses: list[str]) -> None:
-    await _wait(lambda: reports.addresses() == addresses)
+    await until(lambda: reports.addresses() == addresses)
 
 
 async def test_endpoints_added_removed_and_turning_not_ready_are_followed(
@@ -129,12 +125,12 @@ async def test_a_410_gone_makes_it_list_again(
     watch, reports = watching
     await fake.put_slice("ml", "sentiment-v2-a", "sentiment-v2", [slice_endpoint("10.0.0.1")])
     await _until(reports, ["10.0.0.1"])
-    await _wait(lambda: fake.watch_requests >= 1)
+    await until(lambda: fake.watch_requests >= 1)
     # History compacted: the open watch gets an ERROR event with Status code 410.
     await fake.compact()
     await fake.put_slice("ml", "sentiment-v2-a", "sentiment-v2", [slice_endpoint("10.0.0.3")])
     await _until(reports, ["10.0.0.3"])
-    await _wait(lambda: watch.lists == 2)
+    await until(lambda: watch.lists == 2)
 
 
 async def test_a_dropped_connection_resumes_from_the_last_version(
@@ -143,7 +139,7 @@ async def test_a_dropped_connection_resumes_from_the_last_version(
     watch, reports = watching
     await fake.put_slice("ml", "sentiment-v2-a", "sentiment-v2", [slice_endpoint("10.0.0.1")])
     await _until(reports, ["10.0.0.1"])
-    await _wait(lambda: fake.watch_requests == 1)
+    await until(lambda: fake.watch_requests == 1)
     fake.drop_watches()
     # A change while it reconnects is not lost: the new watch starts where it was.
     await fake.put_slice("ml", "sentiment-v2-a", "sentiment-v2", [slice_endpoint("10.0.0.4")])
@@ -166,7 +162,7 @@ async def test_an_unreachable_api_keeps_the_last_endpoints_and_is_retried(
         await _until(reports, ["10.0.0.1"])
         count = reports.count
         await fake.stop()
-        await _wait(lambda: watch.failures >= 2)
+        await until(lambda: watch.failures >= 2)
         # Down: nothing is reported, so the endpoints last reported stand.
         assert reports.count == count and reports.addresses() == ["10.0.0.1"]
         # The API comes back (same address, same history): the watch resumes.
@@ -210,7 +206,7 @@ async def test_a_failed_report_is_made_again_and_nothing_is_reported_before_a_li
         await fake.put_slice("ml", "sentiment-v2-a", "sentiment-v2", [slice_endpoint("10.0.0.1")])
         task = asyncio.create_task(watch.run())
         try:
-            await _wait(lambda: watch.lists == 1 and fake.watch_requests == 1)
+            await until(lambda: watch.lists == 1 and fake.watch_requests == 1)
             assert stored == []
             failing[0] = False
             await watch.flush()
