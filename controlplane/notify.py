@@ -36,9 +36,14 @@ class Notifier:
         self._event.set()
 
     async def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a notification; return whether one came."""
+        """Wait up to ``timeout`` seconds for a notification; return whether one came.
+
+        ``asyncio.timeout``, not ``wait_for``: on Python 3.11 a cancel that meets a
+        notification in the same turn is lost inside ``wait_for``, and the loop
+        waiting here (the sync loop) would not stop."""
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
         except TimeoutError:
             return False
         finally:
